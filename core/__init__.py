@@ -1,0 +1,64 @@
+"""tracklink: a plugin-based experiment-tracking hub for PyTorch training.
+
+``import tracklink`` is light: it imports neither torch nor any tracker SDK. The trainer lives in
+``tracklink.trainer`` and the tracker plugins in ``tracklink.integrations``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .callback import TrainerCallback
+from .callbacks import EarlyStoppingCallback, PrinterCallback, ProgressCallback
+from .errors import (
+    PluginRegistrationError,
+    ReportToError,
+    Terminated,
+    TrackerError,
+    TrackerUnavailableError,
+    UnknownTrackerError,
+)
+from .flow import DefaultFlowCallback
+from .handler import CallbackHandler
+from .hookspecs import hookimpl, hookspec
+from .state import ExportableState, TrainerControl, TrainerState
+from .tracker import EnvVar, RunInfo, Tracker
+
+if TYPE_CHECKING:
+    from .resolve import Resolution, resolve_report_to
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CallbackHandler",
+    "DefaultFlowCallback",
+    "EarlyStoppingCallback",
+    "EnvVar",
+    "ExportableState",
+    "PluginRegistrationError",
+    "PrinterCallback",
+    "ProgressCallback",
+    "ReportToError",
+    "Resolution",
+    "RunInfo",
+    "Terminated",
+    "Tracker",
+    "TrackerError",
+    "TrackerUnavailableError",
+    "TrainerCallback",
+    "TrainerControl",
+    "TrainerState",
+    "UnknownTrackerError",
+    "hookimpl",
+    "hookspec",
+    "resolve_report_to",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # report_to resolution reads package metadata (importlib.metadata); load it on first use only
+    if name in ("resolve_report_to", "Resolution"):
+        from . import resolve
+
+        return getattr(resolve, name)
+    raise AttributeError(f"module 'tracklink' has no attribute {name!r}")

@@ -1,0 +1,209 @@
+"""The ``tracklink`` command: ``plugins``, ``doctor`` and ``demo``.
+
+``tracklink plugins [--json]`` lists every tracker plugin found (built-in or third-party): whether its
+SDK is installed and which version, whether it is ready, and whether the current ``report_to`` selects
+it or why not. ``tracklink doctor [--json]`` adds each tracker's environment variables (secret ones
+as set/unset only), its rank policy, and checks the values. Neither imports torch or any SDK.
+``tracklink demo`` trains a small model (see ``tracklink.trainer.demo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import ReportToError
+from .registry import TrackerSpec, discover
+from .resolve import ENV_REPORT_TO, NOT_GIVEN, Resolution, resolve_report_to
+
+__all__ = ["doctor_report", "main", "plugin_rows"]
+
+
+def _resolve(report_to: Any, env: Mapping[str, str], specs: dict[str, TrackerSpec]) -> tuple[Resolution | None, str | None]:
+    try:
+        return resolve_report_to(report_to, env, specs), None
+    except ReportToError as exc:
+        return None, str(exc)
+
+
+def plugin_rows(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """One row per tracker plugin, plus the report_to resolution error (if any)."""
+    env = os.environ if env is None else env
+    specs = discover()
+    resolution, error = _resolve(report_to, env, specs)
+    rows = []
+    for name, spec in specs.items():
+        problem = spec.availability()
+        ready = None if problem else spec.ready(env)
+        selected = resolution is not None and name in resolution.names
+        if selected:
+            reason = "selected by report_to"
+        elif resolution is not None:
+            reason = resolution.skipped.get(name, "not selected")
+        else:
+            reason = "report_to could not be resolved"
+        rows.append({
+            "name": name,
+            "source": spec.source,
+            "distribution": spec.distribution,
+            "plugin": spec.value,
+            "installed": problem is None,
+            "sdk": spec.sdk,
+            "sdk_version": spec.sdk_version,
+            "sdk_min_version": spec.sdk_min_version,
+            "extra": spec.extra,
+            "install": spec.install_hint() if problem else None,
+            "ready": problem is None and ready is None,
+            "not_ready_reason": problem or ready,
+            "selected": selected,
+            "reason": reason,
+            "rank_policy": spec.rank_policy,
+            "auto": spec.auto,
+        })
+    return rows, error
+
+
+def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``plugin_rows`` plus each tracker's environment variables and the problems found."""
+    env = os.environ if env is None else env
+    rows, error = plugin_rows(report_to, env)
+    specs = discover()
+    problems = [error] if error else []
+    from .delivery import DeliverySettings
+
+    try:
+        settings = DeliverySettings.from_env()
+    except ValueError as exc:
+        problems.append(str(exc))
+        settings = None
+    for row in rows:
+        spec = specs[row["name"]]
+        variables = []
+        for var in spec.env_vars:
+            value = env.get(var.name)
+            entry = {
+                "name": var.name,
+                "set": value is not None,
+                "secret": var.secret,
+                "default": var.default,
+                "help": var.help,
+                "read_by": var.read_by,
+                "problem": var.problem(env),
+            }
+            if not var.secret:
+                entry["value"] = value
+            variables.append(entry)
+        row["env"] = variables
+        row["problems"] = spec.env_problems(env) if row["installed"] else []
+        problems.extend(f"{row['name']}: {p}" for p in row["problems"])
+    return {
+        "report_to": env.get(ENV_REPORT_TO) if report_to is NOT_GIVEN else report_to,
+        "report_to_origin": ENV_REPORT_TO if report_to is NOT_GIVEN and env.get(ENV_REPORT_TO) else
+        ("default" if report_to is NOT_GIVEN else "--report-to"),
+        "selected": [r["name"] for r in rows if r["selected"]],
+        "delivery": None if settings is None else settings.__dict__,
+        "trackers": rows,
+        "problems": problems,
+    }
+
+
+def _print_table(rows: list[dict[str, Any]], out: Any) -> None:
+    headers = ("name", "source", "installed", "sdk_version", "ready", "selected", "reason")
+    table = [[str(h) for h in headers]]
+    for row in rows:
+        table.append([
+            row["name"], row["source"], "yes" if row["installed"] else "no", row["sdk_version"] or "-",
+            "yes" if row["ready"] else "no", "yes" if row["selected"] else "no", row["reason"],
+        ])
+    widths = [max(len(line[i]) for line in table) for i in range(len(headers) - 1)]
+    for line in table:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths)] + [line[-1]]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+def _cmd_plugins(ns: argparse.Namespace) -> int:
+    report_to = NOT_GIVEN if ns.report_to is None else ns.report_to
+    rows, error = plugin_rows(report_to)
+    if ns.json:
+        json.dump({"trackers": rows, "error": error}, sys.stdout, indent=2)
+        print()
+    else:
+        _print_table(rows, sys.stdout)
+        if error:
+            print(f"\nreport_to error: {error}", file=sys.stdout)
+    return 1 if error else 0
+
+
+def _cmd_doctor(ns: argparse.Namespace) -> int:
+    report_to = NOT_GIVEN if ns.report_to is None else ns.report_to
+    report = doctor_report(report_to)
+    if ns.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 1 if report["problems"] else 0
+    origin = report["report_to_origin"]
+    print(f"report_to: {report['report_to'] or 'all'} ({origin})")
+    print("trackers: " + (", ".join(report["selected"]) or "none"))
+    print()
+    _print_table(report["trackers"], sys.stdout)
+    for row in report["trackers"]:
+        print(f"\n[{row['name']}] rank policy: {row['rank_policy']}; "
+              + ("installed " + (row["sdk_version"] or "") if row["installed"] else f"install: {row['install']}"))
+        if row["not_ready_reason"]:
+            print(f"  not ready: {row['not_ready_reason']}")
+        for var in row["env"]:
+            if var["secret"]:
+                shown = "set (secret)" if var["set"] else "unset (secret)"
+            else:
+                shown = f"= {var['value']!r}" if var["set"] else f"unset (default: {var['default']!r})"
+            flag = f"  <-- {var['problem']}" if var["problem"] else ""
+            print(f"  {var['name']:<28} {shown}{flag}")
+    if report["problems"]:
+        print("\nproblems:")
+        for problem in report["problems"]:
+            print(f"  - {problem}")
+        return 1
+    print("\nno problems found")
+    return 0
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from tracklink.trainer.demo import run_demo
+
+    return run_demo(
+        output_dir=ns.output_dir, report_to=ns.report_to, max_steps=ns.max_steps, device=ns.device,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tracklink", description="Experiment-tracking hub for PyTorch training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (
+        ("plugins", "list tracker plugins and whether report_to selects them"),
+        ("doctor", "explain which trackers are active and check their settings"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--report-to", default=None,
+                       help=f"report_to value to evaluate (default: ${ENV_REPORT_TO} or 'all')")
+    demo = sub.add_parser("demo", help="train a small model with the embedded default trackers")
+    demo.add_argument("--output-dir", default="tracklink-demo", help="where checkpoints and logs go")
+    demo.add_argument("--report-to", default=None,
+                      help="trackers to use (default: tensorboard and mlflow when installed)")
+    demo.add_argument("--max-steps", type=int, default=300, help="optimizer steps to train (default 300)")
+    demo.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    handlers = {"plugins": _cmd_plugins, "doctor": _cmd_doctor, "demo": _cmd_demo}
+    return handlers[ns.command](ns)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

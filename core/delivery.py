@@ -1,0 +1,313 @@
+"""Delivery of events to tracker plugins: snapshots, one worker thread per tracker, error isolation.
+
+The training loop never waits for a tracker: the hub copies what an event carries (:func:`snapshot`)
+and puts it on the tracker's bounded queue; a worker thread calls the tracker in order. Failures are
+caught, reported once with the tracker's name and traceback, counted, and after
+``TRACKLINK_TRACKER_MAX_ERRORS`` failures (default 3) the tracker is switched off.
+``TRACKLINK_ON_ERROR=raise`` makes the hub re-raise the first failure on the training thread instead.
+
+Queues hold ``TRACKLINK_QUEUE_SIZE`` events (default 10000). When a queue is full the training thread
+waits (back-pressure, nothing is dropped) for up to ``TRACKLINK_QUEUE_TIMEOUT`` seconds (default 300);
+a tracker that makes no progress for that long is declared stalled and switched off, with a warning.
+Queues are drained at ``on_train_end``, ``on_exception``, before checkpoint rotation, at interpreter
+exit and on SIGTERM (the trainer turns SIGTERM into ``on_exception``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import TrackerError
+
+logger = logging.getLogger("tracklink")
+
+__all__ = ["DeliverySettings", "TrackerChannel", "TrackerError", "snapshot"]
+
+ERROR_POLICIES = ("warn", "raise")
+
+# How a hook implementation is called: transformers style (args, state, control, **kwargs) or
+# pluggy style (only the named arguments).
+HF_STYLE = "hf"
+NAMED_STYLE = "named"
+
+
+def _env_number(name: str, default: float, *, minimum: float, integer: bool = False) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{name}={raw!r} is not {kind}; expected {kind} >= {minimum}") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} is too small; expected a value >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """Knobs of tracker delivery, read from the environment by :meth:`from_env`."""
+
+    on_error: str = "warn"
+    max_errors: int = 3
+    queue_size: int = 10000
+    queue_timeout: float = 300.0
+    drain_timeout: float = 600.0
+
+    @classmethod
+    def from_env(cls) -> DeliverySettings:
+        policy = os.environ.get("TRACKLINK_ON_ERROR", "warn").strip().lower() or "warn"
+        if policy not in ERROR_POLICIES:
+            raise ValueError(
+                f"TRACKLINK_ON_ERROR={os.environ['TRACKLINK_ON_ERROR']!r} is not a valid error policy; "
+                f"accepted: {', '.join(ERROR_POLICIES)}"
+            )
+        return cls(
+            on_error=policy,
+            max_errors=_env_number("TRACKLINK_TRACKER_MAX_ERRORS", 3, minimum=1, integer=True),
+            queue_size=_env_number("TRACKLINK_QUEUE_SIZE", 10000, minimum=1, integer=True),
+            queue_timeout=_env_number("TRACKLINK_QUEUE_TIMEOUT", 300.0, minimum=0.001),
+            drain_timeout=_env_number("TRACKLINK_DRAIN_TIMEOUT", 600.0, minimum=0.001),
+        )
+
+
+def _detach(value: Any) -> Any:
+    detach = getattr(value, "detach", None)
+    if detach is not None and type(value).__module__.startswith("torch"):
+        return detach()
+    return value
+
+
+def _copy_mapping(mapping: Any) -> Any:
+    if isinstance(mapping, Mapping):
+        return {key: _detach(value) for key, value in mapping.items()}
+    return mapping
+
+
+def snapshot(namespace: dict[str, Any]) -> dict[str, Any]:
+    """Copy what a tracker reads later on another thread.
+
+    ``state`` and ``control`` are copied (with their own ``log_history`` list and ``stateful_callbacks``
+    mapping), ``logs``/``metrics`` are copied with tensors detached; the model, optimizer and other
+    objects are passed by reference.
+    """
+    snap = dict(namespace)
+    state = namespace.get("state")
+    if state is not None:
+        state = copy.copy(state)
+        if isinstance(getattr(state, "log_history", None), list):
+            state.log_history = list(state.log_history)
+        if isinstance(getattr(state, "stateful_callbacks", None), dict):
+            state.stateful_callbacks = dict(state.stateful_callbacks)
+        if isinstance(getattr(state, "trial_params", None), dict):
+            state.trial_params = dict(state.trial_params)
+        snap["state"] = state
+    if namespace.get("control") is not None:
+        snap["control"] = copy.copy(namespace["control"])
+    for key in ("logs", "metrics"):
+        if key in snap:
+            snap[key] = _copy_mapping(snap[key])
+    return snap
+
+
+Call = tuple[str, Callable[..., Any], tuple[str, ...]]
+
+
+def invoke(call: Call, namespace: dict[str, Any]) -> Any:
+    """Call one hook implementation with the arguments its style expects."""
+    style, function, argnames = call
+    if style == HF_STYLE:
+        kwargs = {k: v for k, v in namespace.items() if k not in ("args", "state", "control")}
+        return function(namespace["args"], namespace["state"], namespace["control"], **kwargs)
+    return function(*[namespace[name] for name in argnames])
+
+
+_STOP = object()
+_live_channels: weakref.WeakSet[TrackerChannel] = weakref.WeakSet()
+
+
+class TrackerChannel:
+    """The queue, worker thread and error bookkeeping of one tracker plugin."""
+
+    def __init__(
+        self,
+        name: str,
+        plugin: object,
+        calls: dict[str, list[Call]],
+        *,
+        inline: bool,
+        settings: DeliverySettings,
+        on_fatal: Callable[[TrackerError], None],
+        on_disable: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.plugin = plugin
+        self.calls = calls
+        self.inline = inline
+        self.settings = settings
+        self._on_fatal = on_fatal
+        self._on_disable = on_disable
+        self.errors = 0
+        self.first_error: str | None = None
+        self.disabled_reason: str | None = None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+        _live_channels.add(self)
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_reason is not None
+
+    def submit(self, event: str, namespace: dict[str, Any]) -> None:
+        """Deliver an event (already snapshotted) to the tracker, asynchronously unless inline."""
+        if self.disabled:
+            return
+        if self.inline:
+            self._run(event, namespace)
+            return
+        self._ensure_worker()
+        try:
+            self._queue.put((event, namespace), timeout=self.settings.queue_timeout)
+        except queue.Full:
+            self._disable(
+                f"stalled: its queue stayed full ({self.settings.queue_size} events) for "
+                f"{self.settings.queue_timeout:g} s"
+            )
+
+    def barrier(self, timeout: float | None = None) -> bool:
+        """Wait until every event submitted so far was processed. Returns ``False`` on timeout."""
+        worker = self._worker
+        if self.inline or worker is None or not worker.is_alive():
+            return True
+        done = threading.Event()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not done.wait(remaining):
+            logger.warning(
+                "tracklink: tracker %r did not finish its queued events within %.0f s", self.name,
+                timeout or 0,
+            )
+            return False
+        return True
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Drain the queue and stop the worker thread (a later event starts a new one)."""
+        drained = self.barrier(timeout)
+        with self._lock:
+            worker = self._worker
+            if worker is not None and worker.is_alive() and drained:
+                self._queue.put(_STOP)
+                worker.join(timeout)
+                self._worker = None
+        return drained
+
+    def summary(self) -> str | None:
+        """One line describing this tracker's failures, or ``None`` when it never failed."""
+        if not self.errors and not self.disabled:
+            return None
+        text = f"tracker {self.name!r}: {self.errors} error(s)"
+        if self.first_error:
+            text += f", first: {self.first_error}"
+        if self.disabled_reason:
+            text += f"; switched off ({self.disabled_reason})"
+        return text
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        if self._worker is not None and self._worker.is_alive():
+            return
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(
+                    target=self._work, name=f"tracklink-{self.name}", daemon=True
+                )
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            event, namespace = item
+            self._run(event, namespace)
+
+    def _run(self, event: str, namespace: dict[str, Any]) -> None:
+        if self.disabled:
+            return
+        for call in self.calls.get(event, ()):
+            try:
+                invoke(call, namespace)
+            except Exception as exc:  # isolation: a tracker never takes training down
+                self._failed(event, exc)
+                if self.disabled:
+                    return
+
+    def _failed(self, event: str, exc: Exception) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = f"{event}: {type(exc).__name__}: {exc}"
+        if self.settings.on_error == "raise":
+            if self.errors == 1:
+                self._on_fatal(TrackerError(self.name, event, exc))
+            return
+        if self.errors == 1:
+            logger.warning(
+                "tracklink: tracker %r failed in %s; training continues (set TRACKLINK_ON_ERROR=raise "
+                "to stop instead):\n%s",
+                self.name, event, "".join(traceback.format_exception(exc)).rstrip(),
+            )
+        else:
+            logger.debug("tracklink: tracker %r failed again in %s: %r", self.name, event, exc)
+        if self.errors >= self.settings.max_errors:
+            self._disable(f"{self.errors} errors, the limit is {self.settings.max_errors}")
+
+    def _disable(self, reason: str) -> None:
+        if self.disabled:
+            return
+        self.disabled_reason = reason
+        logger.warning("tracklink: tracker %r switched off: %s", self.name, reason)
+        if self._on_disable is not None:
+            try:
+                self._on_disable()
+            except Exception as exc:
+                logger.debug("tracklink: closing disabled tracker %r failed: %r", self.name, exc)
+
+
+def drain_all(timeout: float | None = None) -> None:
+    """Drain every live tracker queue (used at interpreter exit and by the SIGTERM path)."""
+    for channel in list(_live_channels):
+        try:
+            channel.stop(timeout)
+        except Exception as exc:  # pragma: no cover - best effort at shutdown
+            logger.debug("tracklink: draining %r failed: %r", channel.name, exc)
+
+
+def _at_exit() -> None:
+    drain_all(60.0)
+    from .tracker import close_open_trackers
+
+    close_open_trackers()
+
+
+atexit.register(_at_exit)

@@ -1,0 +1,536 @@
+"""The hub: ``CallbackHandler`` registers plugins and dispatches training events to them.
+
+It keeps transformers' ``CallbackHandler`` surface (constructor, ``add_callback``, ``pop_callback``,
+``remove_callback``, ``callback_list``, ``on_<event>(args, state, control, **kwargs)``) on top of a
+pluggy ``PluginManager``, and adds:
+
+* both plugin styles: ``TrainerCallback`` subclasses (only overridden methods are registered) and
+  objects or modules with ``@tracklink.hookimpl`` functions naming just the arguments they need;
+* dispatch in registration order (pluggy's ``tryfirst``/``trylast`` move an implementation to the front
+  or back), with a precomputed plan per event so an event no plugin implements costs one lookup;
+* misspelt hook names rejected at registration, naming the plugin;
+* tracker plugins (``add_tracker``): rank-gated, snapshotted, delivered on their own worker thread and
+  isolated from training (see :mod:`tracklink.delivery`);
+* ``on_exception``, delivered to every plugin even when one of them fails.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .delivery import HF_STYLE, NAMED_STYLE, Call, DeliverySettings, TrackerChannel, snapshot
+from .errors import PluginRegistrationError, TrackerError
+from .events import EVENTS, RESETS
+from .process import RANK_POLICIES, ProcessInfo
+from .state import TrainerControl
+
+logger = logging.getLogger("tracklink")
+
+__all__ = ["CallbackHandler", "PluginRegistrationError"]
+
+_EVENT_SET = frozenset(EVENTS)
+_CONTROL_FLAGS = ("should_training_stop", "should_epoch_stop", "should_save", "should_evaluate", "should_log")
+_DEFAULT_IMPL_OPTS = {
+    "wrapper": False,
+    "hookwrapper": False,
+    "optionalhook": False,
+    "tryfirst": False,
+    "trylast": False,
+    "specname": None,
+}
+
+
+def _is_noop_base(cls: type) -> bool:
+    """The base callback classes whose event methods are no-ops (ours and transformers')."""
+    from .callback import TrainerCallback
+
+    return cls is TrainerCallback or (
+        cls.__name__ == "TrainerCallback" and cls.__module__ == "transformers.trainer_callback"
+    )
+
+
+def _overrides(plugin: object, name: str) -> bool:
+    """Whether ``plugin`` really implements event ``name`` as a transformers-style method."""
+    if isinstance(plugin, types.ModuleType):
+        return False
+    if name in getattr(plugin, "__dict__", {}):
+        return callable(plugin.__dict__[name])
+    for cls in type(plugin).__mro__:
+        if name in cls.__dict__:
+            return callable(cls.__dict__[name]) and not _is_noop_base(cls)
+    return False
+
+
+class _Manager(pluggy.PluginManager):
+    """A pluggy manager that also accepts transformers-style callbacks: an unmarked method named like
+    an event is an implementation when the plugin's class overrides the no-op base method."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name in _EVENT_SET and _overrides(plugin, name):
+            return dict(_DEFAULT_IMPL_OPTS)
+        return opts
+
+
+def _label(plugin: object) -> str:
+    if isinstance(plugin, types.ModuleType):
+        return plugin.__name__
+    return type(plugin).__name__
+
+
+def _misspelt_methods(plugin: object) -> list[tuple[str, str]]:
+    """Unmarked ``on_*`` methods of a transformers-style plugin that look like a misspelt event."""
+    if isinstance(plugin, types.ModuleType):
+        return []
+    found = []
+    for name in dir(type(plugin)):
+        if not name.startswith("on_") or name in _EVENT_SET:
+            continue
+        close = difflib.get_close_matches(name, EVENTS, n=1, cutoff=0.85)
+        if close:
+            found.append((name, close[0]))
+    return found
+
+
+@dataclass(eq=False)
+class _Entry:
+    plugin: object
+    name: str
+    tracker: str | None = None  # the tracker's report_to name when this is a tracker plugin
+    channel: TrackerChannel | None = None
+    calls: dict[str, list[Call]] = field(default_factory=dict)
+
+
+class CallbackHandler:
+    """Registers callbacks, trackers and hookimpl plugins, and fires training events at them.
+
+    Args mirror transformers: ``callbacks`` (classes are instantiated without arguments), ``model``,
+    ``processing_class``, ``optimizer``, ``lr_scheduler``. ``process`` says which rank this is (read from
+    the ``torchrun`` environment by default) for tracker rank gating; ``settings`` configures tracker
+    delivery (``TRACKLINK_*`` environment variables by default).
+    """
+
+    def __init__(
+        self,
+        callbacks: Iterable[Any] | None = None,
+        model: Any = None,
+        processing_class: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        *,
+        process: ProcessInfo | None = None,
+        settings: DeliverySettings | None = None,
+    ) -> None:
+        self._pm = _Manager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._entries: list[_Entry] = []
+        self._plan: dict[str, tuple[tuple[str, Any, tuple[str, ...], _Entry], ...]] | None = None
+        self._counter = 0
+        self._fatal: TrackerError | None = None
+        self.model = model
+        self.processing_class = processing_class
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.train_dataloader: Any = None
+        self.eval_dataloader: Any = None
+        self.process = process or ProcessInfo.from_env()
+        self.settings = settings or DeliverySettings.from_env()
+        for callback in callbacks or ():
+            self.add_callback(callback)
+        from .flow import DefaultFlowCallback
+
+        if not any(isinstance(e.plugin, DefaultFlowCallback) for e in self._entries):
+            logger.warning(
+                "The Trainer will not work properly if you don't have a DefaultFlowCallback in its "
+                "callbacks. You should add one before training with `trainer.add_callback("
+                "DefaultFlowCallback)`. The current list of callbacks is:\n%s",
+                self.callback_list,
+            )
+
+    # -- transformers' registration API ---------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """Alias of ``processing_class`` (transformers 4.x name)."""
+        return self.processing_class
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        self.processing_class = value
+
+    @property
+    def callbacks(self) -> tuple[Any, ...]:
+        """Registered plugins, in dispatch order."""
+        return tuple(entry.plugin for entry in self._entries)
+
+    @property
+    def callback_list(self) -> str:
+        """Class names of the registered plugins, one per line (as in transformers' warnings)."""
+        return "\n".join(_label(entry.plugin) for entry in self._entries)
+
+    def add_callback(self, callback: Any) -> None:
+        """Register a callback: a class (instantiated without arguments), an instance, or a module or
+        object with ``@tracklink.hookimpl`` functions. ``Tracker`` instances are registered as trackers.
+        """
+        plugin = callback() if isinstance(callback, type) else callback
+        from .tracker import Tracker
+
+        if isinstance(plugin, Tracker):
+            self.add_tracker(plugin)
+            return
+        self._warn_duplicate(plugin)
+        self._register(_Entry(plugin, self._unique_name(plugin)))
+
+    def add_tracker(
+        self,
+        plugin: Any,
+        name: str | None = None,
+        *,
+        rank_policy: str | None = None,
+        inline: bool | None = None,
+    ) -> bool:
+        """Register a tracker plugin; returns ``False`` when its rank policy excludes this process.
+
+        Trackers run isolated from training: their hooks get snapshots, run on a worker thread (unless
+        ``inline``), cannot steer the loop, and their failures are contained. A tracker already
+        registered under the same name is replaced.
+        """
+        plugin = plugin() if isinstance(plugin, type) else plugin
+        name = name or getattr(plugin, "name", None) or _label(plugin)
+        policy = rank_policy or getattr(plugin, "rank_policy", "main")
+        if policy not in RANK_POLICIES:
+            raise PluginRegistrationError(
+                f"tracker {name!r} declares rank_policy={policy!r}; accepted: {', '.join(RANK_POLICIES)}"
+            )
+        if not self.process.allows(policy):
+            return False
+        for entry in list(self._entries):
+            if entry.tracker == name:
+                logger.info("tracklink: tracker %r replaced by %s", name, _label(plugin))
+                self._unregister(entry)
+        entry = _Entry(plugin, self._unique_name(plugin), tracker=name)
+        run_inline = getattr(plugin, "inline", False) if inline is None else inline
+        on_disable = getattr(plugin, "_tracklink_on_disabled", None)
+        entry.channel = TrackerChannel(
+            name, plugin, entry.calls, inline=bool(run_inline), settings=self.settings,
+            on_fatal=self._set_fatal, on_disable=on_disable,
+        )
+        self._register(entry)
+        return True
+
+    def pop_callback(self, callback: Any) -> Any:
+        """Remove and return the first plugin matching ``callback`` (a class matches instances and
+        subclasses, an instance matches itself, a string matches a tracker name); ``None`` if absent."""
+        entry = self._find(callback)
+        if entry is None:
+            return None
+        self._unregister(entry)
+        return entry.plugin
+
+    def remove_callback(self, callback: Any) -> None:
+        """Remove the first plugin matching ``callback``; nothing happens when none matches."""
+        entry = self._find(callback)
+        if entry is not None:
+            self._unregister(entry)
+
+    # -- tracker bookkeeping ----------------------------------------------------------------------
+
+    @property
+    def trackers(self) -> dict[str, Any]:
+        """Active tracker plugins by report_to name, in dispatch order."""
+        return {e.tracker: e.plugin for e in self._entries if e.tracker is not None}
+
+    def wait_for_trackers(self, timeout: float | None = None) -> bool:
+        """Block until every tracker processed the events submitted so far."""
+        ok = True
+        for entry in self._entries:
+            if entry.channel is not None:
+                ok = entry.channel.barrier(self.settings.drain_timeout if timeout is None else timeout) and ok
+        self._raise_fatal()
+        return ok
+
+    def tracker_failures(self) -> dict[str, str]:
+        """One summary line per tracker that failed, by tracker name."""
+        out = {}
+        for entry in self._entries:
+            if entry.channel is not None and entry.tracker is not None:
+                line = entry.channel.summary()
+                if line:
+                    out[entry.tracker] = line
+        return out
+
+    def trackers_uploading(self) -> bool:
+        """Whether some active tracker uploads checkpoints in ``on_save`` (the trainer then waits for
+        the tracker queues before checkpoint rotation deletes a directory)."""
+        for entry in self._entries:
+            if entry.channel is None or entry.channel.disabled or not entry.calls.get("on_save"):
+                continue
+            if getattr(entry.plugin, "uploads_checkpoints", True):
+                return True
+        return False
+
+    # -- events (transformers' handler methods) ---------------------------------------------------
+
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_init_end", args, state, control, **kwargs)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_train_begin", args, state, control, **kwargs)
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_epoch_begin", args, state, control, **kwargs)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_step_begin", args, state, control, **kwargs)
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_substep_end", args, state, control, **kwargs)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_pre_optimizer_step", args, state, control, **kwargs)
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_optimizer_step", args, state, control, **kwargs)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_step_end", args, state, control, **kwargs)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_epoch_end", args, state, control, **kwargs)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
+        return self.call_event("on_log", args, state, control, logs=logs, **kwargs)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> Any:
+        return self.call_event("on_evaluate", args, state, control, metrics=metrics, **kwargs)
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_prediction_step", args, state, control, **kwargs)
+
+    def on_predict(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> Any:
+        return self.call_event("on_predict", args, state, control, metrics=metrics, **kwargs)
+
+    def on_save(self, args: Any, state: Any, control: Any, checkpoint_dir: Any = None, **kwargs: Any) -> Any:
+        return self.call_event("on_save", args, state, control, checkpoint_dir=checkpoint_dir, **kwargs)
+
+    def on_push_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self.call_event("on_push_begin", args, state, control, **kwargs)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """Fire ``on_train_end``, wait for every tracker queue, then report tracker failures."""
+        control = self.call_event("on_train_end", args, state, control, **kwargs)
+        self._finish(state)
+        return control
+
+    def on_exception(self, args: Any, state: Any, control: Any, exception: BaseException | None = None,
+                     **kwargs: Any) -> Any:
+        """Fire ``on_exception`` at every plugin (a failing plugin does not stop the others), drain
+        the tracker queues and report tracker failures. Never raises."""
+        plan = self._get_plan().get("on_exception", ())
+        namespace = self._namespace(args, state, control, {"exception": exception, **kwargs})
+        snap = None
+        for style, function, argnames, entry in plan:
+            try:
+                if entry.channel is not None:
+                    snap = snap or snapshot(namespace)
+                    entry.channel.submit("on_exception", snap)
+                elif style == HF_STYLE:
+                    function(args, state, control, **_kwargs_of(namespace))
+                else:
+                    function(*[namespace[n] for n in argnames])
+            except Exception as exc:
+                logger.error("tracklink: %s failed in on_exception: %r", entry.name, exc)
+        self._finish(state, raise_fatal=False)
+        return control
+
+    def call_event(self, event: str, args: Any, state: Any, control: Any, **extras: Any) -> Any:
+        """Reset the flags transformers resets for ``event``, then call every implementation in
+        order. A returned ``TrainerControl`` replaces ``control``; the final control is returned."""
+        if self._fatal is not None:
+            self._raise_fatal()
+        for flag in RESETS.get(event, ()):
+            setattr(control, flag, False)
+        plan = self._get_plan()[event]
+        if not plan:
+            return control
+        namespace = self._namespace(args, state, control, extras)
+        snap = None
+        for style, function, argnames, entry in plan:
+            if entry.channel is not None:
+                if snap is None:
+                    namespace["control"] = control
+                    snap = snapshot(namespace)
+                entry.channel.submit(event, snap)
+                continue
+            if style == HF_STYLE:
+                result = function(args, state, control, **_kwargs_of(namespace))
+            else:
+                namespace["control"] = control
+                result = function(*[namespace[n] for n in argnames])
+            if result is not None and result is not control:
+                control = _accept_control(result, entry, event)
+        return control
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _namespace(self, args: Any, state: Any, control: Any, extras: dict[str, Any]) -> dict[str, Any]:
+        namespace = {
+            "args": args,
+            "state": state,
+            "control": control,
+            "model": self.model,
+            "processing_class": self.processing_class,
+            "tokenizer": self.processing_class,
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "train_dataloader": self.train_dataloader,
+            "eval_dataloader": self.eval_dataloader,
+        }
+        namespace.update(extras)
+        return namespace
+
+    def _set_fatal(self, error: TrackerError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            error, self._fatal = self._fatal, None
+            raise error from error.error
+
+    def _finish(self, state: Any, raise_fatal: bool = True) -> None:
+        for entry in self._entries:
+            if entry.channel is not None:
+                entry.channel.stop(self.settings.drain_timeout)
+        failures = self.tracker_failures()
+        for line in failures.values():
+            logger.warning("tracklink: %s", line)
+        if failures and state is not None and isinstance(getattr(state, "stateful_callbacks", None), dict):
+            state.stateful_callbacks["TracklinkHub"] = {
+                "args": {}, "attributes": {"tracker_failures": failures},
+            }
+        if raise_fatal:
+            self._raise_fatal()
+        else:
+            self._fatal = None
+
+    def _unique_name(self, plugin: object) -> str:
+        self._counter += 1
+        return f"{_label(plugin)}#{self._counter}"
+
+    def _warn_duplicate(self, plugin: object) -> None:
+        if isinstance(plugin, types.ModuleType):
+            return
+        if any(type(entry.plugin) is type(plugin) for entry in self._entries):
+            logger.warning(
+                "You are adding a %s to the callbacks of this Trainer, but there is already one. The "
+                "current list of callbacks is:\n%s", type(plugin).__name__, self.callback_list,
+            )
+
+    def _register(self, entry: _Entry) -> None:
+        plugin = entry.plugin
+        if any(existing.plugin is plugin for existing in self._entries):
+            logger.warning("tracklink: %s is already registered; ignoring the second registration", entry.name)
+            return
+        misspelt = _misspelt_methods(plugin)
+        if misspelt:
+            wrong, right = misspelt[0]
+            raise PluginRegistrationError(
+                f"plugin {_label(plugin)} defines {wrong!r}, which is not an event; did you mean "
+                f"{right!r}? Events: {', '.join(EVENTS)}"
+            )
+        try:
+            self._pm.register(plugin, entry.name)
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self._pm.is_registered(plugin):
+                self._pm.unregister(plugin)
+            raise PluginRegistrationError(_explain(plugin, exc)) from None
+        for event in EVENTS:
+            for impl in getattr(self._pm.hook, event).get_hookimpls():
+                if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                    self._pm.unregister(plugin)
+                    raise PluginRegistrationError(
+                        f"plugin {_label(plugin)}: {event} is a hook wrapper; tracklink calls each "
+                        "implementation itself, so wrappers are not supported"
+                    )
+        self._entries.append(entry)
+        self._plan = None
+
+    def _unregister(self, entry: _Entry) -> None:
+        self._entries.remove(entry)
+        if self._pm.is_registered(entry.plugin):
+            self._pm.unregister(entry.plugin)
+        if entry.channel is not None:
+            entry.channel.stop(self.settings.drain_timeout)
+        self._plan = None
+
+    def _find(self, target: Any) -> _Entry | None:
+        for entry in self._entries:
+            if isinstance(target, str):
+                if target in (entry.tracker, entry.name):
+                    return entry
+            elif isinstance(target, type):
+                if isinstance(entry.plugin, target):
+                    return entry
+            elif entry.plugin is target or entry.plugin == target:
+                return entry
+        return None
+
+    def _get_plan(self) -> dict[str, tuple[tuple[str, Any, tuple[str, ...], _Entry], ...]]:
+        if self._plan is None:
+            self._plan = self._build_plan()
+        return self._plan
+
+    def _build_plan(self) -> dict[str, tuple[tuple[str, Any, tuple[str, ...], _Entry], ...]]:
+        order = {id(entry.plugin): index for index, entry in enumerate(self._entries)}
+        by_plugin = {id(entry.plugin): entry for entry in self._entries}
+        plan: dict[str, tuple[tuple[str, Any, tuple[str, ...], _Entry], ...]] = {}
+        for entry in self._entries:
+            entry.calls.clear()
+        for event in EVENTS:
+            impls = [i for i in getattr(self._pm.hook, event).get_hookimpls() if id(i.plugin) in order]
+            impls.sort(key=lambda i: (0 if i.tryfirst else 2 if i.trylast else 1, order[id(i.plugin)]))
+            steps = []
+            for impl in impls:
+                entry = by_plugin[id(impl.plugin)]
+                marked = hasattr(impl.function, f"{hookspecs.PROJECT}_impl")
+                call: Call = (NAMED_STYLE if marked else HF_STYLE, impl.function, tuple(impl.argnames))
+                if entry.channel is not None:
+                    entry.calls.setdefault(event, []).append(call)
+                    if len(entry.calls[event]) > 1:
+                        continue  # one submission per tracker and event
+                steps.append((call[0], call[1], call[2], entry))
+            plan[event] = tuple(steps)
+        return plan
+
+
+def _kwargs_of(namespace: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in namespace.items() if k not in ("args", "state", "control")}
+
+
+def _accept_control(result: Any, entry: _Entry, event: str) -> Any:
+    if isinstance(result, TrainerControl) or all(hasattr(result, f) for f in _CONTROL_FLAGS):
+        return result
+    raise TypeError(
+        f"{entry.name}.{event} returned {type(result).__name__}; a callback may return a "
+        "TrainerControl (which replaces the current one) or None"
+    )
+
+
+def _explain(plugin: object, exc: pluggy.PluginValidationError) -> str:
+    text = str(exc)
+    for name in dir(plugin):
+        if name.startswith("on_") and name not in _EVENT_SET and f"'{name}'" in text:
+            close = difflib.get_close_matches(name, EVENTS, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return f"plugin {_label(plugin)} implements unknown hook {name!r}{hint} Events: {', '.join(EVENTS)}"
+    return f"plugin {_label(plugin)} cannot be registered: {text}"

@@ -1,0 +1,108 @@
+"""Central redaction of secrets before any tracker sees hyper-parameters or configs.
+
+Three rules, applied recursively to mappings, sequences and strings without touching the caller's
+objects:
+
+* a key that names a secret (``hub_token``, ``api_key``, ``AWS_SECRET_ACCESS_KEY``, ``db_password``,
+  ``credentials``, ...) has its value replaced by :data:`REDACTED` (token-*ids* such as
+  ``pad_token_id`` and special-token strings such as ``eos_token`` are not secrets);
+* credentials inside URLs (``https://user:pass@host``, ``?token=...``) are masked;
+* the value of every secret environment variable that is set (a tracker's declared secret variables
+  and any variable whose name names a secret) is masked wherever it appears in a string.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["REDACTED", "is_secret_key", "redact", "redact_text", "secret_env_values"]
+
+REDACTED = "<redacted>"
+
+_SECRET_WORDS = frozenset(
+    {"secret", "secrets", "password", "passwd", "pwd", "passphrase", "credential", "credentials",
+     "apikey", "accesskey", "privatekey", "authorization", "cookie", "bearer"}
+)
+_KEY_QUALIFIERS = frozenset(
+    {"api", "access", "secret", "private", "auth", "license", "account", "encryption", "signing",
+     "master", "client", "service", "subscription", "session", "ssh", "write", "read", "user"}
+)
+_SPECIAL_TOKENS = frozenset(
+    {"pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token",
+     "additional_special_tokens", "decoder_start_token"}
+)
+_WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]+)@")
+_URL_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&](?:[A-Za-z0-9_\-]*(?:token|secret|password|passwd|api_?key|access_?key|signature|sig|"
+    r"auth|key)))=(?P<value>[^&#\s]+)",
+    re.IGNORECASE,
+)
+_MIN_ENV_SECRET_LEN = 6
+
+
+def _words(key: str) -> list[str]:
+    return [w.lower() for w in _WORD_SPLIT.split(key) if w]
+
+
+def is_secret_key(key: object) -> bool:
+    """Whether a mapping key or variable name names a secret value."""
+    if not isinstance(key, str):
+        return False
+    if key.lower() in _SPECIAL_TOKENS:
+        return False
+    words = _words(key)
+    if not words:
+        return False
+    if any(word in _SECRET_WORDS for word in words):
+        return True
+    last = words[-1]
+    if last.endswith("token"):  # hub_token, authtoken; not token counts (max_new_tokens)
+        return True
+    if last in ("key", "keys") and len(words) > 1 and words[-2] in _KEY_QUALIFIERS:
+        return True
+    return last in ("auth", "sas")
+
+
+def secret_env_values(extra_names: Iterable[str] = ()) -> list[str]:
+    """Values of set environment variables that hold secrets (longest first)."""
+    names = set(extra_names)
+    names.update(name for name in os.environ if is_secret_key(name))
+    values = {os.environ[n] for n in names if len(os.environ.get(n, "")) >= _MIN_ENV_SECRET_LEN}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact_text(text: str, env_secrets: Iterable[str] = ()) -> str:
+    """Mask URL credentials and known secret values inside a string."""
+    for value in env_secrets:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    return _URL_QUERY_SECRET.sub(lambda m: f"{m['key']}={REDACTED}", text)
+
+
+def redact(value: Any, env_secrets: Iterable[str] | None = None) -> Any:
+    """A redacted copy of ``value`` (mappings, lists, tuples and strings; other values as they are).
+
+    ``env_secrets`` defaults to :func:`secret_env_values`.
+    """
+    secrets = list(secret_env_values() if env_secrets is None else env_secrets)
+    return _redact(value, secrets)
+
+
+def _redact(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            key: (REDACTED if is_secret_key(key) and value[key] not in (None, "", False)
+                  else _redact(value[key], secrets))
+            for key in value
+        }
+    if isinstance(value, str):
+        return redact_text(value, secrets)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact(item, secrets) for item in value) if isinstance(value, list) \
+            else tuple(_redact(item, secrets) for item in value)
+    return value

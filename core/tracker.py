@@ -1,0 +1,513 @@
+"""``Tracker``: the base class of every tracker plugin.
+
+A tracker declares, as class attributes the hub and the CLI read without importing its SDK:
+
+``name``            its ``report_to`` name;
+``sdk``             the distribution it needs, ``sdk_min_version`` and ``sdk_module`` (the import name);
+``extra``           the pip extra that installs the SDK (``pip install "tracklink[<extra>]"``);
+``env_vars``        the environment variables it reads (:class:`EnvVar`: default, meaning, secret or not);
+``rank_policy``     ``"main"`` (world rank 0, default), ``"local_main"`` (one per node) or ``"all"``;
+``inline``          ``True`` when its SDK must be called from the training thread;
+``auto``            ``False`` when ``report_to="all"`` must never pick it;
+``metric_style``    ``"hf"`` (``train/loss``, ``eval/loss``, ``test/...``) or ``"raw"`` (``loss``, ``eval_loss``).
+
+and implements a small lifecycle the base class drives from the training events:
+
+``setup(run)``                     import the SDK and start (or re-attach to) a run; log ``run.params``;
+``log_metrics(metrics, step, epoch)``  send numeric metrics at the trainer's ``global_step``;
+``log_text(texts, step)``          optional: string values (otherwise skipped with one warning per key);
+``log_summary(metrics)``           optional: the final training summary (default: ``log_metrics``);
+``log_checkpoint(path, state)``    optional: upload the checkpoint directory the trainer just wrote;
+``run_identity()``                 what identifies the run (stored in checkpoints for resume);
+``finish(status)``                 close the run: ``"success"``, ``"failed"`` or ``"killed"``.
+
+The base class sets the run up once on first use (``on_train_begin``, or lazily on a standalone
+``evaluate``/``predict``), rewrites and sanitises metric names, filters values, builds the redacted
+hyper-parameter view, and closes the run exactly once at ``on_train_end`` or ``on_exception``.
+Trackers run on their own worker thread (see :mod:`tracklink.delivery`); hooks receive snapshots and
+their return values are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import json
+import logging
+import math
+import os
+import threading
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .callback import TrainerCallback
+from .errors import Terminated, TrackerUnavailableError
+from .redact import redact, secret_env_values
+
+logger = logging.getLogger("tracklink")
+
+__all__ = ["EnvVar", "RunInfo", "Tracker", "flatten", "hyperparameters", "rewrite_logs", "truthy"]
+
+TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
+FALSE_VALUES = frozenset({"0", "OFF", "NO", "FALSE", ""})
+SUMMARY_KEYS = frozenset(
+    {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
+)
+STATUSES = ("success", "failed", "killed")
+
+
+def truthy(value: str | None) -> bool:
+    """transformers' notion of a true environment string: 1, ON, YES or TRUE (any case)."""
+    return value is not None and value.strip().upper() in TRUE_VALUES
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """An environment variable a tracker reads (declared for ``tracklink doctor`` and the docs).
+
+    ``choices`` lists the accepted values (compared case-insensitively) so a bad value is reported
+    before training starts; ``read_by="sdk"`` marks variables the SDK reads itself.
+    """
+
+    name: str
+    default: str | None = None
+    help: str = ""
+    secret: bool = False
+    choices: tuple[str, ...] | None = None
+    read_by: str = "tracklink"
+
+    def problem(self, env: Mapping[str, str]) -> str | None:
+        value = env.get(self.name)
+        if value is None or self.choices is None:
+            return None
+        if value.strip().lower() not in {c.lower() for c in self.choices}:
+            return f"{self.name}={value!r} is not accepted; accepted values: {', '.join(self.choices)}"
+        return None
+
+
+def rewrite_logs(logs: Mapping[str, Any]) -> dict[str, Any]:
+    """transformers' metric naming: ``eval_x`` -> ``eval/x``, ``test_x`` -> ``test/x``, else ``train/x``."""
+    out: dict[str, Any] = {}
+    for key, value in logs.items():
+        if key.startswith("eval_"):
+            out["eval/" + key[5:]] = value
+        elif key.startswith("test_"):
+            out["test/" + key[5:]] = value
+        else:
+            out["train/" + key] = value
+    return out
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Flatten nested mappings into ``a.b.c`` keys."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly form of a config value."""
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    return str(value)
+
+
+def _args_dict(args: Any) -> dict[str, Any]:
+    if args is None:
+        return {}
+    to_dict = getattr(args, "to_dict", None)
+    if callable(to_dict):
+        data = to_dict()
+    elif dataclasses.is_dataclass(args) and not isinstance(args, type):
+        data = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    else:
+        data = dict(vars(args))
+    return {k: _plain(v) for k, v in data.items()}
+
+
+def _model_config(model: Any) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    to_dict = getattr(config, "to_dict", None)
+    if callable(to_dict):
+        data = to_dict()
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        data = dataclasses.asdict(config)
+    else:
+        return {}
+    return {k: _plain(v) for k, v in data.items()}
+
+
+def _num_parameters(model: Any) -> int | None:
+    parameters = getattr(model, "parameters", None)
+    if not callable(parameters):
+        return None
+    try:
+        return int(sum(p.numel() for p in parameters()))
+    except Exception:
+        return None
+
+
+def hyperparameters(args: Any, model: Any = None) -> dict[str, Any]:
+    """The redacted, nested hyper-parameter view: model config merged under the training arguments
+    (arguments win on clashes, as in transformers), plus ``model/num_parameters``."""
+    merged: dict[str, Any] = {**_model_config(model), **_args_dict(args)}
+    count = _num_parameters(model)
+    if count is not None:
+        merged["model/num_parameters"] = count
+    return redact(merged, secret_env_values(Tracker.declared_secret_names()))
+
+
+def _metric_value(value: Any) -> float | int | None:
+    """A number to log, or ``None`` when the value is not numeric."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    item = getattr(value, "item", None)
+    numel = getattr(value, "numel", None)
+    if callable(item) and (not callable(numel) or numel() == 1):
+        try:
+            result = item()
+        except Exception:
+            return None
+        return result if isinstance(result, (int, float)) else None
+    return None
+
+
+@dataclass
+class RunInfo:
+    """What a tracker's ``setup`` needs to start or re-attach to a run."""
+
+    args: Any
+    state: Any
+    model: Any
+    name: str | None
+    config: dict[str, Any]
+    params: dict[str, Any]
+    resume: dict[str, Any] | None = None
+    start_step: int = 0
+    output_dir: str | None = None
+    trial_name: str | None = None
+    trial_params: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_hyper_param_search(self) -> bool:
+        return bool(getattr(self.state, "is_hyper_param_search", False))
+
+
+class _Runtime:
+    """Per-instance bookkeeping, created in ``__new__`` so subclasses need not call ``super().__init__``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.active = False
+        self.identity: dict[str, Any] | None = None
+        self.resume: dict[str, Any] | None = None
+        self.last_step = 0
+        self.warned: set[str] = set()
+        self.setup_done = threading.Event()
+
+
+_open_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+class Tracker(TrainerCallback):
+    """Base class of tracker plugins (see the module documentation for the contract)."""
+
+    name: ClassVar[str] = ""
+    sdk: ClassVar[str | None] = None
+    sdk_min_version: ClassVar[str | None] = None
+    sdk_module: ClassVar[str | None] = None
+    extra: ClassVar[str | None] = None
+    env_vars: ClassVar[tuple[EnvVar, ...]] = ()
+    rank_policy: ClassVar[str] = "main"
+    inline: ClassVar[bool] = False
+    auto: ClassVar[bool] = True
+    metric_style: ClassVar[str] = "hf"
+    summary_keys: ClassVar[frozenset[str]] = SUMMARY_KEYS
+
+    _tl: _Runtime
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Tracker:
+        self = super().__new__(cls)
+        self._tl = _Runtime()
+        return self
+
+    # -- declarations read without the SDK ------------------------------------------------------
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__name__
+
+    @classmethod
+    def install_hint(cls) -> str:
+        if cls.extra:
+            return f'pip install "tracklink[{cls.extra}]"'
+        return f"pip install {cls.sdk}" if cls.sdk else "(nothing to install)"
+
+    @classmethod
+    def ready(cls, env: Mapping[str, str]) -> str | None:
+        """``None`` when the tracker can run without interaction (credentials or an offline mode are
+        present); otherwise the reason it is not ready. ``report_to="all"`` only picks ready trackers."""
+        return None
+
+    @classmethod
+    def disabled_by(cls, env: Mapping[str, str]) -> str | None:
+        """The reason an environment switch disables this tracker, or ``None``."""
+        return None
+
+    @classmethod
+    def env_problems(cls, env: Mapping[str, str]) -> list[str]:
+        """Invalid values among the declared environment variables (checked before training)."""
+        return [p for p in (var.problem(env) for var in cls.env_vars) if p]
+
+    @staticmethod
+    def declared_secret_names() -> set[str]:
+        """Names of every secret variable declared by any loaded tracker class."""
+        names: set[str] = set()
+        stack: list[type[Tracker]] = [Tracker]
+        while stack:
+            cls = stack.pop()
+            names.update(v.name for v in cls.env_vars if v.secret)
+            stack.extend(cls.__subclasses__())
+        return names
+
+    @classmethod
+    def import_sdk(cls, module: str | None = None) -> Any:
+        """Import the SDK (or one of its modules), turning a missing one into a clear error."""
+        target = module or cls.sdk_module or cls.sdk
+        if target is None:
+            raise TypeError(f"{cls.__name__} declares no SDK to import")
+        try:
+            return importlib.import_module(target)
+        except ImportError as exc:
+            raise TrackerUnavailableError(
+                cls.name or cls.__name__, f"its SDK module {target!r} cannot be imported ({exc})",
+                cls.install_hint(),
+            ) from exc
+
+    # -- the lifecycle subclasses implement -------------------------------------------------------
+
+    def setup(self, run: RunInfo) -> None:
+        """Import the SDK and start the run (or re-attach to ``run.resume``); log ``run.params``."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        """Send numeric metrics (names already rewritten and sanitised) at ``step``."""
+
+    def log_text(self, texts: dict[str, str], step: int) -> None:
+        """Send string values; the default skips them with one warning per key."""
+        for key in texts:
+            self._warn_once(key, f"tracker {self.name!r} skipped non-numeric value of {key!r}")
+
+    def log_summary(self, metrics: dict[str, float], step: int) -> None:
+        """Send the final training summary (runtime, throughput, mean loss, FLOs)."""
+        self.log_metrics(metrics, step, None)
+
+    def log_checkpoint(self, path: str, state: Any) -> None:
+        """Upload a checkpoint directory the trainer wrote (only called when ``uploads_checkpoints``)."""
+
+    def run_identity(self) -> dict[str, Any] | None:
+        """What identifies the run, so a resumed training can re-attach (e.g. ``{"run_id": ...}``)."""
+        return None
+
+    def finish(self, status: str) -> None:
+        """Close the run with ``status`` (``success``, ``failed`` or ``killed``)."""
+
+    def sanitize_metric_name(self, name: str) -> str:
+        """Make a metric name acceptable to the backend (identity by default)."""
+        return name
+
+    @property
+    def uploads_checkpoints(self) -> bool:
+        """Whether ``on_save`` uploads checkpoint directories (the trainer then waits for this tracker
+        before rotation deletes a checkpoint)."""
+        return type(self).log_checkpoint is not Tracker.log_checkpoint
+
+    # -- state shared by the base ------------------------------------------------------------------
+
+    @property
+    def is_active(self) -> bool:
+        """Whether a run is open."""
+        return self._tl.active
+
+    @property
+    def identity(self) -> dict[str, Any] | None:
+        """The identity of the current (or last) run."""
+        return self._tl.identity
+
+    def state(self) -> dict[str, Any]:
+        """Exported into ``trainer_state.json``: the run identity and the last step logged."""
+        if self._tl.active and not self._tl.setup_done.is_set():
+            self._tl.setup_done.wait(30)
+        return {"args": {}, "attributes": {"run": self._tl.identity, "last_step": self._tl.last_step}}
+
+    def load_state(self, saved: Mapping[str, Any]) -> None:
+        """Remember the run identity of a checkpoint, so the next ``on_train_begin`` re-attaches."""
+        attributes = saved.get("attributes", {}) if isinstance(saved, Mapping) else {}
+        run = attributes.get("run")
+        self._tl.resume = dict(run) if isinstance(run, Mapping) else None
+
+    def close(self, status: str = "success") -> None:
+        """Close the run once; later calls do nothing."""
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} is invalid; accepted: {', '.join(STATUSES)}")
+        with self._tl.lock:
+            if not self._tl.active:
+                return
+            self._tl.active = False
+            _open_trackers.discard(self)
+            self.finish(status)
+
+    # -- event handlers ----------------------------------------------------------------------
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        with self._tl.lock:
+            if self._tl.active:
+                self.close("success")
+            resume = self._tl.resume
+            self._tl.resume = None
+            self._start(args, state, model, resume)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, model: Any = None,
+               **kwargs: Any) -> None:
+        if logs and self._ensure_started(args, state, model):
+            self._send(logs, state)
+
+    def on_predict(self, args: Any, state: Any, control: Any, metrics: Any = None, model: Any = None,
+                   **kwargs: Any) -> None:
+        if metrics and self._ensure_started(args, state, model):
+            self._send(metrics, state)
+
+    def on_save(self, args: Any, state: Any, control: Any, checkpoint_dir: Any = None, **kwargs: Any) -> None:
+        if checkpoint_dir and self._tl.active and self.uploads_checkpoints:
+            self.log_checkpoint(str(checkpoint_dir), state)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.close("success")
+
+    def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, **kwargs: Any) -> None:
+        killed = isinstance(exception, (KeyboardInterrupt, Terminated))
+        self.close("killed" if killed else "failed")
+
+    def _tracklink_on_disabled(self) -> None:
+        self.close("failed")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _ensure_started(self, args: Any, state: Any, model: Any) -> bool:
+        if self._tl.active:
+            return True
+        with self._tl.lock:
+            if not self._tl.active:
+                # a standalone evaluate()/predict(), or one after train() closed the run: re-attach
+                # to the last run when there was one
+                self._start(args, state, model, self._tl.resume or self._tl.identity)
+                self._tl.resume = None
+        return self._tl.active
+
+    def _start(self, args: Any, state: Any, model: Any, resume: dict[str, Any] | None) -> None:
+        config = hyperparameters(args, model)
+        run = RunInfo(
+            args=args,
+            state=state,
+            model=model,
+            name=getattr(args, "run_name", None),
+            config=config,
+            params=flatten(config),
+            resume=resume,
+            start_step=int(getattr(state, "global_step", 0) or 0),
+            output_dir=getattr(args, "output_dir", None),
+            trial_name=getattr(state, "trial_name", None),
+            trial_params=getattr(state, "trial_params", None),
+        )
+        self._tl.setup_done.clear()
+        try:
+            self.setup(run)
+            self._tl.active = True
+            self._tl.identity = self.run_identity()
+            _open_trackers.add(self)
+        finally:
+            self._tl.setup_done.set()
+
+    def metric_name(self, key: str) -> str:
+        """The backend name of a logged key (style rewrite, then sanitising)."""
+        if self.metric_style == "hf":
+            key = next(iter(rewrite_logs({key: None})))
+        return self.sanitize_metric_name(key)
+
+    def _send(self, logs: Mapping[str, Any], state: Any) -> None:
+        step = int(getattr(state, "global_step", 0) or 0)
+        metrics: dict[str, float] = {}
+        summary: dict[str, float] = {}
+        texts: dict[str, str] = {}
+        for key, raw in logs.items():
+            value = _metric_value(raw)
+            if value is None:
+                if isinstance(raw, str):
+                    texts[self.metric_name(key)] = raw
+                else:
+                    self._warn_once(
+                        key, f"tracker {self.name!r} skipped {key!r}: {type(raw).__name__} is not a number"
+                    )
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                logger.debug("tracker %r: %s is %s", self.name, key, value)
+            target = summary if key in self.summary_keys else metrics
+            target[self.metric_name(key)] = value
+        if metrics:
+            self.log_metrics(metrics, step, getattr(state, "epoch", None))
+        if summary:
+            self.log_summary(summary, step)
+        if texts:
+            self.log_text(texts, step)
+        self._tl.last_step = max(self._tl.last_step, step)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._tl.warned:
+            self._tl.warned.add(key)
+            logger.warning("tracklink: %s (warned once per key)", message)
+
+
+def close_open_trackers() -> None:
+    """Close every run still open (interpreter exit, after the tracker queues were drained)."""
+    for tracker in list(_open_trackers):
+        try:
+            tracker.close("success")
+        except Exception as exc:  # pragma: no cover - best effort at shutdown
+            logger.debug("tracklink: closing %r at exit failed: %r", tracker.name, exc)
+
+
+def env_snapshot() -> dict[str, str]:
+    """A copy of the environment (what readiness and disable checks read)."""
+    return dict(os.environ)
+
+
+def dumps_param(value: Any) -> str:
+    """A parameter value as text (JSON for containers)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, sort_keys=True)
+    except TypeError:
+        return str(value)

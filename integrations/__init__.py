@@ -1,0 +1,26 @@
+"""Tracker plugins, one module per tracker, all on ``tracklink.Tracker``.
+
+Each class is importable from here (``from tracklink.integrations import WandbCallback``) without
+importing its SDK or any other tracker's module: attributes load their module on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public class name -> module inside this package.
+_CLASSES: dict[str, str] = {}
+
+__all__ = sorted(_CLASSES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _CLASSES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tracklink.integrations' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_CLASSES))

@@ -1,0 +1,1 @@
+"""The lean, transformers-compatible PyTorch training loop (imports torch)."""
