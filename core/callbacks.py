@@ -125,7 +125,7 @@ class EarlyStoppingCallback(TrainerCallback):
                 f"early_stopping_patience={early_stopping_patience!r} is invalid; expected an integer >= 1"
             )
         threshold = 0.0 if early_stopping_threshold is None else early_stopping_threshold
-        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold < 0:
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not threshold >= 0:
             raise ValueError(
                 f"early_stopping_threshold={early_stopping_threshold!r} is invalid; expected a number >= 0"
             )

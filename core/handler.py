@@ -235,6 +235,16 @@ class CallbackHandler:
         self._unregister(entry)
         return entry.plugin
 
+    def replace_callback(self, old: Any, new: Any) -> None:
+        """Put ``new`` where ``old`` is in the dispatch order (used when callback states are restored
+        from a checkpoint, so restored callbacks keep their position)."""
+        entry = self._find(old)
+        if entry is None:
+            raise ValueError(f"{_label(old)} is not registered")
+        index = self._entries.index(entry)
+        self._unregister(entry)
+        self._register(_Entry(new, self._unique_name(new), tracker=entry.tracker), index=index)
+
     def remove_callback(self, callback: Any) -> None:
         """Remove the first plugin matching ``callback``; nothing happens when none matches."""
         entry = self._find(callback)
@@ -267,9 +277,34 @@ class CallbackHandler:
                     out[entry.tracker] = line
         return out
 
+    def final_metrics(self) -> dict[str, Any]:
+        """Metrics trackers contribute to the final training summary (e.g. CodeCarbon's emissions).
+
+        Each tracker with a ``final_metrics()`` method is first drained, then asked on this thread;
+        a failure counts as a tracker error. The trainer merges the result into the summary log that
+        every tracker then receives.
+        """
+        from .tracker import Tracker
+
+        merged: dict[str, Any] = {}
+        for entry in self._entries:
+            provider = getattr(entry.plugin, "final_metrics", None)
+            if entry.channel is None or entry.channel.disabled or not callable(provider):
+                continue
+            if getattr(type(entry.plugin), "final_metrics", None) is Tracker.final_metrics:
+                continue
+            entry.channel.barrier(self.settings.drain_timeout)
+            try:
+                merged.update(provider() or {})
+            except Exception as exc:
+                entry.channel._failed("final_metrics", exc)
+        self._raise_fatal()
+        return merged
+
     def trackers_uploading(self) -> bool:
         """Whether some active tracker uploads checkpoints in ``on_save`` (the trainer then waits for
         the tracker queues before checkpoint rotation deletes a directory)."""
+        self._get_plan()
         for entry in self._entries:
             if entry.channel is None or entry.channel.disabled or not entry.calls.get("on_save"):
                 continue
@@ -435,7 +470,7 @@ class CallbackHandler:
                 "current list of callbacks is:\n%s", type(plugin).__name__, self.callback_list,
             )
 
-    def _register(self, entry: _Entry) -> None:
+    def _register(self, entry: _Entry, index: int | None = None) -> None:
         plugin = entry.plugin
         if any(existing.plugin is plugin for existing in self._entries):
             logger.warning("tracklink: %s is already registered; ignoring the second registration", entry.name)
@@ -462,7 +497,10 @@ class CallbackHandler:
                         f"plugin {_label(plugin)}: {event} is a hook wrapper; tracklink calls each "
                         "implementation itself, so wrappers are not supported"
                     )
-        self._entries.append(entry)
+        if index is None:
+            self._entries.append(entry)
+        else:
+            self._entries.insert(index, entry)
         self._plan = None
 
     def _unregister(self, entry: _Entry) -> None:

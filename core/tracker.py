@@ -167,14 +167,26 @@ def _num_parameters(model: Any) -> int | None:
         return None
 
 
-def hyperparameters(args: Any, model: Any = None) -> dict[str, Any]:
-    """The redacted, nested hyper-parameter view: model config merged under the training arguments
-    (arguments win on clashes, as in transformers), plus ``model/num_parameters``."""
-    merged: dict[str, Any] = {**_model_config(model), **_args_dict(args)}
+def hyperparameters(args: Any, model: Any = None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The redacted hyper-parameter views ``(config, args_config, model_config)``: ``config`` is the model
+    config merged under the training arguments (arguments win on clashes, as in transformers) plus
+    ``model/num_parameters``."""
+    secrets = secret_env_values(Tracker.declared_secret_names())
+    args_view = redact(_args_dict(args), secrets)
+    model_view = redact(_model_config(model), secrets)
+    merged: dict[str, Any] = {**model_view, **args_view}
     count = _num_parameters(model)
     if count is not None:
         merged["model/num_parameters"] = count
-    return redact(merged, secret_env_values(Tracker.declared_secret_names()))
+    return merged, args_view, model_view
+
+
+def _redacted_name(name: Any) -> str | None:
+    if name is None:
+        return None
+    from .redact import redact_text
+
+    return redact_text(str(name), secret_env_values(Tracker.declared_secret_names()))
 
 
 def _metric_value(value: Any) -> float | int | None:
@@ -205,6 +217,8 @@ class RunInfo:
     config: dict[str, Any]
     params: dict[str, Any]
     resume: dict[str, Any] | None = None
+    args_config: dict[str, Any] = field(default_factory=dict)
+    model_config: dict[str, Any] = field(default_factory=dict)
     start_step: int = 0
     output_dir: str | None = None
     trial_name: str | None = None
@@ -334,6 +348,11 @@ class Tracker(TrainerCallback):
     def finish(self, status: str) -> None:
         """Close the run with ``status`` (``success``, ``failed`` or ``killed``)."""
 
+    def final_metrics(self) -> dict[str, float] | None:
+        """Optional: metrics to add to the final training summary that every tracker receives (called
+        on the training thread after this tracker's queue is drained, before the summary ``on_log``)."""
+        return None
+
     def sanitize_metric_name(self, name: str) -> str:
         """Make a metric name acceptable to the backend (identity by default)."""
         return name
@@ -427,12 +446,12 @@ class Tracker(TrainerCallback):
         return self._tl.active
 
     def _start(self, args: Any, state: Any, model: Any, resume: dict[str, Any] | None) -> None:
-        config = hyperparameters(args, model)
+        config, args_config, model_config = hyperparameters(args, model)
         run = RunInfo(
             args=args,
             state=state,
             model=model,
-            name=getattr(args, "run_name", None),
+            name=_redacted_name(getattr(args, "run_name", None)),
             config=config,
             params=flatten(config),
             resume=resume,
@@ -440,6 +459,8 @@ class Tracker(TrainerCallback):
             output_dir=getattr(args, "output_dir", None),
             trial_name=getattr(state, "trial_name", None),
             trial_params=getattr(state, "trial_params", None),
+            args_config=args_config,
+            model_config=model_config,
         )
         self._tl.setup_done.clear()
         try:

@@ -10,7 +10,19 @@ import importlib
 from typing import Any
 
 #: Public class name -> module inside this package.
-_CLASSES: dict[str, str] = {}
+_CLASSES: dict[str, str] = {
+    "AzureMLCallback": "azureml",
+    "ClearMLCallback": "clearml",
+    "CodeCarbonCallback": "codecarbon",
+    "CometCallback": "comet",
+    "DagsHubCallback": "dagshub",
+    "DVCLiveCallback": "dvclive",
+    "FlyteCallback": "flyte",
+    "MLflowCallback": "mlflow",
+    "NeptuneCallback": "neptune",
+    "TensorBoardCallback": "tensorboard",
+    "WandbCallback": "wandb",
+}
 
 __all__ = sorted(_CLASSES)
 

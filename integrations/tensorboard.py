@@ -1,0 +1,141 @@
+"""TensorBoard tracker (``report_to="tensorboard"``): event files readable by TensorBoard.
+
+What is logged, under transformers' names, at the trainer's ``global_step``:
+
+* numeric logs as scalars: ``train/loss``, ``train/learning_rate``, ``train/grad_norm``, ``train/epoch``,
+  ``eval/<metric>``, ``test/<metric>`` and the final summary (``train/train_runtime``, ...);
+* string logs as text at the same step;
+* the (redacted) training arguments as text ``args`` and the model config as text ``model_config``, and
+  both together as TensorBoard hyper-parameters (HParams tab).
+
+Directory: ``TrainingArguments.logging_dir``, else ``TENSORBOARD_LOGGING_DIR`` (``~`` expanded), else
+``<output_dir>/runs/<Mon DD_HH-MM-SS>_<hostname>``; during a hyper-parameter search each trial writes to
+a sub-directory named after the trial. On resume the run writes into the same directory again and
+events after the restored step are purged, so curves do not fork.
+
+Variables: ``TENSORBOARD_LOGGING_DIR``. The SDK is torch's ``SummaryWriter`` (needs the ``tensorboard``
+package), or ``tensorboardX`` when only that is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime
+from typing import Any, ClassVar
+
+from tracklink.tracker import EnvVar, RunInfo, Tracker, dumps_param
+
+__all__ = ["TensorBoardCallback"]
+
+
+def default_logging_dir(output_dir: str) -> str:
+    """transformers' default: ``<output_dir>/runs/<Mon DD_HH-MM-SS>_<hostname>``."""
+    stamp = datetime.now().strftime("%b%d_%H-%M-%S")
+    return os.path.join(output_dir, "runs", f"{stamp}_{socket.gethostname()}")
+
+
+class TensorBoardCallback(Tracker):
+    """Writes scalars, text and hyper-parameters to TensorBoard event files.
+
+    Args:
+        tb_writer: an existing ``SummaryWriter`` to use instead of creating one (it is flushed, not
+            closed, at the end of training).
+    """
+
+    name = "tensorboard"
+    sdk = "tensorboard"
+    sdk_min_version = "2.10"
+    sdk_module = "tensorboard"
+    extra = "tensorboard"
+    env_vars: ClassVar[tuple[EnvVar, ...]] = (
+        EnvVar("TENSORBOARD_LOGGING_DIR", None,
+               "Directory for the event files when TrainingArguments.logging_dir is not set "
+               "(default: <output_dir>/runs/<date>_<host>)."),
+    )
+
+    def __init__(self, tb_writer: Any = None) -> None:
+        self.tb_writer = tb_writer
+        self._own_writer = tb_writer is None
+        self.log_dir: str | None = None
+
+    def _writer_class(self) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            return SummaryWriter
+        except ImportError:
+            try:
+                from tensorboardX import SummaryWriter  # type: ignore[no-redef]
+
+                return SummaryWriter
+            except ImportError:
+                self.import_sdk("torch.utils.tensorboard")  # raises the install hint
+                raise
+
+    def _resolve_dir(self, run: RunInfo) -> str:
+        if run.resume and run.resume.get("log_dir"):
+            return str(run.resume["log_dir"])
+        base = getattr(run.args, "logging_dir", None) or os.environ.get("TENSORBOARD_LOGGING_DIR")
+        base = os.path.expanduser(base) if base else default_logging_dir(run.output_dir or ".")
+        if run.is_hyper_param_search and run.trial_name:
+            base = os.path.join(base, str(run.trial_name))
+        return base
+
+    def setup(self, run: RunInfo) -> None:
+        if self.tb_writer is None or not self._own_writer:
+            self.log_dir = self._resolve_dir(run)
+        if self.tb_writer is None:
+            writer_class = self._writer_class()
+            # purge_step drops events at or after it: the run continues from the restored step
+            purge = run.start_step + 1 if run.resume else None
+            self.tb_writer = writer_class(log_dir=self.log_dir, purge_step=purge)
+            self._own_writer = True
+        else:
+            self.log_dir = getattr(self.tb_writer, "log_dir", None) or getattr(self.tb_writer, "logdir", None)
+        if run.resume:
+            return
+        self.tb_writer.add_text("args", json.dumps(run.args_config, indent=2, sort_keys=True), run.start_step)
+        if run.model_config:
+            self.tb_writer.add_text(
+                "model_config", json.dumps(run.model_config, indent=2, sort_keys=True), run.start_step
+            )
+        self._write_hparams(run.params)
+        self.tb_writer.flush()
+
+    def _write_hparams(self, params: dict[str, Any]) -> None:
+        try:
+            from torch.utils.tensorboard.summary import hparams
+        except ImportError:  # tensorboardX
+            from tensorboardX.summary import hparams  # type: ignore[no-redef]
+        clean = {
+            k: v if isinstance(v, (bool, int, float, str)) else dumps_param(v)
+            for k, v in params.items()
+        }
+        experiment, start, end = hparams(clean, {})
+        file_writer = self.tb_writer._get_file_writer()
+        for summary in (experiment, start, end):
+            file_writer.add_summary(summary)
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        for key, value in metrics.items():
+            self.tb_writer.add_scalar(key, value, step)
+        self.tb_writer.flush()
+
+    def log_text(self, texts: dict[str, str], step: int) -> None:
+        for key, value in texts.items():
+            self.tb_writer.add_text(key, value, step)
+        self.tb_writer.flush()
+
+    def run_identity(self) -> dict[str, Any] | None:
+        return {"log_dir": self.log_dir} if self.log_dir else None
+
+    def finish(self, status: str) -> None:
+        if self.tb_writer is None:
+            return
+        if self._own_writer:
+            self.tb_writer.close()
+            self.tb_writer = None
+        else:
+            self.tb_writer.flush()

@@ -1,0 +1,154 @@
+"""Test-wide settings: every tracker SDK offline, every output directory and ``HOME`` in a temp dir,
+and no network connection allowed (a test fails if anything tries to reach a non-loopback address).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="tracklink-tests-"))
+
+# Offline switches of every SDK (see shared/reference/sdk-offline.md), set before any SDK is imported.
+OFFLINE_ENV = {
+    "HOME": str(_SESSION_TMP / "home"),
+    "TMPDIR": str(_SESSION_TMP / "tmp"),
+    "MPLCONFIGDIR": str(_SESSION_TMP / "mpl"),
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "WANDB_CONSOLE": "off",
+    "WANDB_DISABLE_GIT": "true",
+    "WANDB_DIR": str(_SESSION_TMP / "wandb"),
+    "WANDB_CACHE_DIR": str(_SESSION_TMP / "wandb" / "cache"),
+    "WANDB_DATA_DIR": str(_SESSION_TMP / "wandb" / "data"),
+    "WANDB_CONFIG_DIR": str(_SESSION_TMP / "wandb" / "config"),
+    "WANDB_ARTIFACT_DIR": str(_SESSION_TMP / "wandb" / "artifacts"),
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "COMET_START_ONLINE": "0",
+    "COMET_OFFLINE_DIRECTORY": str(_SESSION_TMP / "comet"),
+    "COMET_ERROR_TRACKING_ENABLE": "false",
+    "COMET_AUTO_LOG_ENV_DETAILS": "false",
+    "COMET_AUTO_LOG_ENV_HOST": "false",
+    "COMET_AUTO_LOG_CO2": "false",
+    "COMET_DISABLE_AUTO_LOGGING": "1",
+    "COMET_CONFIG": str(_SESSION_TMP / "comet" / "no-such.config"),
+    "NEPTUNE_MODE": "offline",
+    "CLEARML_OFFLINE_MODE": "1",
+    "CLEARML_CACHE_DIR": str(_SESSION_TMP / "clearml"),
+    "CLEARML_CONFIG_FILE": str(_SESSION_TMP / "clearml.conf"),
+    "CLEARML_NO_DEFAULT_SERVER": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "DVC_STUDIO_OFFLINE": "1",
+    "DAGSHUB_CLIENT_TOKENS_CACHE": str(_SESSION_TMP / "dagshub-tokens"),
+    "FLYTE_SDK_LOGGING_LEVEL": "40",
+    "AZUREML_LOG_DEPRECATION_WARNING_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+for _key in ("TRACKLINK_REPORT_TO", "TRACKLINK_DISABLE", "TRACKLINK_ON_ERROR", "MLFLOW_TRACKING_URI",
+             "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "WANDB_API_KEY", "COMET_API_KEY",
+             "NEPTUNE_API_TOKEN", "NEPTUNE_PROJECT", "WANDB_PROJECT", "WANDB_RUN_ID"):
+    os.environ.pop(_key, None)
+os.environ.update(OFFLINE_ENV)
+for _dir in ("home", "tmp", "mpl", "wandb", "comet", "clearml"):
+    (_SESSION_TMP / _dir).mkdir(parents=True, exist_ok=True)
+(_SESSION_TMP / "clearml.conf").write_text("sdk { development { report_use_subprocess: false } }\n")
+tempfile.tempdir = None  # re-read TMPDIR
+
+
+# -- no network ---------------------------------------------------------------------------------
+
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "", None}
+_network_attempts: list[str] = []
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _is_local(address: object) -> bool:
+    if isinstance(address, tuple) and address:
+        host = address[0]
+    elif isinstance(address, (str, bytes)):
+        return True  # AF_UNIX path
+    else:
+        return False
+    if isinstance(host, bytes):
+        host = host.decode()
+    return host in _LOOPBACK_NAMES or str(host).startswith("127.") or host == socket.gethostname()
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address):
+        _network_attempts.append(f"connect {address!r}")
+        raise OSError(101, f"network disabled in tests (tried to connect to {address!r})")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: object) -> int:
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address):
+        _network_attempts.append(f"connect_ex {address!r}")
+        return 101
+    return _real_connect_ex(self, address)
+
+
+def _guarded_getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+    name = host.decode() if isinstance(host, bytes) else host
+    if not (name in _LOOPBACK_NAMES or str(name).startswith("127.") or name == socket.gethostname()):
+        _network_attempts.append(f"getaddrinfo {name!r}")
+        raise socket.gaierror(socket.EAI_NONAME, f"network disabled in tests (lookup of {name!r})")
+    return _real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+socket.getaddrinfo = _guarded_getaddrinfo  # type: ignore[assignment]
+
+
+@pytest.fixture(autouse=True)
+def no_network() -> object:
+    """Fail the test when anything tried to reach the network (SDKs must stay offline)."""
+    start = len(_network_attempts)
+    yield
+    attempts = _network_attempts[start:]
+    if attempts:
+        pytest.fail("network access attempted: " + "; ".join(sorted(set(attempts))[:10]), pytrace=False)
+
+
+@pytest.fixture
+def network_attempts() -> list[str]:
+    """The list of refused network attempts (for tests that assert on them)."""
+    return _network_attempts
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test in its own empty working directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.sdk("x")`` tests when the SDK ``x`` is not installed, unless
+    ``TRACKLINK_REQUIRE_SDKS=1`` (the SDK tox environment), where a missing SDK is an error."""
+    import importlib.util
+
+    required = os.environ.get("TRACKLINK_REQUIRE_SDKS") == "1"
+    for item in items:
+        for marker in item.iter_markers("sdk"):
+            for module in marker.args:
+                if importlib.util.find_spec(module) is None:
+                    if required:
+                        raise pytest.UsageError(f"TRACKLINK_REQUIRE_SDKS=1 but SDK {module!r} is missing")
+                    item.add_marker(pytest.mark.skip(reason=f"SDK {module!r} is not installed"))

@@ -1,0 +1,153 @@
+"""TensorBoard: train through tracklink's Trainer, read the event files back with TensorBoard's own
+reader (EventAccumulator) and through TensorBoard's HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, assert_series, files_containing, make_trainer
+
+pytestmark = pytest.mark.sdk("tensorboard")
+
+
+def _accumulator(log_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _scalars(acc, tag: str) -> list[tuple[int, float]]:
+    return [(event.step, event.value) for event in acc.Scalars(tag)]
+
+
+def _only_run_dir(root: Path) -> Path:
+    dirs = [p.parent for p in root.rglob("events.out.tfevents.*")]
+    assert dirs, f"no event file under {root}"
+    assert len(set(dirs)) == 1, set(dirs)
+    return dirs[0]
+
+
+def test_scalars_text_and_hparams_read_back(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path / "out", ["tensorboard"], logging_dir=str(tmp_path / "tb"))
+    trainer.train()
+    acc = _accumulator(tmp_path / "tb")
+    history = trainer.state.log_history
+    train_logs = [h for h in history if "loss" in h]
+    assert_series(_scalars(acc, "train/loss"), [(h["step"], h["loss"]) for h in train_logs])
+    assert [s for s, _ in _scalars(acc, "train/learning_rate")] == [5, 10, 15, 20]
+    eval_logs = [h for h in history if "eval_loss" in h]
+    assert_series(_scalars(acc, "eval/loss"), [(h["step"], h["eval_loss"]) for h in eval_logs])
+    assert [s for s, _ in _scalars(acc, "train/train_loss")] == [20]
+    assert "train/epoch" in acc.Tags()["scalars"]
+
+    args_text = acc.Tensors("args/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert json.loads(args_text)["learning_rate"] == 0.1
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    content = acc.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["learning_rate"].number_value == pytest.approx(0.1)
+    assert start.hparams["max_steps"].number_value == 20
+
+
+def test_default_directory_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = make_trainer(tmp_path / "out", "tensorboard", max_steps=5, eval_strategy="no", save_strategy="no")
+    trainer.train()
+    run_dir = _only_run_dir(tmp_path / "out" / "runs")
+    assert run_dir.parent == tmp_path / "out" / "runs"
+    assert socket.gethostname() in run_dir.name
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "from-env"))
+    make_trainer(tmp_path / "out2", "tensorboard", max_steps=5, eval_strategy="no", save_strategy="no").train()
+    assert _scalars(_accumulator(tmp_path / "from-env"), "train/loss")
+
+
+def test_string_logs_become_text(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path / "out", "tensorboard", logging_dir=str(tmp_path / "tb"), max_steps=5,
+                           eval_strategy="no", save_strategy="no")
+    trainer.train()
+    trainer.log({"note": "hello tensorboard", "value": 3.5})
+    trainer.callback_handler.wait_for_trackers()
+    acc = _accumulator(tmp_path / "tb")
+    assert acc.Tensors("train/note/text_summary")[0].tensor_proto.string_val[0] == b"hello tensorboard"
+    assert _scalars(acc, "train/value") == [(5, 3.5)]
+
+
+def test_resume_purges_events_after_restored_step(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    class StopAt15:
+        from tracklink import hookimpl
+
+        @hookimpl
+        def on_step_end(self, state, control):
+            if state.global_step == 15:
+                control.should_training_stop = True
+
+    first = make_trainer(out, "tensorboard", callbacks=[StopAt15()])
+    first.train()  # logs train/loss at 5, 10, 15 and checkpoints 10 and 15... then stops
+    run_dir = _only_run_dir(out / "runs")
+    assert [s for s, _ in _scalars(_accumulator(run_dir), "train/loss")] == [5, 10, 15]
+
+    resumed = make_trainer(out, "tensorboard")
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-10"))
+    assert _only_run_dir(out / "runs") == run_dir, "resume must write into the same run directory"
+    steps = [s for s, _ in _scalars(_accumulator(run_dir), "train/loss")]
+    assert steps == [5, 10, 15, 20], steps  # the old step-15 point was purged, not duplicated
+
+
+def test_no_secret_in_event_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_ENV_VAR, SECRET_ENV)
+    trainer = make_trainer(tmp_path / "out", "tensorboard", logging_dir=str(tmp_path / "tb"), secrets=True)
+    trainer.train()
+    assert files_containing(tmp_path / "tb", SECRETS) == []
+    text = _accumulator(tmp_path / "tb").Tensors("args/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert json.loads(text)["learning_rate"] == 0.1
+    assert json.loads(text)["hub_token"] == "<redacted>"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_tensorboard_server_serves_the_scalars(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path / "out", "tensorboard", logging_dir=str(tmp_path / "tb" / "run1"))
+    trainer.train()
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path / "tb"), "--host", "127.0.0.1",
+         "--port", str(port), "--load_fast", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=run1&tag=train%2Floss"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    points = json.loads(response.read())
+                if points:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stderr.read().decode()
+            assert time.monotonic() < deadline, "TensorBoard server did not serve the scalars"
+            time.sleep(0.5)
+        expected = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+        assert_series([(p[1], p[2]) for p in points], expected)
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -1,0 +1,50 @@
+"""``TestRecorderTracker``: a ``tracklink.Tracker`` that writes every lifecycle call to a JSONL file."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import tracklink
+
+from . import OUT_ENV, SECRET_ENV, record
+
+
+class TestRecorderTracker(tracklink.Tracker):
+    """Records ``setup``, ``log_metrics``, ``log_summary``, ``finish`` and a few raw events."""
+
+    __test__ = False  # not a pytest test class
+
+    name = "testrecorder"
+    env_vars = (
+        tracklink.EnvVar(OUT_ENV, None, "JSONL file the plugin appends its records to"),
+        tracklink.EnvVar(SECRET_ENV, None, "a fake API key (declared secret; never printed)", secret=True),
+        tracklink.EnvVar("TRACKLINK_TESTPLUGIN_MODE", "record", "record or off", choices=("record", "off")),
+    )
+
+    @classmethod
+    def ready(cls, env: Mapping[str, str]) -> str | None:
+        return None if env.get(OUT_ENV) else f"{OUT_ENV} is not set"
+
+    def setup(self, run: tracklink.RunInfo) -> None:
+        record("tracker", call="setup", start_step=run.start_step, params=run.params,
+               thread=threading.current_thread().name)
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        record("tracker", call="log_metrics", metrics=metrics, step=step, epoch=epoch)
+
+    def log_summary(self, metrics: dict[str, float], step: int) -> None:
+        record("tracker", call="log_summary", metrics=metrics, step=step)
+
+    def run_identity(self) -> dict[str, Any]:
+        return {"run_id": "testrecorder-run"}
+
+    def finish(self, status: str) -> None:
+        record("tracker", call="finish", status=status)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        record("tracker", call="on_step_end", step=state.global_step)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
+        record("tracker", call="on_evaluate", step=state.global_step, metrics=metrics)

@@ -1,0 +1,176 @@
+"""Checkpoint files: ``checkpoint-<step>/`` with weights, optimizer, scheduler, RNG and state.
+
+Layout (transformers' names, except that the training arguments are stored as redacted JSON instead
+of a pickle): ``model.safetensors``, ``config.json`` (when the model has a config), ``optimizer.pt``,
+``scheduler.pt``, ``scaler.pt`` (fp16 only), ``rng_state.pth`` (``rng_state_<rank>.pth`` in
+multi-process runs), ``training_args.json`` and ``trainer_state.json``. ``trainer_state.json`` is
+written last, so a directory without it is an interrupted save and is never resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("tracklink")
+
+PREFIX = "checkpoint"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.pt"
+SCALER_NAME = "scaler.pt"
+STATE_NAME = "trainer_state.json"
+ARGS_NAME = "training_args.json"
+
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
+
+__all__ = [
+    "checkpoints",
+    "latest_checkpoint",
+    "load_model_weights",
+    "load_rng_state",
+    "rotate_checkpoints",
+    "save_model",
+    "save_rng_state",
+]
+
+
+def checkpoints(run_dir: str | os.PathLike[str], complete_only: bool = False) -> list[Path]:
+    """``checkpoint-<n>`` directories of ``run_dir``, sorted by step."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and (not complete_only or (child / STATE_NAME).is_file()):
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint (one whose ``trainer_state.json`` was written)."""
+    found = checkpoints(run_dir, complete_only=True)
+    return found[-1] if found else None
+
+
+def _config_json(model: torch.nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    to_json = getattr(config, "to_json_string", None)
+    if callable(to_json):
+        return str(to_json())
+    from tracklink.tracker import _plain
+
+    data = _plain(config)
+    return json.dumps(data, indent=2, sort_keys=True) + "\n" if isinstance(data, dict) else None
+
+
+def save_model(model: torch.nn.Module, directory: str | os.PathLike[str]) -> None:
+    """Write ``model.safetensors`` (shared tensors de-duplicated) and ``config.json``."""
+    from safetensors.torch import save_model as save_safetensors
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    save_safetensors(model, str(path / WEIGHTS_NAME))
+    config = _config_json(model)
+    if config is not None:
+        (path / CONFIG_NAME).write_text(config)
+
+
+def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike[str]) -> None:
+    """Load ``model.safetensors`` from a checkpoint into ``model`` (strictly)."""
+    from safetensors.torch import load_model as load_safetensors
+
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}; it is not a tracklink/transformers checkpoint")
+    load_safetensors(model, str(path), strict=True, device=str(next(model.parameters()).device)
+                     if any(True for _ in model.parameters()) else "cpu")
+
+
+def _rng_file(directory: Path, rank: int, world_size: int) -> Path:
+    return directory / ("rng_state.pth" if world_size <= 1 else f"rng_state_{rank}.pth")
+
+
+def save_rng_state(directory: str | os.PathLike[str], rank: int = 0, world_size: int = 1) -> None:
+    """Python, NumPy, torch and CUDA random states of this process."""
+    state: dict[str, Any] = {"python": random.getstate(), "cpu": torch.random.get_rng_state()}
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss))
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(state, _rng_file(path, rank, world_size))
+
+
+def load_rng_state(directory: str | os.PathLike[str], rank: int = 0, world_size: int = 1) -> bool:
+    """Restore the random states saved by :func:`save_rng_state`; ``False`` when there is no file."""
+    path = _rng_file(Path(directory), rank, world_size)
+    if not path.is_file():
+        logger.info("tracklink: %s has no %s; random states are not restored", directory, path.name)
+        return False
+    state = torch.load(path, weights_only=True)
+    random.setstate(state["python"])
+    torch.random.set_rng_state(state["cpu"])
+    if "numpy" in state:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except Exception as exc:  # different GPU count
+            logger.warning("tracklink: could not restore CUDA random states: %r", exc)
+    return True
+
+
+def rotate_checkpoints(
+    run_dir: str | os.PathLike[str],
+    limit: int | None,
+    best: str | None,
+    before_delete: Callable[[], None] | None = None,
+) -> list[Path]:
+    """Delete the oldest checkpoints beyond ``limit``, never the best one.
+
+    With ``limit == 1`` and a best checkpoint that is not the newest, two are kept (the best and the
+    newest, to resume from). ``before_delete`` runs once before anything is deleted (the trainer uses it
+    to wait for trackers still uploading a checkpoint).
+    """
+    if not limit:
+        return []
+    found = checkpoints(run_dir)
+    best_path = Path(best).resolve() if best else None
+    keep = limit
+    if best_path is not None and limit == 1 and found and found[-1].resolve() != best_path:
+        keep = 2
+    if len(found) <= keep:
+        return []
+    ordered = [p for p in found if p.resolve() != best_path]
+    if best_path is not None and any(p.resolve() == best_path for p in found):
+        keep -= 1
+    doomed = ordered[: max(0, len(ordered) - keep)]
+    if doomed and before_delete is not None:
+        before_delete()
+    for path in doomed:
+        logger.info("tracklink: deleting older checkpoint %s (save_total_limit=%s)", path, limit)
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed

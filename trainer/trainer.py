@@ -1,0 +1,1023 @@
+"""``Trainer``: a lean PyTorch training loop that fires transformers' events in transformers v5's order.
+
+Conventions are transformers': ``model(**batch)`` returns an output with ``loss`` (attribute, key, or
+first tuple element); datasets yield dicts; the default collator stacks tensors. The loop keeps the
+training loss on the device and forces no host-device synchronisation on a step that neither logs nor
+evaluates (NaN/inf losses are filtered on the device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from tracklink.callbacks import PrinterCallback, ProgressCallback
+from tracklink.errors import Terminated
+from tracklink.flow import DefaultFlowCallback
+from tracklink.handler import CallbackHandler
+from tracklink.log import ensure_default_logging
+from tracklink.process import ProcessInfo
+from tracklink.redact import redact, secret_env_values
+from tracklink.state import TrainerControl, TrainerState, collect_states, state_key
+from tracklink.tracker import Tracker, _plain
+
+from . import checkpoint as ckpt
+from .arguments import TrainingArguments
+from .data import build_dataloader, default_data_collator, has_length, move_to_device
+from .distributed import (
+    all_gather_objects,
+    barrier,
+    is_distributed,
+    setup_distributed,
+    sum_across_processes,
+    unwrap_model,
+    wrap_model,
+)
+from .optim import create_optimizer, create_scheduler
+
+logger = logging.getLogger("tracklink")
+
+__all__ = ["EvalPrediction", "PredictionOutput", "TrainOutput", "Trainer", "set_seed"]
+
+
+class TrainOutput(NamedTuple):
+    global_step: int
+    training_loss: float
+    metrics: dict[str, float]
+
+
+class PredictionOutput(NamedTuple):
+    predictions: Any
+    label_ids: Any
+    metrics: dict[str, float]
+
+
+class EvalPrediction:
+    """What ``compute_metrics`` receives: NumPy ``predictions`` and ``label_ids`` (unpackable as a pair)."""
+
+    def __init__(self, predictions: Any, label_ids: Any) -> None:
+        self.predictions = predictions
+        self.label_ids = label_ids
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.predictions, self.label_ids))
+
+    def __getitem__(self, index: int) -> Any:
+        return (self.predictions, self.label_ids)[index]
+
+    def __len__(self) -> int:
+        return 2
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy (when installed) and torch (all devices)."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+    torch.manual_seed(seed)
+
+
+def speed_metrics(prefix: str, start: float, num_samples: int | None = None, num_steps: int | None = None) -> dict[str, float]:
+    runtime = time.time() - start
+    metrics = {f"{prefix}_runtime": round(runtime, 4)}
+    if runtime > 0:
+        if num_samples is not None:
+            metrics[f"{prefix}_samples_per_second"] = round(num_samples / runtime, 3)
+        if num_steps is not None:
+            metrics[f"{prefix}_steps_per_second"] = round(num_steps / runtime, 3)
+    return metrics
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within ``train()``, turn SIGTERM into a :class:`Terminated` exception in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the flush short
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _loss_of(outputs: Any) -> Any:
+    if isinstance(outputs, Mapping):
+        return outputs.get("loss")
+    loss = getattr(outputs, "loss", None)
+    if loss is not None:
+        return loss
+    if isinstance(outputs, (tuple, list)) and outputs:
+        return outputs[0]
+    return None
+
+
+def _logits_of(outputs: Any, has_loss: bool, ignore_keys: list[str]) -> Any:
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, Mapping) or hasattr(outputs, "keys"):
+        items = [v for k, v in dict(outputs).items() if k not in ignore_keys and k != "loss"]
+    elif isinstance(outputs, (tuple, list)):
+        items = list(outputs[1:] if has_loss else outputs)
+    else:
+        logits = getattr(outputs, "logits", None)
+        items = [] if logits is None else [logits]
+    items = [v for v in items if isinstance(v, torch.Tensor)]
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else tuple(items)
+
+
+def _concat(chunks: list[Any]) -> Any:
+    """Concatenate per-batch NumPy arrays along the first axis, padding other axes with -100."""
+    import numpy as np
+
+    if not chunks:
+        return None
+    if isinstance(chunks[0], tuple):
+        return tuple(_concat([c[i] for c in chunks]) for i in range(len(chunks[0])))
+    if all(c.shape[1:] == chunks[0].shape[1:] for c in chunks):
+        return np.concatenate(chunks, axis=0)
+    shape = [sum(c.shape[0] for c in chunks)] + [max(c.shape[i] for c in chunks) for i in range(1, chunks[0].ndim)]
+    out = np.full(shape, -100, dtype=chunks[0].dtype)
+    row = 0
+    for c in chunks:
+        out[(slice(row, row + c.shape[0]), *(slice(0, n) for n in c.shape[1:]))] = c
+        row += c.shape[0]
+    return out
+
+
+def _to_numpy(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return tuple(_to_numpy(v) for v in value)
+    tensor = value.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.cpu().numpy()
+
+
+class Trainer:
+    """Trains, evaluates and predicts with a PyTorch model, firing transformers' training events.
+
+    Arguments follow ``transformers.Trainer``: ``model`` (or ``model_init`` for a fresh model per
+    training), ``args`` (``TrainingArguments``), ``data_collator``, ``train_dataset``, ``eval_dataset``
+    (a dataset or a dict of named datasets), ``processing_class`` (alias ``tokenizer``),
+    ``compute_metrics`` (``EvalPrediction`` -> dict), ``callbacks`` (classes or instances: transformers
+    callbacks, tracklink plugins, ``Tracker`` instances) and ``optimizers`` (``(optimizer, scheduler)``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        data_collator: Callable[[list[Any]], Any] | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        model_init: Callable[..., torch.nn.Module] | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict[str, float]] | None = None,
+        callbacks: list[Any] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        tokenizer: Any = None,
+    ) -> None:
+        if args is None:
+            args = TrainingArguments(output_dir="trainer_output")
+        if not isinstance(args, TrainingArguments):
+            raise TypeError(
+                f"args must be tracklink.trainer.TrainingArguments, got {type(args).__name__}"
+            )
+        self.args = args
+        if model is None and model_init is None:
+            raise ValueError("Trainer needs a model or a model_init function; both are None")
+        if args.eval_strategy != "no" and eval_dataset is None:
+            raise ValueError(
+                f"TrainingArguments.eval_strategy={args.eval_strategy!r} needs an eval_dataset, but none was given "
+                "(pass eval_dataset=..., or set eval_strategy='no')"
+            )
+        if args.load_best_model_at_end and eval_dataset is None:
+            raise ValueError("load_best_model_at_end=True needs an eval_dataset")
+        self.process = ProcessInfo.from_env()
+        ensure_default_logging(self.process)
+        self.device = args.device
+        self._check_precision()
+        self.is_distributed = setup_distributed(args, self.device)
+        set_seed(args.seed)
+        self.model_init = model_init
+        if model is None:
+            model = self.call_model_init()
+        self.model = model.to(self.device)
+        self.model_wrapped: torch.nn.Module = self.model
+        self.processing_class = processing_class if processing_class is not None else tokenizer
+        self.data_collator = data_collator or default_data_collator
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.compute_metrics = compute_metrics
+        self.optimizer, self.lr_scheduler = optimizers
+        self._user_optimizers = optimizers
+        self.scaler: Any = None
+        self.current_flos = 0.0
+        self._tokens_seen: Any = 0
+        self._forward_params: set[str] | None = None
+        self.hp_search_backend: str | None = None
+
+        callbacks = list(callbacks or [])
+        self.callback_handler = CallbackHandler(
+            [DefaultFlowCallback], self.model, self.processing_class, self.optimizer, self.lr_scheduler,
+            process=self.process,
+        )
+        user_tracker_names = {cb.name for cb in callbacks if isinstance(cb, Tracker)}
+        resolution = args.report_to_resolution
+        for spec in resolution.selected_specs():
+            if spec.name in user_tracker_names or not self.process.allows(spec.rank_policy):
+                continue  # never built on a rank its policy excludes
+            self.callback_handler.add_tracker(
+                spec.create(), spec.name, rank_policy=spec.rank_policy, inline=spec.inline
+            )
+        for callback in callbacks:
+            self.callback_handler.add_callback(callback)
+        disable_tqdm = args.disable_tqdm
+        if disable_tqdm is None:
+            disable_tqdm = logger.getEffectiveLevel() > logging.WARNING
+        self.callback_handler.add_callback(PrinterCallback if disable_tqdm else ProgressCallback)
+
+        self.state = TrainerState(
+            is_local_process_zero=self.process.is_local_main,
+            is_world_process_zero=self.process.is_world_main,
+        )
+        self.control = TrainerControl()
+        self._globalstep_last_logged = 0
+        self._total_loss_scalar = 0.0
+        self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+
+    # -- callbacks -------------------------------------------------------------------------------
+
+    def add_callback(self, callback: Any) -> None:
+        self.callback_handler.add_callback(callback)
+
+    def pop_callback(self, callback: Any) -> Any:
+        return self.callback_handler.pop_callback(callback)
+
+    def remove_callback(self, callback: Any) -> None:
+        self.callback_handler.remove_callback(callback)
+
+    # -- setup helpers -----------------------------------------------------------------------------
+
+    def _check_precision(self) -> None:
+        args = self.args
+        if args.fp16 and self.device.type not in ("cuda", "mps"):
+            raise ValueError(
+                f"TrainingArguments.fp16=True needs a CUDA (or MPS) device, but training runs on "
+                f"{self.device.type!r}; use bf16=True on CPU, or fp16=False"
+            )
+        if args.bf16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("TrainingArguments.bf16=True, but this CUDA device does not support bfloat16; use fp16")
+
+    def call_model_init(self, trial: Any = None) -> torch.nn.Module:
+        if self.model_init is None:
+            raise ValueError("Trainer has no model_init")
+        params = inspect.signature(self.model_init).parameters
+        model = self.model_init(trial) if len(params) >= 1 else self.model_init()
+        if model is None:
+            raise RuntimeError("model_init returned None; it must return a torch.nn.Module")
+        return model
+
+    def _autocast(self) -> Any:
+        if self.args.bf16 or self.args.fp16:
+            dtype = torch.bfloat16 if self.args.bf16 else torch.float16
+            return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _prepare_inputs(self, inputs: Any) -> Any:
+        if isinstance(inputs, Mapping) and self.args.remove_unused_columns:
+            accepted = self._accepted_inputs()
+            if accepted is not None:
+                inputs = {k: v for k, v in inputs.items() if k in accepted}
+        return move_to_device(inputs, self.device)
+
+    def _accepted_inputs(self) -> set[str] | None:
+        if self._forward_params is None:
+            target = unwrap_model(self.model)
+            try:
+                params = inspect.signature(target.forward).parameters
+            except (TypeError, ValueError):
+                return None
+            if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+                self._forward_params = set()
+            else:
+                self._forward_params = set(params) | set(self.args.label_names or [])
+        return self._forward_params or None
+
+    def get_train_dataloader(self) -> Any:
+        if self.train_dataset is None:
+            raise ValueError("Trainer.train() needs a train_dataset; none was given")
+        return build_dataloader(
+            self.train_dataset, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator,
+            shuffle=True, seed=self.args.seed, drop_last=self.args.dataloader_drop_last,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory and self.device.type == "cuda",
+        )
+
+    def get_eval_dataloader(self, dataset: Any) -> Any:
+        from torch.utils.data import DataLoader
+
+        sampler = None
+        if is_distributed() and has_length(dataset):
+            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+            sampler = list(range(rank, len(dataset), world))
+        return DataLoader(
+            dataset, batch_size=self.args.per_device_eval_batch_size, sampler=sampler,
+            collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory and self.device.type == "cuda",
+        )
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        if self.optimizer is None:
+            self.optimizer = create_optimizer(unwrap_model(self.model), self.args)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = create_scheduler(self.optimizer, self.args, num_training_steps)
+
+    def _run_dir(self, trial: Any = None) -> Path:
+        name = getattr(self, "_trial_run_name", None) if trial is not None or self.state.is_hyper_param_search else None
+        return Path(self.args.output_dir) / name if name else Path(self.args.output_dir)
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> TrainOutput:
+        """Train the model; ``resume_from_checkpoint`` is a checkpoint path, or ``True`` for the newest
+        checkpoint in ``output_dir``. ``on_exception`` fires if training raises, is interrupted or gets
+        SIGTERM; the exception then propagates (SIGTERM exits with status 143)."""
+        args = self.args
+        checkpoint_dir = self._resolve_checkpoint(resume_from_checkpoint)
+        if self.model_init is not None:  # a fresh model for every training run, as in transformers
+            set_seed(args.seed)
+            self.model = self.call_model_init(trial).to(self.device)
+            self.model_wrapped = self.model
+            self.optimizer, self.lr_scheduler = self._user_optimizers
+            self._forward_params = None
+        if checkpoint_dir is not None:
+            ckpt.load_model_weights(unwrap_model(self.model), checkpoint_dir)
+        with _sigterm_raises():
+            try:
+                return self._inner_train(checkpoint_dir, trial, ignore_keys_for_eval)
+            except BaseException as exc:
+                signal_guard = (
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                    if threading.current_thread() is threading.main_thread() else None
+                )
+                try:
+                    self.control = self.callback_handler.on_exception(
+                        self.args, self.state, self.control, exception=exc
+                    )
+                finally:
+                    if signal_guard is not None:
+                        signal.signal(signal.SIGTERM, signal_guard)
+                raise
+
+    def _resolve_checkpoint(self, resume: str | bool | None) -> Path | None:
+        if resume is None or resume is False:
+            return None
+        if resume is True:
+            found = ckpt.latest_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(
+                    f"train(resume_from_checkpoint=True) found no valid checkpoint in output_dir "
+                    f"{self.args.output_dir!r} (a checkpoint-<step>/ with trainer_state.json)"
+                )
+            return found
+        path = Path(resume)
+        if not (path / ckpt.WEIGHTS_NAME).is_file():
+            raise ValueError(
+                f"train(resume_from_checkpoint={str(resume)!r}): not a checkpoint directory (no {ckpt.WEIGHTS_NAME}); "
+                "pass a checkpoint-<step>/ path, True for the newest one, or None"
+            )
+        return path
+
+    def _inner_train(self, checkpoint_dir: Path | None, trial: Any, ignore_keys_for_eval: list[str] | None) -> TrainOutput:
+        args = self.args
+        dataloader = self.get_train_dataloader()
+        ga = args.gradient_accumulation_steps
+        total_batch = args.per_device_train_batch_size * ga * max(1, self.process.world_size)
+        if has_length(dataloader):
+            batches_per_epoch = len(dataloader)
+            updates_per_epoch = max(math.ceil(batches_per_epoch / ga), 1)
+            if args.max_steps > 0:
+                max_steps = args.max_steps
+                num_train_epochs = math.ceil(max_steps / updates_per_epoch)
+            else:
+                max_steps = math.ceil(args.num_train_epochs * updates_per_epoch)
+                num_train_epochs = math.ceil(args.num_train_epochs)
+        elif args.max_steps > 0:
+            batches_per_epoch = None
+            updates_per_epoch = args.max_steps
+            max_steps, num_train_epochs = args.max_steps, 2**62
+        else:
+            raise ValueError(
+                "train_dataset has no length, so TrainingArguments.max_steps must be set (> 0); "
+                f"it is {args.max_steps}"
+            )
+
+        self.create_optimizer_and_scheduler(max_steps)
+        if args.fp16 and self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.device.type)
+        self.state = TrainerState(
+            stateful_callbacks=self._stateful_objects(),
+            is_local_process_zero=self.process.is_local_main,
+            is_world_process_zero=self.process.is_world_main,
+            train_batch_size=args.per_device_train_batch_size,
+        )
+        self.state.is_hyper_param_search = trial is not None
+        if trial is not None:
+            self.state.trial_name = getattr(self, "_trial_name", None)
+            self.state.trial_params = getattr(self, "_trial_params", None)
+        self.state.compute_steps(args, max_steps)
+        self.model_wrapped = wrap_model(self.model, args, self.device)
+
+        epochs_trained, steps_in_epoch_done = 0, 0
+        if checkpoint_dir is not None:
+            epochs_trained, steps_in_epoch_done = self._restore_checkpoint(checkpoint_dir, updates_per_epoch)
+        self.state.max_steps = max_steps
+        self.state.num_train_epochs = num_train_epochs
+        self.state.is_local_process_zero = self.process.is_local_main
+        self.state.is_world_process_zero = self.process.is_world_main
+
+        handler = self.callback_handler
+        handler.model = self.model
+        handler.optimizer = self.optimizer
+        handler.lr_scheduler = self.lr_scheduler
+        handler.train_dataloader = dataloader
+
+        model = self.model_wrapped
+        device = self.device
+        tr_loss = torch.zeros((), device=device)
+        self._total_loss_scalar = 0.0
+        self._globalstep_last_logged = self.state.global_step
+        start_step = self.state.global_step
+        grad_norm: Any = None
+        learning_rate: float | None = None
+        start_time = time.time()
+        if self.state.is_world_process_zero:
+            self._print_banner()
+        model.zero_grad(set_to_none=True)
+
+        self.control = handler.on_train_begin(args, self.state, self.control)
+        if args.eval_on_start:
+            self._evaluate(trial, ignore_keys_for_eval, skip_scheduler=True)
+
+        filter_nan = args.logging_nan_inf_filter
+        for epoch in range(epochs_trained, num_train_epochs):
+            if self.state.global_step >= max_steps:
+                break
+            sampler = getattr(dataloader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            skip_batches = 0
+            if epoch == epochs_trained and steps_in_epoch_done and not args.ignore_data_skip:
+                skip_batches = steps_in_epoch_done * ga
+                if hasattr(sampler, "skip_next"):
+                    sampler.skip_next(skip_batches * args.per_device_train_batch_size)
+            iterator = iter(dataloader)
+            self.control = handler.on_epoch_begin(args, self.state, self.control)
+            batch_index = skip_batches
+            saw_batch = False
+            stop = False
+            while not stop and self.state.global_step < max_steps:
+                group = self._next_group(iterator, ga)
+                if not group:
+                    break
+                saw_batch = True
+                n = len(group)
+                for i, inputs in enumerate(group):
+                    if i == 0:
+                        self.control = handler.on_step_begin(args, self.state, self.control)
+                    last = i == n - 1
+                    sync_context = model.no_sync if (is_distributed() and not last and hasattr(model, "no_sync")) \
+                        else contextlib.nullcontext
+                    with sync_context():
+                        loss_step = self.training_step(model, inputs, n)
+                    if filter_nan:
+                        replacement = tr_loss / (1 + self.state.global_step - self._globalstep_last_logged)
+                        tr_loss = tr_loss + torch.where(torch.isfinite(loss_step), loss_step, replacement)
+                    else:
+                        tr_loss = tr_loss + loss_step
+                    self.current_flos += float(self.floating_point_ops(inputs))
+                    batch_index += 1
+                    if last:
+                        grad_norm = self._clip_gradients(model)
+                        self.control = handler.on_pre_optimizer_step(args, self.state, self.control)
+                        stepped = self._optimizer_step()
+                        self.control = handler.on_optimizer_step(args, self.state, self.control)
+                        learning_rate = self._current_lr()
+                        if stepped:
+                            self.lr_scheduler.step()
+                        model.zero_grad(set_to_none=True)
+                        self.state.global_step += 1
+                        self.state.epoch = epoch + (
+                            batch_index / batches_per_epoch if batches_per_epoch else 0.0
+                        )
+                        self.control = handler.on_step_end(args, self.state, self.control)
+                        tr_loss = self._maybe_log_save_evaluate(
+                            tr_loss, grad_norm, model, trial, ignore_keys_for_eval, learning_rate
+                        )
+                    else:
+                        self.control = handler.on_substep_end(args, self.state, self.control)
+                    if self.control.should_epoch_stop or self.control.should_training_stop:
+                        stop = True
+                        break
+            if not saw_batch:
+                logger.warning(
+                    "tracklink: epoch %d produced no batch (is the train dataset empty?); stopping training",
+                    epoch,
+                )
+                self.control.should_training_stop = True
+            self.control = handler.on_epoch_end(args, self.state, self.control)
+            tr_loss = self._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, ignore_keys_for_eval, learning_rate)
+            if self.control.should_training_stop:
+                break
+
+        self._total_loss_scalar += float(sum_across_processes(tr_loss.detach()).item()) / max(1, self.process.world_size)
+        steps_run = self.state.global_step - start_step
+        train_loss = self._total_loss_scalar / steps_run if steps_run > 0 else 0.0
+        self.store_flos()
+        metrics = speed_metrics("train", start_time, num_samples=steps_run * total_batch, num_steps=steps_run)
+        metrics["total_flos"] = self.state.total_flos
+        metrics["train_loss"] = train_loss
+        metrics.update(handler.final_metrics())
+        self.log(metrics)
+        self._load_best_model_at_end()
+        self._final_checkpoint_cleanup()
+        self.control = handler.on_train_end(args, self.state, self.control)
+        return TrainOutput(self.state.global_step, train_loss, metrics)
+
+    def _next_group(self, iterator: Iterator[Any], size: int) -> list[Any]:
+        group = []
+        for _ in range(size):
+            try:
+                group.append(next(iterator))
+            except StopIteration:
+                break
+        return group
+
+    def training_step(self, model: torch.nn.Module, inputs: Any, num_batches: int) -> torch.Tensor:
+        """Forward and backward of one batch; returns the detached loss divided by the number of batches
+        in this optimizer step (no host synchronisation)."""
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        self._count_tokens(inputs)
+        with self._autocast():
+            loss = self.compute_loss(model, inputs)
+        loss = loss / num_batches
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        return loss.detach()
+
+    def compute_loss(self, model: torch.nn.Module, inputs: Any, return_outputs: bool = False) -> Any:
+        outputs = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+        loss = _loss_of(outputs)
+        if loss is None:
+            keys = list(outputs.keys()) if isinstance(outputs, Mapping) else type(outputs).__name__
+            raise ValueError(
+                f"The model did not return a loss (got {keys}). With the default compute_loss the model must "
+                "return a 'loss' when called with labels; check label_names and the dataset keys "
+                f"({', '.join(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__})"
+            )
+        if loss.dim() > 0:
+            loss = loss.mean()
+        return (loss, outputs) if return_outputs else loss
+
+    def floating_point_ops(self, inputs: Any) -> float:
+        """Floating-point operations of a batch, when the model can tell (``model.floating_point_ops``)."""
+        fn = getattr(unwrap_model(self.model), "floating_point_ops", None)
+        return float(fn(inputs)) if callable(fn) else 0.0
+
+    def _count_tokens(self, inputs: Any) -> None:
+        mode = self.args.include_num_input_tokens_seen
+        if mode == "no" or not isinstance(inputs, Mapping):
+            return
+        if mode == "non_padding" and "attention_mask" in inputs:
+            self._tokens_seen = self._tokens_seen + inputs["attention_mask"].sum()
+        elif "input_ids" in inputs:
+            self._tokens_seen = self._tokens_seen + inputs["input_ids"].numel()
+
+    def _clip_gradients(self, model: torch.nn.Module) -> Any:
+        if not self.args.max_grad_norm or self.args.max_grad_norm <= 0:
+            return None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+
+    def _optimizer_step(self) -> bool:
+        if self.scaler is None:
+            self.optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return scale <= self.scaler.get_scale()  # fp16 only: a skipped step lowers the scale
+
+    def _current_lr(self) -> float | None:
+        try:
+            return float(self.lr_scheduler.get_last_lr()[0])
+        except Exception:
+            return float(self.optimizer.param_groups[0]["lr"])
+
+    def _maybe_log_save_evaluate(
+        self, tr_loss: torch.Tensor, grad_norm: Any, model: torch.nn.Module, trial: Any,
+        ignore_keys: list[str] | None, learning_rate: float | None,
+    ) -> torch.Tensor:
+        if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
+            loss_scalar = float(sum_across_processes(tr_loss.detach()).item()) / max(1, self.process.world_size)
+            logs: dict[str, float] = {
+                "loss": loss_scalar / (self.state.global_step - self._globalstep_last_logged)
+            }
+            if grad_norm is not None:
+                logs["grad_norm"] = float(grad_norm.item()) if isinstance(grad_norm, torch.Tensor) else float(grad_norm)
+            if learning_rate is not None:
+                logs["learning_rate"] = learning_rate
+            self._total_loss_scalar += loss_scalar
+            tr_loss = torch.zeros((), device=tr_loss.device)
+            self._globalstep_last_logged = self.state.global_step
+            self.store_flos()
+            self.log(logs)
+        if self.control.should_evaluate:
+            metrics = self._evaluate(trial, ignore_keys)
+            is_new_best = self._determine_best_metric(metrics)
+            if self.args.save_strategy == "best":
+                self.control.should_save = is_new_best
+        if self.control.should_save:
+            directory = self._save_checkpoint(trial)
+            self.control = self.callback_handler.on_save(
+                self.args, self.state, self.control, checkpoint_dir=str(directory)
+            )
+        return tr_loss
+
+    def _evaluate(self, trial: Any, ignore_keys: list[str] | None, skip_scheduler: bool = False) -> dict[str, float]:
+        metrics = self.evaluate(ignore_keys=ignore_keys)
+        report = getattr(self, "_report_to_hp_search", None)
+        if trial is not None and callable(report):
+            report(trial, self.state.global_step, metrics)
+        return metrics
+
+    def _metric_key(self) -> str:
+        key = self.args.metric_for_best_model or "loss"
+        return key if key.startswith("eval_") else f"eval_{key}"
+
+    def _determine_best_metric(self, metrics: dict[str, float]) -> bool:
+        if self.args.metric_for_best_model is None:
+            return False
+        key = self._metric_key()
+        if key not in metrics:
+            raise KeyError(
+                f"metric_for_best_model={self.args.metric_for_best_model!r} was not found in the evaluation "
+                f"metrics ({', '.join(sorted(metrics))}); set it to one of them"
+            )
+        value = float(metrics[key])
+        best = self.state.best_metric
+        if best is None or (value > best if self.args.greater_is_better else value < best):
+            self.state.best_metric = value
+            self.state.best_global_step = self.state.global_step
+            return True
+        return False
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _stateful_objects(self) -> list[Any]:
+        objects = []
+        for callback in self.callback_handler.callbacks:
+            if callable(getattr(callback, "state", None)):
+                objects.append(callback)
+        objects.append(self.control)
+        return objects
+
+    def _save_checkpoint(self, trial: Any = None) -> Path:
+        run_dir = self._run_dir(trial)
+        directory = run_dir / f"{ckpt.PREFIX}-{self.state.global_step}"
+        self.store_flos()
+        main = self.process.is_world_main
+        if main:
+            directory.mkdir(parents=True, exist_ok=True)
+            stale = directory / ckpt.STATE_NAME
+            if stale.exists():
+                stale.unlink()
+            self.save_model(str(directory), _internal_call=True)
+            if not self.args.save_only_model:
+                torch.save(self.optimizer.state_dict(), directory / ckpt.OPTIMIZER_NAME)
+                torch.save(self.lr_scheduler.state_dict(), directory / ckpt.SCHEDULER_NAME)
+                if self.scaler is not None:
+                    torch.save(self.scaler.state_dict(), directory / ckpt.SCALER_NAME)
+            args_json = redact(_plain(self.args.to_dict()), secret_env_values(Tracker.declared_secret_names()))
+            (directory / ckpt.ARGS_NAME).write_text(json.dumps(args_json, indent=2, sort_keys=True) + "\n")
+        barrier()
+        if not self.args.save_only_model:
+            ckpt.save_rng_state(directory, self.process.rank, self.process.world_size)
+        best_step = self.state.best_global_step
+        if best_step is not None:
+            best_dir = run_dir / f"{ckpt.PREFIX}-{best_step}"
+            if best_dir.is_dir():
+                self.state.best_model_checkpoint = str(best_dir)
+        states = collect_states(self._stateful_objects())
+        failures = self.callback_handler.tracker_failures()
+        if failures:
+            states["TracklinkHub"] = {"args": {}, "attributes": {"tracker_failures": failures}}
+        self.state.stateful_callbacks = states
+        barrier()
+        if main:
+            self.state.save_to_json(str(directory / ckpt.STATE_NAME))
+            handler = self.callback_handler
+            ckpt.rotate_checkpoints(
+                run_dir, self.args.save_total_limit, self.state.best_model_checkpoint,
+                before_delete=handler.wait_for_trackers if handler.trackers_uploading() else None,
+            )
+        barrier()
+        return directory
+
+    def _restore_checkpoint(self, directory: Path, updates_per_epoch: int) -> tuple[int, int]:
+        if not self.args.save_only_model:
+            optimizer_file = directory / ckpt.OPTIMIZER_NAME
+            if optimizer_file.is_file():
+                self.optimizer.load_state_dict(torch.load(optimizer_file, map_location=self.device, weights_only=True))
+            scheduler_file = directory / ckpt.SCHEDULER_NAME
+            if scheduler_file.is_file():
+                self.lr_scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
+            scaler_file = directory / ckpt.SCALER_NAME
+            if self.scaler is not None and scaler_file.is_file():
+                self.scaler.load_state_dict(torch.load(scaler_file, weights_only=True))
+        state_file = directory / ckpt.STATE_NAME
+        if state_file.is_file():
+            loaded = TrainerState.load_from_json(str(state_file))
+            for name in ("logging_steps", "eval_steps", "save_steps"):
+                if getattr(loaded, name) != getattr(self.state, name):
+                    logger.warning(
+                        "tracklink: %s in the checkpoint (%s) differs from the current run (%s); using the "
+                        "checkpoint's", name, getattr(loaded, name), getattr(self.state, name),
+                    )
+            if loaded.train_batch_size is not None and loaded.train_batch_size != self.args.per_device_train_batch_size:
+                logger.warning(
+                    "tracklink: per_device_train_batch_size changed from %s to %s since the checkpoint",
+                    loaded.train_batch_size, self.args.per_device_train_batch_size,
+                )
+            loaded.is_hyper_param_search = self.state.is_hyper_param_search
+            loaded.trial_name, loaded.trial_params = self.state.trial_name, self.state.trial_params
+            if loaded.best_model_checkpoint and not Path(loaded.best_model_checkpoint).is_dir():
+                logger.warning("tracklink: best checkpoint %s no longer exists; forgetting it", loaded.best_model_checkpoint)
+                loaded.best_model_checkpoint = None
+            self.state = loaded
+            self._restore_stateful(loaded.stateful_callbacks)
+        self.current_flos = 0.0
+        if not self.args.save_only_model:
+            ckpt.load_rng_state(directory, self.process.rank, self.process.world_size)
+        global_step = self.state.global_step
+        return global_step // updates_per_epoch, global_step % updates_per_epoch
+
+    def _restore_stateful(self, saved: dict[str, Any]) -> None:
+        """Give trackers their run identity back (always), and, when
+        ``restore_callback_states_from_checkpoint``, rebuild stateful callbacks in place."""
+        handler = self.callback_handler
+        by_key: dict[str, list[Any]] = {}
+        for callback in handler.callbacks:
+            by_key.setdefault(state_key(callback), []).append(callback)
+        for key, entry in saved.items():
+            entries = entry if isinstance(entry, list) else [entry]
+            current = by_key.get(key, [])
+            for cb, stored in zip(current, entries):
+                if isinstance(cb, Tracker):
+                    cb.load_state(stored)
+        if not self.args.restore_callback_states_from_checkpoint:
+            return
+        unmatched = []
+        for key, entry in saved.items():
+            entries = entry if isinstance(entry, list) else [entry]
+            if key == "TrainerControl":
+                self.control = TrainerControl.from_state(entries[0])
+                continue
+            current = [cb for cb in by_key.get(key, []) if not isinstance(cb, Tracker)]
+            if not current:
+                if key not in by_key and key != "TracklinkHub":
+                    unmatched.append(key)
+                continue
+            for cb, stored in zip(current, entries):
+                rebuilt = type(cb)(**stored.get("args", {}))
+                for name, value in stored.get("attributes", {}).items():
+                    setattr(rebuilt, name, value)
+                handler.replace_callback(cb, rebuilt)
+        if unmatched:
+            logger.warning(
+                "Checkpoint included callbacks not included in current configuration. Ignoring. (%s)",
+                ", ".join(unmatched),
+            )
+
+    def _load_best_model_at_end(self) -> None:
+        best = self.state.best_model_checkpoint
+        if not (self.args.load_best_model_at_end and best):
+            return
+        barrier()
+        if Path(best, ckpt.WEIGHTS_NAME).is_file():
+            logger.info("tracklink: Loading best model from %s (score: %s).", best, self.state.best_metric)
+            ckpt.load_model_weights(unwrap_model(self.model), best)
+        else:
+            logger.warning("tracklink: could not load the best model: %s has no %s", best, ckpt.WEIGHTS_NAME)
+
+    def _final_checkpoint_cleanup(self) -> None:
+        best = self.state.best_model_checkpoint
+        if self.args.save_total_limit != 1 or not best or not self.process.is_world_main:
+            return
+        others = [p for p in ckpt.checkpoints(self._run_dir()) if p.resolve() != Path(best).resolve()]
+        if others and self.callback_handler.trackers_uploading():
+            self.callback_handler.wait_for_trackers()
+        for path in others:
+            import shutil
+
+            logger.info("tracklink: deleting checkpoint %s (save_total_limit=1 keeps only the best)", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Write the (unwrapped) model's weights and config, and the processing class if it can save."""
+        if not self.process.is_world_main:
+            return
+        target = output_dir or self.args.output_dir
+        ckpt.save_model(unwrap_model(self.model), target)
+        save = getattr(self.processing_class, "save_pretrained", None)
+        if callable(save):
+            save(target)
+
+    def store_flos(self) -> None:
+        if is_distributed():
+            total = sum_across_processes(torch.tensor(self.current_flos, dtype=torch.float64, device=self.device))
+            self.state.total_flos += float(total.item())
+        else:
+            self.state.total_flos += self.current_flos
+        self.current_flos = 0.0
+
+    # -- logging ----------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Record ``logs`` (plus ``epoch`` and, when enabled, ``num_input_tokens_seen``) in
+        ``state.log_history`` and fire ``on_log``."""
+        if self.state.epoch is not None:
+            logs["epoch"] = self.state.epoch
+        if self.args.include_num_input_tokens_seen != "no":
+            seen = self._tokens_seen
+            if isinstance(seen, torch.Tensor):
+                seen = int(sum_across_processes(seen).item())
+            elif is_distributed():
+                seen = int(sum_across_processes(torch.tensor(seen, device=self.device)).item())
+            self.state.num_input_tokens_seen = int(seen)
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
+
+    def _print_banner(self) -> None:
+        resolution = self.args.report_to_resolution
+        active = list(self.callback_handler.trackers)
+        logger.info("tracklink: trackers: %s", ", ".join(active) if active else "none")
+        skipped = [
+            f"{name} ({reason})" for name, reason in resolution.skipped.items()
+            if resolution.specs[name].availability() is None
+            and reason not in ("not named in report_to", "report_to is 'none'")
+        ]
+        if skipped:
+            logger.info("tracklink: skipped: %s", "; ".join(skipped))
+
+    # -- evaluation and prediction ------------------------------------------------------------------
+
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Evaluate on ``eval_dataset`` (default: the trainer's), log the metrics (``on_log``) and fire
+        ``on_evaluate``. A dict of datasets is evaluated one by one with prefix ``eval_<name>``."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if dataset is None:
+            raise ValueError("Trainer.evaluate() needs an eval_dataset (none was given to the Trainer or the call)")
+        if isinstance(dataset, dict):
+            merged: dict[str, float] = {}
+            for name, part in dataset.items():
+                merged.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return merged
+        start = time.time()
+        dataloader = self.get_eval_dataloader(dataset)
+        output = self._prediction_loop(dataloader, ignore_keys, metric_key_prefix, self.compute_metrics is not None)
+        metrics = output.metrics
+        steps = math.ceil(len(dataset) / self.args.per_device_eval_batch_size) if has_length(dataset) else None
+        metrics.update(speed_metrics(metric_key_prefix, start, len(dataset) if has_length(dataset) else None, steps))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
+
+    def predict(
+        self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test",
+    ) -> PredictionOutput:
+        """Predictions (and metrics when labels are present) for ``test_dataset``; fires
+        ``on_prediction_step`` per batch and ``on_predict`` (no ``on_log``)."""
+        start = time.time()
+        dataloader = self.get_eval_dataloader(test_dataset)
+        output = self._prediction_loop(dataloader, ignore_keys, metric_key_prefix, True)
+        steps = math.ceil(len(test_dataset) / self.args.per_device_eval_batch_size) if has_length(test_dataset) else None
+        output.metrics.update(
+            speed_metrics(metric_key_prefix, start, len(test_dataset) if has_length(test_dataset) else None, steps)
+        )
+        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
+        return output
+
+    def prediction_step(
+        self, model: torch.nn.Module, inputs: Any, ignore_keys: list[str] | None,
+    ) -> tuple[Any, Any, Any]:
+        """Loss (when labels are present), logits and labels of one batch, without gradients."""
+        inputs = self._prepare_inputs(inputs)
+        label_names = self.args.label_names or ["labels"]
+        has_labels = isinstance(inputs, Mapping) and all(inputs.get(n) is not None for n in label_names)
+        with torch.no_grad(), self._autocast():
+            outputs = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+        loss = _loss_of(outputs) if has_labels else None
+        if isinstance(loss, torch.Tensor) and loss.dim() > 0:
+            loss = loss.mean()
+        logits = _logits_of(outputs, has_labels and loss is not None, ignore_keys or [])
+        labels = None
+        if has_labels:
+            labels = inputs[label_names[0]] if len(label_names) == 1 else tuple(inputs[n] for n in label_names)
+        return loss, logits, labels
+
+    def _prediction_loop(
+        self, dataloader: Any, ignore_keys: list[str] | None, prefix: str, keep_predictions: bool,
+    ) -> PredictionOutput:
+        handler = self.callback_handler
+        handler.eval_dataloader = dataloader
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        predictions: list[Any] = []
+        labels: list[Any] = []
+        try:
+            for inputs in dataloader:
+                loss, logits, label = self.prediction_step(model, inputs, ignore_keys)
+                size = self._batch_size(inputs)
+                if loss is not None:
+                    loss_sum = loss_sum + loss.detach().double() * size
+                    count = count + size
+                if keep_predictions:
+                    if logits is not None:
+                        predictions.append(_to_numpy(logits))
+                    if label is not None:
+                        labels.append(_to_numpy(label))
+                self.control = handler.on_prediction_step(self.args, self.state, self.control)
+        finally:
+            if was_training:
+                model.train()
+        loss_sum = sum_across_processes(loss_sum)
+        count = sum_across_processes(count)
+        if is_distributed() and keep_predictions:
+            predictions = [p for part in all_gather_objects(predictions) for p in part]
+            labels = [lbl for part in all_gather_objects(labels) for lbl in part]
+        preds = _concat(predictions) if predictions else None
+        label_ids = _concat(labels) if labels else None
+        metrics: dict[str, Any] = {}
+        if self.compute_metrics is not None and preds is not None and label_ids is not None:
+            computed = self.compute_metrics(EvalPrediction(preds, label_ids))
+            metrics.update({k: (float(v) if hasattr(v, "__float__") and not isinstance(v, str) else v)
+                            for k, v in (computed or {}).items()})
+        total = float(count.item())
+        if total > 0:
+            metrics["loss"] = float(loss_sum.item()) / total
+        prefixed = {
+            (k if k.startswith(f"{prefix}_") else f"{prefix}_{k}"): v for k, v in metrics.items()
+        }
+        return PredictionOutput(preds, label_ids, prefixed)
+
+    @staticmethod
+    def _batch_size(inputs: Any) -> int:
+        values = inputs.values() if isinstance(inputs, Mapping) else [inputs]
+        for value in values:
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return int(value.shape[0])
+        return 1
