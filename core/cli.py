@@ -176,6 +176,7 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
 
     return run_demo(
         output_dir=ns.output_dir, report_to=ns.report_to, max_steps=ns.max_steps, device=ns.device,
+        early_stopping=ns.early_stopping,
     )
 
 
@@ -196,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="trackers to use (default: tensorboard and mlflow when installed)")
     demo.add_argument("--max-steps", type=int, default=300, help="optimizer steps to train (default 300)")
     demo.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    demo.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                      help="stop when eval accuracy has not improved for PATIENCE evaluations")
     return parser
 
 

@@ -30,6 +30,8 @@ def pick_device(args: Any) -> torch.device:
     if getattr(args, "use_cpu", False):
         return torch.device("cpu")
     if torch.cuda.is_available():
+        if "LOCAL_RANK" not in os.environ:
+            return torch.device("cuda", torch.cuda.current_device())
         local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     mps = getattr(torch.backends, "mps", None)
