@@ -96,14 +96,40 @@ def _copy_mapping(mapping: Any) -> Any:
     return mapping
 
 
+_redacted_args: dict[int, tuple[Any, Any]] = {}
+
+
+def _tracker_args(args: Any) -> Any:
+    """The redacted copy of ``args`` trackers receive (cached per arguments object)."""
+    cached = _redacted_args.get(id(args))
+    if cached is not None and cached[0] is args:
+        return cached[1]
+    from .redact import redacted_copy, secret_env_values
+    from .tracker import Tracker
+
+    clone = redacted_copy(args, secret_env_values(Tracker.declared_secret_names()))
+    if len(_redacted_args) > 16:
+        _redacted_args.clear()
+    _redacted_args[id(args)] = (args, clone)
+    return clone
+
+
+def forget_args(args: Any) -> None:
+    """Drop the cached redacted copy of ``args`` (after it was modified)."""
+    _redacted_args.pop(id(args), None)
+
+
 def snapshot(namespace: dict[str, Any]) -> dict[str, Any]:
     """Copy what a tracker reads later on another thread.
 
-    ``state`` and ``control`` are copied (with their own ``log_history`` list and ``stateful_callbacks``
-    mapping), ``logs``/``metrics`` are copied with tensors detached; the model, optimizer and other
-    objects are passed by reference.
+    ``args`` is replaced by a redacted copy (secret-named fields and credentials in URLs masked, so a
+    tracker calling ``args.to_dict()`` itself cannot leak them); ``state`` and ``control`` are copied
+    (with their own ``log_history`` list and ``stateful_callbacks`` mapping), ``logs``/``metrics`` are
+    copied with tensors detached; the model, optimizer and other objects are passed by reference.
     """
     snap = dict(namespace)
+    if namespace.get("args") is not None:
+        snap["args"] = _tracker_args(namespace["args"])
     state = namespace.get("state")
     if state is not None:
         state = copy.copy(state)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "is_secret_key", "redact", "redact_text", "secret_env_values"]
+__all__ = ["REDACTED", "is_secret_key", "redact", "redact_text", "redacted_copy", "secret_env_values"]
 
 REDACTED = "<redacted>"
 
@@ -91,6 +91,29 @@ def redact(value: Any, env_secrets: Iterable[str] | None = None) -> Any:
     """
     secrets = list(secret_env_values() if env_secrets is None else env_secrets)
     return _redact(value, secrets)
+
+
+def redacted_copy(obj: Any, env_secrets: Iterable[str] | None = None) -> Any:
+    """A shallow copy of an arguments object (e.g. ``TrainingArguments``) whose secret-named fields
+    and credential-bearing strings are masked; ``obj`` itself is not modified. Objects without a
+    ``__dict__`` are returned as they are."""
+    import copy
+
+    fields = getattr(obj, "__dict__", None)
+    if not isinstance(fields, dict):
+        return obj
+    secrets = list(secret_env_values() if env_secrets is None else env_secrets)
+    changes = {}
+    for key, value in fields.items():
+        masked = _redact({key: value}, secrets)[key] if isinstance(value, (str, Mapping, list, tuple)) else value
+        if masked is not value and masked != value:
+            changes[key] = masked
+    if not changes:
+        return obj
+    clone = copy.copy(obj)
+    for key, value in changes.items():
+        object.__setattr__(clone, key, value)
+    return clone
 
 
 def _redact(value: Any, secrets: list[str]) -> Any:

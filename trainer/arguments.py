@@ -107,6 +107,10 @@ class TrainingArguments:
     # -- report_to ---------------------------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if "_validating" in self.__dict__:
+            from tracklink.delivery import forget_args
+
+            forget_args(self)
         if name == "report_to" and not self.__dict__.get("_validating", True):
             resolution = resolve_report_to(value)
             object.__setattr__(self, "_report_to_resolution", resolution)
