@@ -115,7 +115,8 @@ class CallbackHandler:
     Args mirror transformers: ``callbacks`` (classes are instantiated without arguments), ``model``,
     ``processing_class``, ``optimizer``, ``lr_scheduler``. ``process`` says which rank this is (read from
     the ``torchrun`` environment by default) for tracker rank gating; ``settings`` configures tracker
-    delivery (``TRACKLINK_*`` environment variables by default).
+    delivery (``TRACKLINK_*`` environment variables by default); ``require_flow=False`` silences the
+    warning about a missing ``DefaultFlowCallback`` (for hubs fed by another trainer's loop).
     """
 
     def __init__(
@@ -128,6 +129,7 @@ class CallbackHandler:
         *,
         process: ProcessInfo | None = None,
         settings: DeliverySettings | None = None,
+        require_flow: bool = True,
     ) -> None:
         self._pm = _Manager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
@@ -147,7 +149,7 @@ class CallbackHandler:
             self.add_callback(callback)
         from .flow import DefaultFlowCallback
 
-        if not any(isinstance(e.plugin, DefaultFlowCallback) for e in self._entries):
+        if require_flow and not any(isinstance(e.plugin, DefaultFlowCallback) for e in self._entries):
             logger.warning(
                 "The Trainer will not work properly if you don't have a DefaultFlowCallback in its "
                 "callbacks. You should add one before training with `trainer.add_callback("

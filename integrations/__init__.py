@@ -22,6 +22,7 @@ _CLASSES: dict[str, str] = {
     "NeptuneCallback": "neptune",
     "TensorBoardCallback": "tensorboard",
     "WandbCallback": "wandb",
+    "TracklinkBridge": "transformers",
 }
 
 __all__ = sorted(_CLASSES)

@@ -1,0 +1,196 @@
+"""Use tracklink's trackers from transformers' ``Trainer``.
+
+``TracklinkBridge`` is a ``transformers.TrainerCallback`` that forwards every transformers event into a
+tracklink hub, so a transformers user gets tracklink's trackers with isolation, non-blocking delivery,
+redaction, failure status and resume::
+
+    from transformers import Trainer
+    from tracklink.integrations.transformers import TracklinkBridge
+
+    trainer = Trainer(..., args=TrainingArguments(..., report_to="none"),
+                      callbacks=[TracklinkBridge(report_to=["tensorboard", "mlflow"])])
+
+Keep transformers' own ``report_to="none"`` so the same tracker is not attached twice.
+
+Failure status: transformers has no exception event. The bridge closes its trackers as ``killed`` when
+the process gets SIGTERM during training (it turns SIGTERM into an exception, like tracklink's trainer)
+and, when training began but never ended, as ``failed`` (``killed`` after ``KeyboardInterrupt``) at
+interpreter exit. Wrap ``trainer.train()`` in ``with bridge.failures():`` to close them as failed at
+the moment the exception passes.
+
+Resume: the bridge is a transformers ``ExportableState``; the trackers' run identities are saved in
+the checkpoint's ``trainer_state.json`` under ``TracklinkBridge`` and used again when transformers
+resumes from that checkpoint.
+
+This module imports transformers; ``import tracklink`` and ``import tracklink.integrations`` do not.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import sys
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from transformers.trainer_callback import ExportableState, TrainerCallback
+
+from tracklink.errors import Terminated
+from tracklink.handler import CallbackHandler
+from tracklink.process import ProcessInfo
+from tracklink.resolve import NOT_GIVEN, resolve_report_to
+from tracklink.state import state_key
+from tracklink.tracker import Tracker
+
+__all__ = ["TracklinkBridge"]
+
+_FORWARDED = (
+    "on_init_end", "on_train_begin", "on_epoch_begin", "on_step_begin", "on_substep_end",
+    "on_pre_optimizer_step", "on_optimizer_step", "on_step_end", "on_epoch_end", "on_log", "on_evaluate",
+    "on_prediction_step", "on_predict", "on_push_begin",
+)
+_live: weakref.WeakSet[TracklinkBridge] = weakref.WeakSet()
+
+
+class TracklinkBridge(TrainerCallback, ExportableState):
+    """Forwards transformers' training events to tracklink trackers and plugins.
+
+    Args:
+        report_to: tracklink's ``report_to`` (``"all"``, ``"none"``, names; default
+            ``TRACKLINK_REPORT_TO`` or ``"all"``), resolved now: unknown names and missing SDKs fail here.
+        callbacks: extra tracklink plugins (``Tracker`` instances, ``@tracklink.hookimpl`` objects).
+    """
+
+    def __init__(self, report_to: Any = NOT_GIVEN, callbacks: list[Any] | None = None) -> None:
+        self.resolution = resolve_report_to(report_to)
+        self.process = ProcessInfo.from_env()
+        self.hub = CallbackHandler(process=self.process, require_flow=False)
+        for spec in self.resolution.selected_specs():
+            if self.process.allows(spec.rank_policy):
+                self.hub.add_tracker(spec.create(), spec.name, rank_policy=spec.rank_policy, inline=spec.inline)
+        for callback in callbacks or []:
+            self.hub.add_callback(callback)
+        self._training = False
+        self._previous_sigterm: Any = None
+        self._last_args: Any = None
+        self._last_state: Any = None
+        _live.add(self)
+
+    @property
+    def trackers(self) -> dict[str, Any]:
+        return self.hub.trackers
+
+    # -- transformers' ExportableState -----------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        trackers = {state_key(t): t.state() for t in self.hub.trackers.values() if isinstance(t, Tracker)}
+        return {"args": {"report_to": list(self.resolution.names)}, "attributes": {"tracker_states": trackers}}
+
+    def _restore(self, saved: Any) -> None:
+        entries = saved if isinstance(saved, list) else [saved]
+        if not entries or not isinstance(entries[0], dict):
+            return
+        stored = entries[0].get("attributes", {}).get("tracker_states", {})
+        for tracker in self.hub.trackers.values():
+            if isinstance(tracker, Tracker) and state_key(tracker) in stored:
+                tracker.load_state(stored[state_key(tracker)])
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def _refs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        hub = self.hub
+        hub.model = kwargs.pop("model", hub.model)
+        processing = kwargs.pop("processing_class", kwargs.pop("tokenizer", None))
+        if processing is not None:
+            hub.processing_class = processing
+        for name in ("optimizer", "lr_scheduler", "train_dataloader", "eval_dataloader"):
+            if name in kwargs:
+                setattr(hub, name, kwargs.pop(name))
+        return kwargs
+
+    def _forward(self, event: str, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last_args, self._last_state = args, state
+        extras = self._refs(dict(kwargs))
+        self.hub.call_event(event, args, state, control, **extras)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if saved is not None and state.global_step > 0:
+            self._restore(saved)
+        self._training = True
+        self._install_sigterm()
+        self._forward("on_train_begin", args, state, control, **kwargs)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if getattr(state, "is_hyper_param_search", False) and state.trial_name:
+            candidate = os.path.join(args.output_dir, state.trial_name, f"checkpoint-{state.global_step}")
+            checkpoint = candidate if os.path.isdir(candidate) else checkpoint
+        self._forward("on_save", args, state, control, checkpoint_dir=checkpoint, **kwargs)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._refs(dict(kwargs))
+        self.hub.on_train_end(args, state, control)
+        self._training = False
+        self._restore_sigterm()
+
+    def fail(self, exception: BaseException) -> None:
+        """Close the trackers' runs as failed (or killed for an interrupt or SIGTERM) now."""
+        if not self._training:
+            return
+        self._training = False
+        self._restore_sigterm()
+        self.hub.on_exception(self._last_args, self._last_state, None, exception=exception)
+
+    @contextlib.contextmanager
+    def failures(self) -> Iterator[None]:
+        """``with bridge.failures(): trainer.train()`` closes the runs as failed when training raises."""
+        try:
+            yield
+        except BaseException as exc:
+            self.fail(exc)
+            raise
+
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise Terminated(signum)
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, handler)
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+
+def _make_forwarder(event: str) -> Any:
+    def forward(self: TracklinkBridge, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._forward(event, args, state, control, **kwargs)
+
+    forward.__name__ = event
+    forward.__doc__ = f"Forward transformers' ``{event}`` to the tracklink hub."
+    return forward
+
+
+for _event in _FORWARDED:
+    if _event not in TracklinkBridge.__dict__:
+        setattr(TracklinkBridge, _event, _make_forwarder(_event))
+
+
+def _close_unfinished() -> None:
+    """At interpreter exit: a training that began and never ended did not succeed."""
+    last = getattr(sys, "last_value", None) or getattr(sys, "last_exc", None)
+    exception = last if isinstance(last, BaseException) else RuntimeError("training did not finish")
+    for bridge in list(_live):
+        bridge.fail(exception)
+
+
+atexit.register(_close_unfinished)
