@@ -28,8 +28,8 @@ from torch import nn
 
 os.environ.setdefault("TRACKLINK_LOG_LEVEL", "warning")
 
-from tracklink import Tracker, TrainerCallback  # noqa: E402
-from tracklink.trainer import Trainer, TrainingArguments  # noqa: E402
+from tracklink import Tracker, TrainerCallback
+from tracklink.trainer import Trainer, TrainingArguments
 
 
 class Data(torch.utils.data.Dataset):

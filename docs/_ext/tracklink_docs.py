@@ -94,7 +94,42 @@ class EventsDirective(_MarkdownDirective):
         return self.render(lines)
 
 
+GENERATED = "environment.md"
+
+
+def environment_page() -> str:
+    """The page listing every built-in tracker's variables (committed as docs/environment.md; a test
+    fails when it drifts from the declarations; regenerate with ``python docs/_ext/tracklink_docs.py``)."""
+    from tracklink.registry import BUILTIN_ORDER
+
+    lines = [
+        "# Environment variables",
+        "",
+        "<!-- generated from the trackers' declarations by docs/_ext/tracklink_docs.py; do not edit -->",
+        "",
+        "Every variable the built-in trackers declare. *Read by* says whether the tracker reads it or its",
+        "SDK does; secret ones are shown by `tracklink doctor` as set/unset only and are redacted",
+        "wherever their value appears. tracklink's own variables are listed in [report_to](report_to.md).",
+        "",
+    ]
+    for name in sorted(BUILTIN_ORDER):
+        lines += [f"## {name}", ""]
+        rows = env_table_rows(name)
+        lines += markdown_table(["Variable", "Default", "Read by", "Secret", "Meaning"], rows) if rows else \
+            ["This tracker reads no environment variables of its own."]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def setup(app: Any) -> dict[str, Any]:
     app.add_directive("tracklink-env-vars", EnvVarsDirective)
     app.add_directive("tracklink-events", EventsDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parent.parent / GENERATED
+    target.write_text(environment_page())
+    print(f"wrote {target}")

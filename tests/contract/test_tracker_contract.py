@@ -15,11 +15,11 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 import tracklink
 from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, make_trainer
