@@ -98,7 +98,10 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
                 entry["value"] = value
             variables.append(entry)
         row["env"] = variables
-        row["problems"] = spec.env_problems(env) if row["installed"] else []
+        found = spec.env_problems(env) if row["installed"] else []
+        # settings of a tracker that is not selected cannot break this training: warnings only
+        row["problems"] = found if row["selected"] else []
+        row["warnings"] = [] if row["selected"] else found
         problems.extend(f"{row['name']}: {p}" for p in row["problems"])
     return {
         "report_to": env.get(ENV_REPORT_TO) if report_to is NOT_GIVEN else report_to,
@@ -155,6 +158,8 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
               + ("installed " + (row["sdk_version"] or "") if row["installed"] else f"install: {row['install']}"))
         if row["not_ready_reason"]:
             print(f"  not ready: {row['not_ready_reason']}")
+        for warning in row.get("warnings", []):
+            print(f"  note (not selected): {warning}")
         for var in row["env"]:
             if var["secret"]:
                 shown = "set (secret)" if var["set"] else "unset (secret)"

@@ -107,6 +107,7 @@ class _Entry:
     tracker: str | None = None  # the tracker's report_to name when this is a tracker plugin
     channel: TrackerChannel | None = None
     calls: dict[str, list[Call]] = field(default_factory=dict)
+    notify: Any = None  # the tracker's _tracklink_submitted hook, if any
 
 
 class CallbackHandler:
@@ -218,7 +219,8 @@ class CallbackHandler:
             if entry.tracker == name:
                 logger.info("tracklink: tracker %r replaced by %s", name, _label(plugin))
                 self._unregister(entry)
-        entry = _Entry(plugin, self._unique_name(plugin), tracker=name)
+        entry = _Entry(plugin, self._unique_name(plugin), tracker=name,
+                       notify=getattr(plugin, "_tracklink_submitted", None))
         run_inline = getattr(plugin, "inline", False) if inline is None else inline
         on_disable = getattr(plugin, "_tracklink_on_disabled", None)
         entry.channel = TrackerChannel(
@@ -243,9 +245,11 @@ class CallbackHandler:
         entry = self._find(old)
         if entry is None:
             raise ValueError(f"{_label(old)} is not registered")
+        if entry.tracker is not None:
+            raise ValueError(f"{_label(old)} is a tracker; use add_tracker, which replaces trackers by name")
         index = self._entries.index(entry)
         self._unregister(entry)
-        self._register(_Entry(new, self._unique_name(new), tracker=entry.tracker), index=index)
+        self._register(_Entry(new, self._unique_name(new)), index=index)
 
     def remove_callback(self, callback: Any) -> None:
         """Remove the first plugin matching ``callback``; nothing happens when none matches."""
@@ -405,6 +409,8 @@ class CallbackHandler:
                 if snap is None:
                     namespace["control"] = control
                     snap = snapshot(namespace)
+                if entry.notify is not None:
+                    entry.notify(event)
                 entry.channel.submit(event, snap)
                 continue
             if style == HF_STYLE:

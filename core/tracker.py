@@ -84,7 +84,8 @@ class EnvVar:
         if value is None or self.choices is None:
             return None
         if value.strip().lower() not in {c.lower() for c in self.choices}:
-            return f"{self.name}={value!r} is not accepted; accepted values: {', '.join(self.choices)}"
+            accepted = ", ".join(c if c else "'' (empty)" for c in self.choices)
+            return f"{self.name}={value!r} is not accepted; accepted values: {accepted}"
         return None
 
 
@@ -241,6 +242,7 @@ class _Runtime:
         self.last_step = 0
         self.warned: set[str] = set()
         self.setup_done = threading.Event()
+        self.setup_pending = False
 
 
 _open_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
@@ -376,9 +378,16 @@ class Tracker(TrainerCallback):
         return self._tl.identity
 
     def state(self) -> dict[str, Any]:
-        """Exported into ``trainer_state.json``: the run identity and the last step logged."""
-        if self._tl.active and not self._tl.setup_done.is_set():
-            self._tl.setup_done.wait(30)
+        """Exported into ``trainer_state.json``: the run identity and the last step logged.
+
+        Called on the training thread at every save; when the run's setup was submitted but has not
+        finished on the worker thread yet (a slow SDK import), it waits for it (up to
+        ``TRACKLINK_DRAIN_TIMEOUT`` seconds) so the checkpoint records the identity.
+        """
+        if self._tl.setup_pending:
+            from .delivery import DeliverySettings
+
+            self._tl.setup_done.wait(DeliverySettings.from_env().drain_timeout)
         return {"args": {}, "attributes": {"run": self._tl.identity, "last_step": self._tl.last_step}}
 
     def load_state(self, saved: Mapping[str, Any]) -> None:
@@ -430,7 +439,15 @@ class Tracker(TrainerCallback):
         self.close("killed" if killed else "failed")
 
     def _tracklink_on_disabled(self) -> None:
+        self._tl.setup_pending = False
+        self._tl.setup_done.set()
         self.close("failed")
+
+    def _tracklink_submitted(self, event: str) -> None:
+        """Called by the hub on the training thread when an event is queued for this tracker."""
+        if event == "on_train_begin":
+            self._tl.setup_done.clear()
+            self._tl.setup_pending = True
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -469,6 +486,7 @@ class Tracker(TrainerCallback):
             self._tl.identity = self.run_identity()
             _open_trackers.add(self)
         finally:
+            self._tl.setup_pending = False
             self._tl.setup_done.set()
 
     def metric_name(self, key: str) -> str:

@@ -3,7 +3,8 @@
 Layout (transformers' names, except that the training arguments are stored as redacted JSON instead
 of a pickle): ``model.safetensors``, ``config.json`` (when the model has a config), ``optimizer.pt``,
 ``scheduler.pt``, ``scaler.pt`` (fp16 only), ``rng_state.pth`` (``rng_state_<rank>.pth`` in
-multi-process runs), ``training_args.json`` and ``trainer_state.json``. ``trainer_state.json`` is
+multi-process runs), ``training_args.json`` and ``trainer_state.json``. The config and the arguments
+are redacted (a tracker may upload the checkpoint), so a secret-named config value reads ``<redacted>``. ``trainer_state.json`` is
 written last, so a directory without it is an interrupted save and is never resumed from.
 """
 
@@ -65,16 +66,22 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
 
 
 def _config_json(model: torch.nn.Module) -> str | None:
+    """The model config as JSON, with secrets redacted (checkpoints may be uploaded by trackers)."""
     config = getattr(model, "config", None)
     if config is None:
         return None
     to_json = getattr(config, "to_json_string", None)
-    if callable(to_json):
-        return str(to_json())
-    from tracklink.tracker import _plain
+    from tracklink.redact import redact, secret_env_values
+    from tracklink.tracker import Tracker, _plain
 
-    data = _plain(config)
-    return json.dumps(data, indent=2, sort_keys=True) + "\n" if isinstance(data, dict) else None
+    text = str(to_json()) if callable(to_json) else None
+    data = json.loads(text) if text is not None else _plain(config)
+    if not isinstance(data, dict):
+        return text
+    clean = redact(data, secret_env_values(Tracker.declared_secret_names()))
+    if text is not None and clean == data:
+        return text
+    return json.dumps(clean, indent=2, sort_keys=True) + "\n"
 
 
 def save_model(model: torch.nn.Module, directory: str | os.PathLike[str]) -> None:

@@ -1,0 +1,155 @@
+"""Flyte tracker (``report_to="flyte"``): checkpoints synced with the Flyte task, log history as a Deck.
+
+Only usable inside a Flyte ``@task``: build the ``Trainer`` (or ``FlyteCallback()``) in the task body,
+where ``flytekit.current_context()`` is the task's; outside a task the constructor raises. It is never
+chosen by ``report_to="all"`` (name it, or pass an instance in ``callbacks=``).
+
+* ``sync_checkpoints``: every checkpoint directory the trainer writes is saved as the task's checkpoint
+  (``current_context().checkpoint.save(<output_dir>/checkpoint-N)``): its files land flat in the task's
+  checkpoint location, so on a retry ``current_context().checkpoint.restore()`` returns a directory that
+  ``trainer.train(resume_from_checkpoint=...)`` accepts::
+
+      @task(retries=3)
+      def train() -> None:
+          trainer = Trainer(model, args, ..., callbacks=[FlyteCallback()])
+          trainer.train(resume_from_checkpoint=current_context().checkpoint.restore())
+
+* ``save_log_history``: at the end of training (also a failed one) ``state.log_history`` is rendered as
+  an HTML table in the Deck ``"Log History"`` (flytekitplugins-deck's ``TableRenderer`` when installed,
+  else pandas, else a plain table); Flyte shows decks of tasks with ``enable_deck=True``.
+
+Both happen on the main process only. The task's Flyte context is captured at construction and
+re-entered on tracklink's worker thread (Flyte keeps its context per thread). Flyte has no run to
+re-attach to, so a resumed training has no run identity; the task's own retry is the resume mechanism.
+
+Variables: flytekit's ``FLYTE_SDK_LOGGING_LEVEL``.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from tracklink.tracker import EnvVar, RunInfo, Tracker
+
+__all__ = ["FlyteCallback", "log_history_html"]
+
+DECK_NAME = "Log History"
+_NOT_IN_TASK = (
+    "FlyteCallback must be created inside a Flyte task: build the Trainer (or FlyteCallback()) in the body "
+    "of a function decorated with flytekit's @task, where flytekit.current_context() is the task's context"
+)
+
+
+def log_history_html(history: list[Mapping[str, Any]]) -> str:
+    """The log history as an HTML table (deck TableRenderer, else pandas, else plain HTML)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        return _plain_table(history)
+    frame = pd.DataFrame(list(history))
+    try:
+        from flytekitplugins.deck.renderer import TableRenderer
+    except ImportError:
+        return str(frame.to_html(index=False, na_rep=""))
+    return str(TableRenderer().to_html(frame))
+
+
+def _plain_table(history: list[Mapping[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in history:
+        columns.extend(k for k in row if k not in columns)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '')))}</td>" for c in columns) + "</tr>"
+        for row in history
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class FlyteCallback(Tracker):
+    """Syncs checkpoints with the Flyte task's checkpoint and renders the log history as a Deck.
+
+    Args:
+        save_log_history: render ``state.log_history`` as the Deck ``"Log History"`` at the end.
+        sync_checkpoints: save every checkpoint the trainer writes as the task's checkpoint.
+    """
+
+    name = "flyte"
+    sdk = "flytekit"
+    sdk_min_version = "1.10"
+    sdk_module = "flytekit"
+    extra = "flyte"
+    auto = False
+    env_vars: ClassVar[tuple[EnvVar, ...]] = (
+        EnvVar("FLYTE_SDK_LOGGING_LEVEL", None, "flytekit's log level (a number, e.g. 40 for errors only).",
+               read_by="sdk"),
+    )
+
+    def __init__(self, save_log_history: bool = True, sync_checkpoints: bool = True) -> None:
+        for arg, value in (("save_log_history", save_log_history), ("sync_checkpoints", sync_checkpoints)):
+            if not isinstance(value, bool):
+                raise TypeError(f"FlyteCallback({arg}={value!r}): expected True or False")
+        self.save_log_history = save_log_history
+        self.sync_checkpoints = sync_checkpoints
+        self.import_sdk()
+        from flytekit.core.context_manager import ExecutionState, FlyteContextManager
+
+        context = FlyteContextManager.current_context()
+        state = context.execution_state
+        mode = getattr(state, "mode", None)
+        if mode is None or mode == ExecutionState.Mode.LOCAL_WORKFLOW_EXECUTION:
+            raise RuntimeError(_NOT_IN_TASK)
+        self._context = context
+        self.checkpoint: Any = None
+        if sync_checkpoints:
+            try:
+                self.checkpoint = context.user_space_params.checkpoint
+            except NotImplementedError as exc:
+                raise RuntimeError(f"{_NOT_IN_TASK} (flytekit: {exc})") from exc
+        self._history: list[dict[str, Any]] = []
+
+    @classmethod
+    def ready(cls, env: Mapping[str, str]) -> str | None:
+        if env.get("FLYTE_INTERNAL_EXECUTION_ID"):
+            return None
+        return "only works inside a Flyte @task (create the Trainer in the task)"
+
+    @property
+    def uploads_checkpoints(self) -> bool:
+        return bool(getattr(self, "sync_checkpoints", False))
+
+    @contextmanager
+    def _in_task(self) -> Iterator[None]:
+        """Run in the captured task context (flytekit keeps one per thread)."""
+        from flytekit.core.context_manager import FlyteContextManager
+
+        FlyteContextManager.current_context()  # give this thread its own context stack first
+        with FlyteContextManager.with_context(self._context.new_builder()):
+            yield
+
+    def setup(self, run: RunInfo) -> None:
+        self._history = []
+
+    def log_checkpoint(self, path: str, state: Any) -> None:
+        with self._in_task():
+            self.checkpoint.save(path)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._history = list(getattr(state, "log_history", []) or [])
+        super().on_train_end(args, state, control, **kwargs)
+
+    def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, **kwargs: Any) -> None:
+        self._history = list(getattr(state, "log_history", []) or [])
+        super().on_exception(args, state, control, exception=exception, **kwargs)
+
+    def finish(self, status: str) -> None:
+        if not self.save_log_history:
+            return
+        history, self._history = self._history, []
+        from flytekit import Deck
+
+        with self._in_task():
+            Deck(DECK_NAME, log_history_html(history))
