@@ -321,6 +321,12 @@ class CallbackHandler:
     # -- events (transformers' handler methods) ---------------------------------------------------
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """Let trackers validate the arguments (``check_args``, on this thread: a refusal propagates),
+        then fire ``on_init_end``."""
+        for entry in self._entries:
+            check = getattr(entry.plugin, "check_args", None) if entry.channel is not None else None
+            if callable(check):
+                check(args)
         return self.call_event("on_init_end", args, state, control, **kwargs)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

@@ -18,6 +18,7 @@ and implements a small lifecycle the base class drives from the training events:
 ``log_text(texts, step)``          optional: string values (otherwise skipped with one warning per key);
 ``log_summary(metrics)``           optional: the final training summary (default: ``log_metrics``);
 ``log_checkpoint(path, state)``    optional: upload the checkpoint directory the trainer just wrote;
+``check_args(args)``               optional: refuse a configuration (runs on the training thread, raises);
 ``run_identity()``                 what identifies the run (stored in checkpoints for resume);
 ``finish(status)``                 close the run: ``"success"``, ``"failed"`` or ``"killed"``.
 
@@ -349,6 +350,11 @@ class Tracker(TrainerCallback):
 
     def finish(self, status: str) -> None:
         """Close the run with ``status`` (``success``, ``failed`` or ``killed``)."""
+
+    def check_args(self, args: Any) -> None:
+        """Optional: validate the training arguments. Called on the training thread when the trainer is
+        built (before ``on_init_end``); an exception here propagates and refuses the configuration
+        before any training step (unlike exceptions in hooks, which the hub isolates)."""
 
     def final_metrics(self) -> dict[str, float] | None:
         """Optional: metrics to add to the final training summary that every tracker receives (called
