@@ -1,0 +1,296 @@
+"""ClearML tracker (``report_to="clearml"``): one ClearML Task per training, scalars, hyper-parameters and
+checkpoints as output models.
+
+What is logged where (``<sfx>`` is ``""``, or ``_2``, ``_3``... when several trainings share one Task):
+
+* scalars at ``iteration=global_step``: ``eval_<x>`` -> title ``eval<sfx>``, series ``<x>``; ``test_<x>`` ->
+  title ``test<sfx>``; everything else (``loss``, ``learning_rate``, ``grad_norm``, ``epoch``) -> title
+  ``train<sfx>``, series = the key; the final summary (``train_runtime``, ``train_loss``, ``total_flos``...)
+  as single values ``<key><sfx>``; string logs as console text;
+* hyper-parameters: section ``Transformers<sfx>`` = the redacted training arguments (flattened);
+  configuration object ``Model Configuration<sfx>`` = the redacted model config. Values edited in the
+  ClearML UI never override the live arguments or config;
+* checkpoints (``CLEARML_LOG_MODEL``): each ``checkpoint-N`` directory as an OutputModel
+  ``checkpoint-N<sfx>`` (iteration N); beyond ``save_total_limit`` the oldest registered model (never the
+  best one) is removed;
+* the final status: user property ``tracklink_status<sfx>`` (success/failed/killed), and for a Task this
+  plugin created: closed (completed), then marked failed or stopped when training failed or was killed.
+
+Variables: ``CLEARML_PROJECT`` (default ``HuggingFace Transformers``), ``CLEARML_TASK`` (default: the run
+name, else ``Trainer``), ``CLEARML_LOG_MODEL`` (default true when this plugin creates the Task, false when
+it attaches to your ``Task.current_task()``), plus the SDK's own (``CLEARML_OFFLINE_MODE``, credentials).
+A Task you started yourself is reused and left open. Resume continues the same Task
+(``Task.init(reuse_last_task_id=<id>, continue_last_task=0)``: same id, no iteration offset), offline too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tracklink.tracker import FALSE_VALUES, TRUE_VALUES, EnvVar, RunInfo, Tracker, flatten, truthy
+
+__all__ = ["ClearMLCallback"]
+
+logger = logging.getLogger("tracklink")
+
+DEFAULT_PROJECT = "HuggingFace Transformers"
+DEFAULT_TASK = "Trainer"
+SECTION = "Transformers"
+FRAMEWORKS = ("detect_repository", "hydra", "scikit", "joblib", "matplotlib", "tensorflow", "tensorboard",
+              "tfdefines", "pytorch", "megengine", "xgboost", "catboost", "fastai", "lightgbm", "gradio")
+# Nothing patched, no console/argv capture (may hold secrets), no repository scan (it also runs the SDK's
+# update check against the internet).
+INIT_SETTINGS: dict[str, Any] = {
+    "auto_connect_frameworks": dict.fromkeys(FRAMEWORKS, False),
+    "auto_connect_arg_parser": False,
+    "auto_connect_streams": False,
+    "auto_resource_monitoring": False,
+}
+BOOLEAN_CHOICES = tuple(sorted(TRUE_VALUES | (FALSE_VALUES - {""})))
+
+
+def redacted_json(path: Path) -> str | None:
+    """The redacted text of a JSON file (``None`` for other files, or JSON that does not parse)."""
+    if path.suffix != ".json":
+        return None
+    from tracklink.redact import redact, secret_env_values
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return json.dumps(redact(data, secret_env_values(Tracker.declared_secret_names())), indent=2)
+
+
+class ClearMLCallback(Tracker):
+    """Reports to a ClearML Task (a new one per training, or your ``Task.current_task()``)."""
+
+    name = "clearml"
+    sdk = "clearml"
+    sdk_min_version = "1.14"
+    sdk_module = "clearml"
+    extra = "clearml"
+    metric_style = "raw"
+    env_vars: ClassVar[tuple[EnvVar, ...]] = (
+        EnvVar("CLEARML_PROJECT", DEFAULT_PROJECT, "Project of the Task this plugin creates."),
+        EnvVar("CLEARML_TASK", DEFAULT_TASK, "Name of the Task this plugin creates (default: the run name, "
+               "else 'Trainer')."),
+        EnvVar("CLEARML_LOG_MODEL", None, "Register checkpoints as output models (default: true when this "
+               "plugin creates the Task, false when it reuses yours).", choices=BOOLEAN_CHOICES),
+        EnvVar("CLEARML_OFFLINE_MODE", None, "1: record the session on disk (CLEARML_CACHE_DIR/offline/<task>) "
+               "for a later Task.import_offline_session().", read_by="sdk"),
+        EnvVar("CLEARML_CONFIG_FILE", "~/clearml.conf", "The SDK's configuration file.", read_by="sdk"),
+        EnvVar("CLEARML_API_HOST", None, "URL of the ClearML API server.", read_by="sdk"),
+        EnvVar("CLEARML_API_ACCESS_KEY", None, "ClearML access key.", secret=True, read_by="sdk"),
+        EnvVar("CLEARML_API_SECRET_KEY", None, "ClearML secret key.", secret=True, read_by="sdk"),
+    )
+
+    def __init__(self) -> None:
+        self.task: Any = None
+        self.suffix = ""
+        self.created = False
+        self.log_model = False
+        self._models: list[tuple[int, Any]] = []
+        self._prune = True
+        self._limit: int | None = None
+        self._starting = threading.Event()
+        self._started = threading.Event()
+
+    @classmethod
+    def ready(cls, env: Any) -> str | None:
+        if truthy(env.get("CLEARML_OFFLINE_MODE")):
+            return None
+        if env.get("CLEARML_API_ACCESS_KEY") and env.get("CLEARML_API_SECRET_KEY"):
+            return None
+        config = env.get("CLEARML_CONFIG_FILE") or os.path.join(env.get("HOME", "~"), "clearml.conf")
+        if os.path.isfile(os.path.expanduser(config)):
+            return None
+        return "no ClearML credentials (clearml.conf, CLEARML_API_ACCESS_KEY/SECRET_KEY) and CLEARML_OFFLINE_MODE unset"
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def setup(self, run: RunInfo) -> None:
+        with warnings.catch_warnings():  # the SDK's vendored pyhocon calls deprecated pyparsing names
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._setup(run)
+
+    def _setup(self, run: RunInfo) -> None:
+        from clearml import Task
+
+        resume = run.resume or {}
+        current = Task.current_task()
+        continued = False
+        task = None
+        if current is not None:
+            task, self.created = current, False
+            if resume.get("task_id") and resume["task_id"] != task.id:
+                logger.warning("tracklink: clearml: resuming a training of Task %s inside your current Task %s; "
+                               "logging into the current one", resume["task_id"], task.id)
+            continued = bool(resume) and resume.get("task_id") == task.id
+        elif resume.get("task_id"):
+            try:
+                task = Task.init(project_name=self._project(), task_name=self._task_name(run),
+                                 reuse_last_task_id=str(resume["task_id"]), continue_last_task=0, **INIT_SETTINGS)
+                self.created, continued = True, task.id == resume["task_id"]
+            except Exception as exc:
+                logger.warning("tracklink: clearml could not continue Task %s (%r); creating a new Task",
+                               resume["task_id"], exc)
+        if task is None:
+            task = Task.init(project_name=self._project(), task_name=self._task_name(run),
+                             reuse_last_task_id=False, output_uri=True, **INIT_SETTINGS)
+            self.created = True
+        self.task = task
+        self.suffix = str(resume.get("suffix", "")) if continued else self._free_suffix(task)
+        setting = os.environ.get("CLEARML_LOG_MODEL")
+        self.log_model = truthy(setting) if setting is not None else self.created
+        self._models, self._prune = [], True
+        if continued:
+            return
+        params = {f"{SECTION}{self.suffix}/{k}": _param(v) for k, v in flatten(run.args_config).items()}
+        task.update_parameters(params)
+        if run.model_config:
+            description = None if not self.suffix else "several trainings report into this Task"
+            # the returned (possibly UI-edited) config is deliberately ignored
+            task.connect_configuration(dict(run.model_config), name=f"Model Configuration{self.suffix}",
+                                       description=description)
+
+    @staticmethod
+    def _project() -> str:
+        return os.environ.get("CLEARML_PROJECT") or DEFAULT_PROJECT
+
+    @staticmethod
+    def _task_name(run: RunInfo) -> str:
+        return os.environ.get("CLEARML_TASK") or run.name or DEFAULT_TASK
+
+    @staticmethod
+    def _free_suffix(task: Any) -> str:
+        """``""`` for a Task with no tracklink section yet, else ``_2``, ``_3``... (read from the Task
+        itself, so two trainings in one process or one Task never share series)."""
+        try:
+            sections = set(task.get_parameters_as_dict())
+        except Exception:
+            sections = set()
+        if SECTION not in sections:
+            return ""
+        number = 2
+        while f"{SECTION}_{number}" in sections:
+            number += 1
+        return f"_{number}"
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        report = self.task.get_logger()
+        for key, value in metrics.items():
+            title, series = "train", key
+            for prefix in ("eval", "test"):
+                if key.startswith(prefix + "_"):
+                    title, series = prefix, key[len(prefix) + 1:]
+            report.report_scalar(title=title + self.suffix, series=series, value=value, iteration=step)
+
+    def log_summary(self, metrics: dict[str, float], step: int) -> None:
+        report = self.task.get_logger()
+        for key, value in metrics.items():
+            report.report_single_value(name=key + self.suffix, value=value)
+
+    def log_text(self, texts: dict[str, str], step: int) -> None:
+        report = self.task.get_logger()
+        for key, value in texts.items():
+            report.report_text(f"{key}{self.suffix} (step {step}): {value}")
+
+    @property
+    def uploads_checkpoints(self) -> bool:
+        return self.log_model or self.task is None
+
+    def log_checkpoint(self, path: str, state: Any) -> None:
+        if not self.log_model:
+            return
+        from clearml import Model, OutputModel
+
+        if not self._can_register_models():
+            self._warn_once("offline-models", "clearml: the SDK cannot register output models in offline mode; "
+                            "checkpoints stay in output_dir only")
+            return
+        source, step = Path(path), int(getattr(state, "global_step", 0) or 0)
+        name = f"{source.name}{self.suffix}"
+        with tempfile.TemporaryDirectory(prefix="tracklink-clearml-") as scratch:
+            package = Path(scratch) / source.name
+            shutil.copytree(source, package)
+            for file in package.rglob("*.json"):  # configs pass the same redaction as params
+                text = redacted_json(file)
+                if text is not None:
+                    file.write_text(text)
+            model = OutputModel(task=self.task, name=name, framework="PyTorch")
+            model.connect(task=self.task, name=name)
+            model.update_weights_package(weights_path=str(package), target_filename=source.name, iteration=step,
+                                         auto_delete_file=False, async_enable=False)
+        self._models.append((step, model))
+        limit = self._limit
+        best = getattr(state, "best_global_step", None)
+        while self._prune and limit and len(self._models) > limit:
+            oldest = next((m for m in self._models if m[0] != best), None)
+            if oldest is None:
+                break
+            try:
+                Model.remove(oldest[1], delete_weights_file=True, force=True, raise_on_errors=True)
+            except Exception as exc:
+                self._prune = False
+                logger.warning("tracklink: clearml could not remove model %s (%r); no more models are removed",
+                               getattr(oldest[1], "name", oldest[0]), exc)
+                break
+            self._models.remove(oldest)
+
+    @staticmethod
+    def _can_register_models() -> bool:
+        from clearml import Task
+
+        return not Task.is_offline()  # clearml's offline OutputModel fails (DummyModel has no 'locked')
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._limit = getattr(args, "save_total_limit", None)
+        self._started.clear()
+        self._starting.set()
+        try:
+            super().on_train_begin(args, state, control, **kwargs)
+        finally:
+            self._starting.clear()
+            self._started.set()
+
+    def state(self) -> dict[str, Any]:
+        # work-around: the base waits only for a setup already marked active; a checkpoint saved while
+        # the Task is being created would lose the task id
+        if self._starting.is_set():
+            self._started.wait(60)
+        return super().state()
+
+    def run_identity(self) -> dict[str, Any] | None:
+        if self.task is None:
+            return None
+        return {"task_id": self.task.id, "suffix": self.suffix, "created": self.created}
+
+    def finish(self, status: str) -> None:
+        task = self.task
+        if task is None:
+            return
+        task.set_user_properties(**{f"tracklink_status{self.suffix}": status})
+        if not self.created:
+            task.flush(wait_for_uploads=True)  # your Task: left open, status untouched
+            return
+        task.close()  # completed
+        if status == "failed":
+            task.mark_failed(status_reason="training failed", force=True)
+        elif status == "killed":
+            task.mark_stopped(force=True, status_message="training interrupted")
+        self.task = None
+
+
+def _param(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, default=str)
