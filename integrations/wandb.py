@@ -1,0 +1,365 @@
+"""Weights & Biases tracker (``report_to="wandb"``, ``WandbCallback``).
+
+What is logged where (transformers' names):
+
+* ``run.config``: the redacted hyper-parameters (training arguments over the model config, plus
+  ``model/num_parameters``); the run is named ``TrainingArguments.run_name`` (a trial name and group
+  during a hyper-parameter search);
+* history: every numeric log under ``train/...``, ``eval/...``, ``test/...`` plus ``train/global_step``,
+  which ``define_metric`` makes the x-axis of every chart (``step_sync``); strings go to the same row;
+* ``run.summary``: ``train_runtime``, ``train_samples_per_second``, ``train_steps_per_second``,
+  ``train_loss`` and ``total_flos`` (the end-of-training summary, as transformers does);
+* artifacts (``WANDB_LOG_MODEL``): ``checkpoint`` logs every checkpoint directory the trainer wrote as
+  artifact ``model-<run id>`` (type ``model``, aliases ``epoch_<e>`` and ``checkpoint_global_step_<n>``),
+  and ``end``/``checkpoint`` log the final model (alias ``final_model``) from the best or last
+  checkpoint, or from a safetensors save of the model when no checkpoint holds it. JSON files are
+  uploaded redacted; optimizer, scheduler and RNG states are left out of the final model;
+* gradients/parameters histograms with ``wandb.watch`` when ``WANDB_WATCH`` asks for them;
+* the exit code: 0 on success, 1 when training raised, 130/143 when interrupted/terminated.
+
+Variables: ``WANDB_PROJECT`` (default ``huggingface``), ``WANDB_LOG_MODEL`` (``end``, ``checkpoint``,
+``false``; default ``false``), ``WANDB_WATCH`` (``gradients``, ``all``, ``parameters``, ``false``; default
+``false``), ``WANDB_DISABLED`` (truthy: skip the tracker) and the SDK's own (``WANDB_MODE``, ``WANDB_DIR``,
+``WANDB_API_KEY``, ...). A run that already exists (``wandb.init`` called by the user) is used and
+left open; a run tracklink started is finished. A resumed training re-attaches to its run
+(``wandb.init(id=..., resume="allow")``) and continues at the restored ``global_step``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import netrc
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+from tracklink.errors import Terminated
+from tracklink.redact import is_secret_key, redact, redact_text, secret_env_values
+from tracklink.tracker import EnvVar, RunInfo, Tracker, truthy
+
+__all__ = ["WandbCallback"]
+
+logger = logging.getLogger("tracklink")
+
+LOG_MODEL_CHOICES = ("end", "checkpoint", "false")
+WATCH_CHOICES = ("gradients", "all", "parameters", "false")
+_DEPRECATED_TRUE = ("true", "1", "yes", "on")
+#: Files of a checkpoint that restore training, not the model: left out of the final-model artifact.
+_TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")
+
+
+def parse_log_model(value: str | None, *, warn: bool = True) -> str:
+    """``WANDB_LOG_MODEL`` as ``end``, ``checkpoint`` or ``false`` (``ValueError`` for anything else)."""
+    text = (value or "").strip().lower() or "false"
+    if text in LOG_MODEL_CHOICES:
+        return text
+    if text in _DEPRECATED_TRUE:
+        if warn:
+            warnings.warn(
+                f"WANDB_LOG_MODEL={value!r} is deprecated; use WANDB_LOG_MODEL='end' (what it means) or "
+                "'checkpoint'", FutureWarning, stacklevel=3,
+            )
+        return "end"
+    raise ValueError(
+        f"WANDB_LOG_MODEL={value!r} is not accepted; accepted values: {', '.join(LOG_MODEL_CHOICES)} "
+        f"(deprecated: {', '.join(_DEPRECATED_TRUE)} mean 'end')"
+    )
+
+
+def parse_watch(value: str | None, *, warn: bool = True) -> str:
+    """``WANDB_WATCH`` as ``gradients``, ``all``, ``parameters`` or ``false``."""
+    text = (value or "").strip().lower() or "false"
+    if text not in WATCH_CHOICES:
+        raise ValueError(f"WANDB_WATCH={value!r} is not accepted; accepted values: {', '.join(WATCH_CHOICES)}")
+    return text
+
+
+def _netrc_has_key(env: Mapping[str, str]) -> bool:
+    """Whether the netrc file holds a W&B API key (read directly: never prompts)."""
+    home = env.get("HOME") or os.path.expanduser("~")
+    path = env.get("NETRC") or os.path.join(home, ".netrc")
+    host = urlparse(env.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(entry and entry[2])
+
+
+def _argv_has_secret(argv: list[str]) -> bool:
+    """Whether the command line carries a secret (``--hub_token X``, a URL password, a secret value)."""
+    secrets = secret_env_values(Tracker.declared_secret_names())
+    for arg in argv:
+        if arg.startswith("-") and is_secret_key(arg.lstrip("-").split("=", 1)[0].replace("-", "_")):
+            return True
+        if redact_text(arg, secrets) != arg:
+            return True
+    return False
+
+
+def redacted_json(path: Path) -> str | None:
+    """The redacted text of a JSON file when redaction changes it, else ``None``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    clean = redact(data, secret_env_values(Tracker.declared_secret_names()))
+    return json.dumps(clean, indent=2, sort_keys=True) + "\n" if clean != data else None
+
+
+def stamp_identity(checkpoint: Path, key: str, identity: dict[str, Any] | None) -> None:
+    """Put the run identity into a checkpoint's ``trainer_state.json`` when the trainer saved it before
+    the run was set up on the worker thread (the state is collected on the training thread)."""
+    path = checkpoint / "trainer_state.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # rotated away already, or not a tracklink checkpoint
+    entry = (data.get("stateful_callbacks") or {}).get(key)
+    if not isinstance(entry, dict) or not identity or entry.get("attributes", {}).get("run") == identity:
+        return
+    entry.setdefault("attributes", {})["run"] = identity
+    tmp = path.with_name(path.name + ".tracklink-tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class WandbCallback(Tracker):
+    """Logs to Weights & Biases (see the module documentation for what goes where)."""
+
+    name = "wandb"
+    sdk = "wandb"
+    sdk_min_version = "0.16"
+    sdk_module = "wandb"
+    extra = "wandb"
+    env_vars: ClassVar[tuple[EnvVar, ...]] = (
+        EnvVar("WANDB_PROJECT", "huggingface", "W&B project of the run."),
+        EnvVar("WANDB_LOG_MODEL", "false", "Upload model artifacts: 'checkpoint' (every checkpoint and the "
+               "final model), 'end' (the final model) or 'false'. true/1/yes/on mean 'end' (deprecated).",
+               choices=LOG_MODEL_CHOICES),
+        EnvVar("WANDB_WATCH", "false", "wandb.watch the model: 'gradients', 'all', 'parameters' or 'false'.",
+               choices=WATCH_CHOICES),
+        EnvVar("WANDB_DISABLED", None, "A true value (1/true/yes/on) turns the tracker off (deprecated in "
+               "transformers; TRACKLINK_DISABLE=wandb does the same)."),
+        EnvVar("WANDB_API_KEY", None, "API key (or `wandb login`, which writes ~/.netrc).", secret=True,
+               read_by="sdk"),
+        EnvVar("WANDB_MODE", "online", "online, offline or disabled; offline writes runs to sync later.",
+               read_by="sdk"),
+        EnvVar("WANDB_DIR", "./wandb", "Directory for run files.", read_by="sdk"),
+        EnvVar("WANDB_ENTITY", None, "User or team that owns the run.", read_by="sdk"),
+        EnvVar("WANDB_NAME", None, "Run name (TrainingArguments.run_name wins when set).", read_by="sdk"),
+        EnvVar("WANDB_RUN_ID", None, "Id of the run to create or resume (a resumed training uses the id "
+               "stored in its checkpoint instead).", read_by="sdk"),
+        EnvVar("WANDB_RESUME", None, "SDK resume policy for WANDB_RUN_ID (allow, must, never, auto).",
+               read_by="sdk"),
+        EnvVar("WANDB_BASE_URL", "https://api.wandb.ai", "W&B server (self-hosted instances).", read_by="sdk"),
+        EnvVar("WANDB_SILENT", None, "true: no console output from the SDK.", read_by="sdk"),
+        EnvVar("WANDB_CONSOLE", "auto", "off: do not capture stdout/stderr into the run.", read_by="sdk"),
+    )
+
+    def __init__(self) -> None:
+        self._log_model = parse_log_model(os.environ.get("WANDB_LOG_MODEL"))
+        self._watch = parse_watch(os.environ.get("WANDB_WATCH"))
+        self._run: Any = None
+        self._owns_run = False
+        self._watched: Any = None
+        self._exit_code = 0
+        self._last_metrics: dict[str, float] = {}
+        self._num_parameters: Any = None
+
+    # -- declarations -------------------------------------------------------------------------
+
+    @classmethod
+    def ready(cls, env: Mapping[str, str]) -> str | None:
+        if env.get("WANDB_MODE", "").strip().lower() in ("offline", "disabled", "dryrun"):
+            return None
+        if env.get("WANDB_API_KEY") or _netrc_has_key(env):
+            return None
+        return ("no W&B API key (WANDB_API_KEY, or a ~/.netrc entry written by `wandb login`) and "
+                "WANDB_MODE is not offline")
+
+    @classmethod
+    def disabled_by(cls, env: Mapping[str, str]) -> str | None:
+        return "disabled by WANDB_DISABLED" if truthy(env.get("WANDB_DISABLED")) else None
+
+    @classmethod
+    def env_problems(cls, env: Mapping[str, str]) -> list[str]:
+        parsers = {"WANDB_LOG_MODEL": parse_log_model, "WANDB_WATCH": parse_watch}
+        problems = [p for var in cls.env_vars if var.name not in parsers and (p := var.problem(env))]
+        for name, parse in parsers.items():
+            try:
+                parse(env.get(name), warn=False)
+            except ValueError as exc:
+                problems.append(str(exc))
+        return problems
+
+    @property
+    def uploads_checkpoints(self) -> bool:
+        return self._log_model == "checkpoint"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def setup(self, run: RunInfo) -> None:
+        wandb = self.import_sdk()
+        self._exit_code = 0
+        self._last_metrics = {}
+        self._num_parameters = run.config.get("model/num_parameters")
+        resume_id = (run.resume or {}).get("run_id")
+        if wandb.run is not None:  # the user's own run: use it, never finish it
+            self._run, self._owns_run = wandb.run, False
+            if resume_id and resume_id != self._run.id:
+                logger.warning("tracklink: W&B run %s already exists; logging there instead of resuming run %s",
+                               self._run.id, resume_id)
+        else:
+            self._run, self._owns_run = wandb.init(**self._init_args(run, wandb)), True
+        self._run.config.update(run.config, allow_val_change=True)
+        self._run.define_metric("train/global_step")
+        self._run.define_metric("*", step_metric="train/global_step", step_sync=True)
+        if self._watch != "false" and run.model is not None:
+            log_freq = max(100, int(getattr(run.args, "logging_steps", 0) or 0))
+            self._run.watch(run.model, log=self._watch, log_freq=log_freq)
+            self._watched = run.model
+
+    def _init_args(self, run: RunInfo, wandb: Any) -> dict[str, Any]:
+        args: dict[str, Any] = {"project": os.environ.get("WANDB_PROJECT") or "huggingface"}
+        if run.is_hyper_param_search and run.trial_name:
+            args.update(name=str(run.trial_name), group=run.name or run.output_dir)
+        elif run.name:
+            args["name"] = run.name
+        if run.resume and run.resume.get("run_id"):
+            args.update(id=run.resume["run_id"], resume="allow")
+            for key in ("project", "entity"):
+                if run.resume.get(key) and not os.environ.get(f"WANDB_{key.upper()}"):
+                    args[key] = run.resume[key]
+        if _argv_has_secret(sys.argv):
+            # W&B's metadata records the command line; keep secrets on it away from the run
+            logger.info("tracklink: the command line carries a secret; W&B system metadata is not collected")
+            try:
+                args["settings"] = wandb.Settings(x_disable_meta=True)
+            except Exception:  # SDKs before 0.19 name it _disable_meta
+                args["settings"] = wandb.Settings(_disable_meta=True)
+        return args
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        self._run.log({**metrics, "train/global_step": step})
+        self._last_metrics.update(metrics)
+
+    def log_text(self, texts: dict[str, str], step: int) -> None:
+        self._run.log({**texts, "train/global_step": step})
+
+    def log_summary(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():  # transformers' raw names: train_runtime, total_flos, ...
+            self._run.summary[key[len("train/"):] if key.startswith("train/") else key] = value
+
+    def log_checkpoint(self, path: str, state: Any) -> None:
+        if self._log_model != "checkpoint":
+            return
+        step = int(getattr(state, "global_step", 0) or 0)
+        epoch = round(float(getattr(state, "epoch", 0) or 0), 2)
+        artifact = self._artifact({"global_step": step, "epoch": epoch})
+        self._add_dir(artifact, Path(path), keep_training_state=True)
+        self._run.log_artifact(artifact, aliases=[f"epoch_{epoch}", f"checkpoint_global_step_{step}"])
+
+    def on_save(self, args: Any, state: Any, control: Any, checkpoint_dir: Any = None, **kwargs: Any) -> None:
+        if checkpoint_dir and self.is_active:
+            stamp_identity(Path(checkpoint_dir), self.state_key, self.identity)
+        super().on_save(args, state, control, checkpoint_dir=checkpoint_dir, **kwargs)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        try:
+            if self.is_active and self._log_model in ("end", "checkpoint"):
+                self._log_final_model(args, state, model)
+        finally:
+            super().on_train_end(args, state, control, model=model, **kwargs)
+
+    def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, **kwargs: Any) -> None:
+        if isinstance(exception, Terminated):
+            self._exit_code = 128 + exception.signum
+        elif isinstance(exception, KeyboardInterrupt):
+            self._exit_code = 130
+        else:
+            self._exit_code = 1
+        super().on_exception(args, state, control, exception=exception, **kwargs)
+
+    def run_identity(self) -> dict[str, Any] | None:
+        if self._run is None:
+            return None
+        identity = {"run_id": self._run.id, "project": getattr(self._run, "project", None),
+                    "entity": getattr(self._run, "entity", None)}
+        return {k: v for k, v in identity.items() if v}
+
+    def finish(self, status: str) -> None:
+        run, self._run = self._run, None
+        if run is None:
+            return
+        if self._watched is not None:
+            model, self._watched = self._watched, None
+            try:
+                run.unwatch(model)
+            except Exception as exc:
+                logger.debug("tracklink: wandb unwatch failed: %r", exc)
+        if self._owns_run:
+            code = 0 if status == "success" else (self._exit_code or (130 if status == "killed" else 1))
+            run.finish(exit_code=code)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _artifact(self, extra: dict[str, Any]) -> Any:
+        import wandb
+
+        metadata = {k: v for k, v in self._last_metrics.items() if isinstance(v, (int, float))}
+        if self._num_parameters is not None:
+            metadata["model/num_parameters"] = self._num_parameters
+        return wandb.Artifact(name=f"model-{self._run.id}", type="model", metadata={**metadata, **extra})
+
+    def _add_dir(self, artifact: Any, root: Path, *, keep_training_state: bool) -> None:
+        with tempfile.TemporaryDirectory(prefix="tracklink-wandb-") as tmp:
+            for index, path in enumerate(sorted(p for p in root.rglob("*") if p.is_file())):
+                rel = path.relative_to(root).as_posix()
+                if not keep_training_state and path.name.startswith(_TRAINING_STATE):
+                    continue
+                text = redacted_json(path) if path.suffix == ".json" else None
+                if text is not None:  # upload a redacted copy (the artifact copies files as they are added)
+                    path = Path(tmp, f"{index}.json")
+                    path.write_text(text)
+                artifact.add_file(str(path), name=rel)
+
+    def _log_final_model(self, args: Any, state: Any, model: Any) -> None:
+        source = None
+        best = getattr(state, "best_model_checkpoint", None)
+        from_best = bool(getattr(args, "load_best_model_at_end", False) and best and Path(best).is_dir())
+        if from_best:
+            source = Path(best)
+        else:
+            last = Path(getattr(args, "output_dir", "") or ".", f"checkpoint-{state.global_step}")
+            if (last / "model.safetensors").is_file():
+                source = last
+        metadata: dict[str, Any] = {"final_model": True, "global_step": int(state.global_step)}
+        if from_best and getattr(state, "best_metric", None) is not None:
+            metric = str(getattr(args, "metric_for_best_model", None) or "loss").removeprefix("eval_")
+            metadata[f"eval/{metric}"] = state.best_metric
+        artifact = self._artifact(metadata)
+        with tempfile.TemporaryDirectory(prefix="tracklink-wandb-model-") as tmp:
+            if source is None:
+                if model is None:
+                    logger.warning("tracklink: W&B final model not logged: no checkpoint and no model")
+                    return
+                source = Path(tmp, "model")
+                save = getattr(model, "save_pretrained", None)
+                if callable(save):
+                    save(str(source))
+                else:
+                    from tracklink.trainer.checkpoint import save_model
+
+                    save_model(model, source)
+            self._add_dir(artifact, source, keep_training_state=False)
+            if model is not None:
+                with artifact.new_file("model_architecture.txt", mode="w") as handle:
+                    handle.write(str(model))
+            self._run.log_artifact(artifact, aliases=["final_model"])
