@@ -405,23 +405,37 @@ class CallbackHandler:
             self._raise_fatal()
         for flag in RESETS.get(event, ()):
             setattr(control, flag, False)
-        plan = self._get_plan()[event]
+        plan = (self._plan or self._get_plan())[event]
         if not plan:
             return control
-        namespace = self._namespace(args, state, control, extras)
+        # the keyword arguments of transformers-style calls, built once per event (a callee's **kwargs is
+        # a fresh dict, so sharing this one between calls is safe)
+        processing_class = self.processing_class
+        kwargs = {
+            "model": self.model,
+            "processing_class": processing_class,
+            "tokenizer": processing_class,
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "train_dataloader": self.train_dataloader,
+            "eval_dataloader": self.eval_dataloader,
+            **extras,
+        }
+        namespace = None
         snap = None
         for style, function, argnames, entry in plan:
             if entry.channel is not None:
                 if snap is None:
-                    namespace["control"] = control
-                    snap = snapshot(namespace)
+                    snap = snapshot({"args": args, "state": state, "control": control, **kwargs})
                 if entry.notify is not None:
                     entry.notify(event)
                 entry.channel.submit(event, snap)
                 continue
             if style == HF_STYLE:
-                result = function(args, state, control, **_kwargs_of(namespace))
+                result = function(args, state, control, **kwargs)
             else:
+                if namespace is None:
+                    namespace = {"args": args, "state": state, **kwargs}
                 namespace["control"] = control
                 result = function(*[namespace[n] for n in argnames])
             if result is not None and result is not control:

@@ -42,6 +42,9 @@ _URL_QUERY_SECRET = re.compile(
     re.IGNORECASE,
 )
 _MIN_ENV_SECRET_LEN = 6
+#: Environment variables whose names look like secrets but hold none: the shell's working directories
+#: ("pwd" is a secret word), whose values prefix every relative path.
+_NOT_SECRET_ENV = frozenset({"PWD", "OLDPWD"})
 
 
 def _words(key: str) -> list[str]:
@@ -70,7 +73,7 @@ def is_secret_key(key: object) -> bool:
 def secret_env_values(extra_names: Iterable[str] = ()) -> list[str]:
     """Values of set environment variables that hold secrets (longest first)."""
     names = set(extra_names)
-    names.update(name for name in os.environ if is_secret_key(name))
+    names.update(name for name in os.environ if is_secret_key(name) and name not in _NOT_SECRET_ENV)
     values = {os.environ[n] for n in names if len(os.environ.get(n, "")) >= _MIN_ENV_SECRET_LEN}
     return sorted(values, key=len, reverse=True)
 

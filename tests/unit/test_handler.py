@@ -287,7 +287,7 @@ def test_returning_a_non_control_raises_type_error() -> None:
             return "oops"
 
     handler = CallbackHandler([Bad()])
-    with pytest.raises(TypeError, match="Bad.*on_log|on_log.*str"):
+    with pytest.raises(TypeError, match=r"Bad.*on_log|on_log.*str"):
         fire(handler, "on_log", make_args(), TrainerState(), TrainerControl(), logs={})
 
 

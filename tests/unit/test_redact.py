@@ -1,0 +1,139 @@
+"""Central redaction of secrets in hyper-parameters and configs."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+
+from tracklink.redact import REDACTED, is_secret_key, redact, redact_text, secret_env_values
+from tracklink.tracker import EnvVar, Tracker, hyperparameters
+
+SECRET_KEYS = [
+    "hub_token", "api_key", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "db_password", "credentials",
+    "NEPTUNE_API_TOKEN", "HF_TOKEN", "push_to_hub_token", "authToken", "apiKey", "COMET_API_KEY", "client_secret",
+    "private_key", "ssh_key", "mlflow_tracking_password", "AZURE_STORAGE_SAS", "Authorization", "secret",
+    "passwd", "my-access-key",
+]
+NOT_SECRET_KEYS = [
+    "pad_token_id", "eos_token", "bos_token_id", "max_new_tokens", "num_input_tokens_seen", "tokenizer_class",
+    "metric_for_best_model", "hub_private_repo", "pad_token", "additional_special_tokens", "vocab_size",
+    "max_tokens", "hub_model_id", "sort_key", "key", "learning_rate", "output_dir", "run_name", "keys",
+    "include_tokens_per_second", "tokenizer_name",
+]
+
+
+@pytest.mark.parametrize("key", SECRET_KEYS)
+def test_secret_keys(key: str) -> None:
+    assert is_secret_key(key) is True
+
+
+@pytest.mark.parametrize("key", NOT_SECRET_KEYS)
+def test_not_secret_keys(key: str) -> None:
+    assert is_secret_key(key) is False
+
+
+@pytest.mark.parametrize("key", [None, 3, ("api_key",), b"api_key", ""])
+def test_non_string_or_empty_keys_are_not_secret(key: object) -> None:
+    assert is_secret_key(key) is False
+
+
+def test_secret_values_replaced_in_nested_mappings() -> None:
+    config = {
+        "learning_rate": 0.1,
+        "hub_token": "hf_xxxxxxxxxxxxxxxxx",
+        "nested": {"api_key": "k-123456", "pad_token_id": 0, "eos_token": "</s>", "inner": [{"password": "pw"}]},
+        "tuple": ("a", {"credentials": {"user": "u"}}),
+        "empty_token": None,
+        "blank_secret": "",
+    }
+    out = redact(config, env_secrets=[])
+    assert out["learning_rate"] == 0.1
+    assert out["hub_token"] == REDACTED
+    assert out["nested"]["api_key"] == REDACTED
+    assert out["nested"]["pad_token_id"] == 0 and out["nested"]["eos_token"] == "</s>"
+    assert out["nested"]["inner"] == [{"password": REDACTED}]
+    assert isinstance(out["tuple"], tuple) and out["tuple"][1] == {"credentials": REDACTED}
+    # an unset secret stays visibly unset
+    assert out["empty_token"] is None and out["blank_secret"] == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://user:hunter2@example.com/path", f"https://user:{REDACTED}@example.com/path"),
+        ("postgresql://bob:s3cret@db:5432/mlflow", f"postgresql://bob:{REDACTED}@db:5432/mlflow"),
+        ("http://:onlypass@host", f"http://:{REDACTED}@host"),
+        ("https://h/x?token=abc123&page=2", f"https://h/x?token={REDACTED}&page=2"),
+        ("https://h/x?a=1&api_key=zzz#frag", f"https://h/x?a=1&api_key={REDACTED}#frag"),
+        ("s3://b/o?X-Amz-Signature=deadbeef&X-Amz-Date=1", f"s3://b/o?X-Amz-Signature={REDACTED}&X-Amz-Date=1"),
+        ("see https://a:b@h1 and https://c:d@h2", f"see https://a:{REDACTED}@h1 and https://c:{REDACTED}@h2"),
+        ("https://example.com/path?page=2", "https://example.com/path?page=2"),
+        ("user@example.com", "user@example.com"),
+        ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),
+    ],
+)
+def test_url_credentials_masked(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+    assert redact({"tracking_uri": text}, env_secrets=[])["tracking_uri"] == expected
+
+
+def test_env_secret_values_masked_inside_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-0123456789")
+    monkeypatch.setenv("HARMLESS_SETTING", "tok-0123456789-not-a-secret-name")
+    values = secret_env_values()
+    assert "tok-0123456789" in values
+    assert "tok-0123456789-not-a-secret-name" not in values
+    out = redact({"note": "use tok-0123456789 here", "list": ["x tok-0123456789 y"]})
+    assert out == {"note": f"use {REDACTED} here", "list": [f"x {REDACTED} y"]}
+
+
+def test_short_env_values_are_not_masked_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOME_PASSWORD", "ab")  # too short: masking "ab" everywhere would mangle text
+    assert redact({"note": "abc"}) == {"note": "abc"}
+
+
+def test_declared_secret_names_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    class DeclaringTracker(Tracker):
+        name = "declaring"
+        env_vars = (EnvVar("ODD_NAME_NO_HINT", secret=True),)
+
+    monkeypatch.setenv("ODD_NAME_NO_HINT", "value-that-is-secret")
+    assert "ODD_NAME_NO_HINT" in Tracker.declared_secret_names()
+    assert "value-that-is-secret" in secret_env_values(Tracker.declared_secret_names())
+    assert "value-that-is-secret" not in secret_env_values()
+    args = types.SimpleNamespace(output_dir="/runs/value-that-is-secret", learning_rate=0.5)
+    config, args_view, _ = hyperparameters(args)
+    assert config["output_dir"] == f"/runs/{REDACTED}" and args_view["learning_rate"] == 0.5
+
+
+def test_user_objects_are_not_mutated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_API_KEY", "k-abcdefgh")
+    inner = {"password": "pw", "uri": "https://u:p@h", "note": "k-abcdefgh"}
+    items = [inner, "https://a:b@c", ("k-abcdefgh",)]
+    config = {"hub_token": "t", "items": items, "inner": inner}
+    before = copy.deepcopy(config)
+    out = redact(config)
+    assert config == before
+    assert config["inner"] is inner and config["items"] is items
+    assert out["inner"] is not inner and out["items"] is not items
+    assert out["inner"] == {"password": REDACTED, "uri": f"https://u:{REDACTED}@h", "note": REDACTED}
+
+
+def test_other_values_pass_through() -> None:
+    marker = object()
+    out = redact({"obj": marker, "n": 3, "f": 0.5, "b": True, "none": None}, env_secrets=[])
+    assert out["obj"] is marker and out == {"obj": marker, "n": 3, "f": 0.5, "b": True, "none": None}
+
+
+def test_shell_working_directory_is_not_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PWD/OLDPWD name a "pwd", but hold the working directory: masking them would redact every path."""
+    monkeypatch.setenv("PWD", "/home/someone/project")
+    monkeypatch.setenv("OLDPWD", "/home/someone/elsewhere")
+    values = secret_env_values()
+    assert "/home/someone/project" not in values and "/home/someone/elsewhere" not in values
+    config = {"logging_dir": "/home/someone/project/runs", "db_pwd": "hunter22"}
+    assert redact(config) == {"logging_dir": "/home/someone/project/runs", "db_pwd": REDACTED}
+    # a tracker that declares such a variable secret still gets it masked
+    assert "/home/someone/project" in secret_env_values({"PWD"})
