@@ -119,6 +119,16 @@ def forget_args(args: Any) -> None:
     _redacted_args.pop(id(args), None)
 
 
+def _shallow(obj: Any) -> Any:
+    """A shallow copy; for plain objects (dataclasses) without going through ``__reduce_ex__``."""
+    fields = getattr(obj, "__dict__", None)
+    if type(fields) is dict and not hasattr(type(obj), "__slots__"):
+        clone = object.__new__(type(obj))
+        clone.__dict__.update(fields)
+        return clone
+    return copy.copy(obj)
+
+
 def snapshot(namespace: dict[str, Any]) -> dict[str, Any]:
     """Copy what a tracker reads later on another thread.
 
@@ -132,7 +142,7 @@ def snapshot(namespace: dict[str, Any]) -> dict[str, Any]:
         snap["args"] = _tracker_args(namespace["args"])
     state = namespace.get("state")
     if state is not None:
-        state = copy.copy(state)
+        state = _shallow(state)
         if isinstance(getattr(state, "log_history", None), list):
             state.log_history = list(state.log_history)
         if isinstance(getattr(state, "stateful_callbacks", None), dict):
@@ -141,7 +151,7 @@ def snapshot(namespace: dict[str, Any]) -> dict[str, Any]:
             state.trial_params = dict(state.trial_params)
         snap["state"] = state
     if namespace.get("control") is not None:
-        snap["control"] = copy.copy(namespace["control"])
+        snap["control"] = _shallow(namespace["control"])
     for key in ("logs", "metrics"):
         if key in snap:
             snap[key] = _copy_mapping(snap[key])
@@ -188,7 +198,13 @@ class TrackerChannel:
         self.errors = 0
         self.first_error: str | None = None
         self.disabled_reason: str | None = None
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
+        # An unbounded C queue (cheap put, cheap wake-up) bounded by counting: only the training
+        # thread produces and only the worker consumes, so each counter has a single writer.
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._produced = 0
+        self._consumed = 0
+        self._space = threading.Condition()
+        self._producer_waiting = False
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         _live_channels.add(self)
@@ -205,13 +221,27 @@ class TrackerChannel:
             self._run(event, namespace)
             return
         self._ensure_worker()
-        try:
-            self._queue.put((event, namespace), timeout=self.settings.queue_timeout)
-        except queue.Full:
+        if not self._put((event, namespace), self.settings.queue_timeout):
             self._disable(
                 f"stalled: its queue stayed full ({self.settings.queue_size} events) for "
                 f"{self.settings.queue_timeout:g} s"
             )
+
+    def _put(self, item: Any, timeout: float | None) -> bool:
+        """Queue ``item``, waiting (back-pressure) while the queue holds ``queue_size`` items."""
+        if self._produced - self._consumed >= self.settings.queue_size:
+            with self._space:
+                self._producer_waiting = True
+                try:
+                    if not self._space.wait_for(
+                        lambda: self._produced - self._consumed < self.settings.queue_size, timeout
+                    ):
+                        return False
+                finally:
+                    self._producer_waiting = False
+        self._produced += 1
+        self._queue.put(item)
+        return True
 
     def barrier(self, timeout: float | None = None) -> bool:
         """Wait until every event submitted so far was processed. Returns ``False`` on timeout."""
@@ -220,9 +250,7 @@ class TrackerChannel:
             return True
         done = threading.Event()
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            self._queue.put(done, timeout=timeout)
-        except queue.Full:
+        if not self._put(done, timeout):
             return False
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not done.wait(remaining):
@@ -236,12 +264,10 @@ class TrackerChannel:
     def stop(self, timeout: float | None = None) -> bool:
         """Drain the queue and stop the worker thread (a later event starts a new one)."""
         drained = self.barrier(timeout)
-        with self._lock:
-            worker = self._worker
-            if worker is not None and worker.is_alive() and drained:
-                self._queue.put(_STOP)
-                worker.join(timeout)
-                self._worker = None
+        worker = self._worker
+        if worker is not None and worker.is_alive() and drained:
+            self._put(_STOP, timeout)
+            worker.join(timeout)
         return drained
 
     def summary(self) -> str | None:
@@ -258,25 +284,39 @@ class TrackerChannel:
     # -- internals -------------------------------------------------------------------------------
 
     def _ensure_worker(self) -> None:
-        if self._worker is not None and self._worker.is_alive():
+        if self._worker is not None:  # cleared by the worker itself when it exits
             return
         with self._lock:
-            if self._worker is None or not self._worker.is_alive():
+            if self._worker is None:
                 self._worker = threading.Thread(
                     target=self._work, name=f"tracklink-{self.name}", daemon=True
                 )
                 self._worker.start()
 
     def _work(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._lock:
+                if self._worker is threading.current_thread():
+                    self._worker = None
+
+    def _loop(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            event, namespace = item
-            self._run(event, namespace)
+            try:
+                if item is _STOP:
+                    return
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                event, namespace = item
+                self._run(event, namespace)
+            finally:
+                self._consumed += 1
+                if self._producer_waiting:
+                    with self._space:
+                        self._space.notify_all()
 
     def _run(self, event: str, namespace: dict[str, Any]) -> None:
         if self.disabled:

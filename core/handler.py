@@ -86,15 +86,29 @@ def _label(plugin: object) -> str:
     return type(plugin).__name__
 
 
+#: Event names of other frameworks (Lightning, Keras, Composer) that users carry over by habit.
+_FOREIGN_NAMES = {
+    "on_train_start": "on_train_begin", "on_fit_start": "on_train_begin", "on_fit_end": "on_train_end",
+    "on_epoch_start": "on_epoch_begin", "on_train_epoch_start": "on_epoch_begin",
+    "on_train_epoch_end": "on_epoch_end", "on_step_start": "on_step_begin",
+    "on_train_batch_start": "on_step_begin", "on_train_batch_end": "on_step_end",
+    "on_batch_begin": "on_step_begin", "on_batch_end": "on_step_end", "on_batch_start": "on_step_begin",
+    "on_validation_end": "on_evaluate", "on_validation_epoch_end": "on_evaluate",
+    "on_save_checkpoint": "on_save", "on_exception_raised": "on_exception",
+}
+
+
 def _misspelt_methods(plugin: object) -> list[tuple[str, str]]:
-    """Unmarked ``on_*`` methods of a transformers-style plugin that look like a misspelt event."""
+    """Unmarked ``on_*`` methods of a transformers-style plugin that look like a misspelt event or an
+    event name of another framework."""
     if isinstance(plugin, types.ModuleType):
         return []
     found = []
     for name in dir(type(plugin)):
         if not name.startswith("on_") or name in _EVENT_SET:
             continue
-        close = difflib.get_close_matches(name, EVENTS, n=1, cutoff=0.85)
+        close = [_FOREIGN_NAMES[name]] if name in _FOREIGN_NAMES else \
+            difflib.get_close_matches(name, EVENTS, n=1, cutoff=0.85)
         if close:
             found.append((name, close[0]))
     return found

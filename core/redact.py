@@ -119,11 +119,21 @@ def redacted_copy(obj: Any, env_secrets: Iterable[str] | None = None) -> Any:
     return clone
 
 
+_SPECIAL_TOKEN_VALUE = re.compile(r"^(<[^<>\s]{1,40}>|\[[A-Za-z_]{1,20}\]|<\|[^|\s]{1,40}\|>)$")
+
+
+def _holds_secret(key: Any, value: Any) -> bool:
+    """A secret-named key, unless its value is empty or a special-token string such as ``<image>``
+    (model configs name those ``image_token``, ``boi_token``, ...)."""
+    if value in (None, "", False) or not is_secret_key(key):
+        return False
+    return not (isinstance(value, str) and _SPECIAL_TOKEN_VALUE.match(value))
+
+
 def _redact(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, Mapping):
         return {
-            key: (REDACTED if is_secret_key(key) and value[key] not in (None, "", False)
-                  else _redact(value[key], secrets))
+            key: REDACTED if _holds_secret(key, value[key]) else _redact(value[key], secrets)
             for key in value
         }
     if isinstance(value, str):

@@ -123,7 +123,10 @@ def resolve_report_to(
     explicit = [t for t in tokens if t != "all"]
     for name in explicit:
         if name not in specs:
-            raise _unknown(name, specs)
+            error = _unknown(name, specs)
+            if origin != "report_to":
+                error.args = (str(error).replace("report_to names", f"{origin}={value!r} names", 1),)
+            raise error
     disabled_env = _env_disabled(env)
     for name in disabled_env:
         if name not in specs:

@@ -920,3 +920,11 @@ def test_early_stopping_none_threshold_means_zero_and_state_round_trips() -> Non
     assert rebuilt.state() == exported
     assert isinstance(callback, tracklink.ExportableState)
 
+
+
+@pytest.mark.parametrize(("name", "event"), [("on_train_start", "on_train_begin"), ("on_epoch_start", "on_epoch_begin"),
+                                            ("on_step_start", "on_step_begin"), ("on_validation_end", "on_evaluate")])
+def test_event_names_of_other_frameworks_are_rejected(name: str, event: str) -> None:
+    cls = type("Habit", (tracklink.TrainerCallback,), {name: lambda self, *a, **k: None})
+    with pytest.raises(tracklink.PluginRegistrationError, match=f"did you mean '{event}'"):
+        tracklink.CallbackHandler([tracklink.DefaultFlowCallback, cls()])

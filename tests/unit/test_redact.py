@@ -137,3 +137,14 @@ def test_shell_working_directory_is_not_a_secret(monkeypatch: pytest.MonkeyPatch
     assert redact(config) == {"logging_dir": "/home/someone/project/runs", "db_pwd": REDACTED}
     # a tracker that declares such a variable secret still gets it masked
     assert "/home/someone/project" in secret_env_values({"PWD"})
+
+
+def test_special_token_values_are_not_treated_as_secrets() -> None:
+    from tracklink.redact import redact
+
+    config = {"image_token": "<image>", "boi_token": "<start_of_image>", "cls_token": "[CLS]",
+              "hub_token": "hf_abcdefghijklmnop", "eos_token": "<|endoftext|>"}
+    out = redact(config, [])
+    assert out["image_token"] == "<image>" and out["boi_token"] == "<start_of_image>"
+    assert out["cls_token"] == "[CLS]" and out["eos_token"] == "<|endoftext|>"
+    assert out["hub_token"] == "<redacted>"

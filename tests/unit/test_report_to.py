@@ -377,3 +377,11 @@ def test_resolution_reads_os_environ_by_default(specs: dict[str, TrackerSpec],
     monkeypatch.setenv("TRACKLINK_DISABLE", "tensorboard")
     assert resolve_report_to(specs=specs).names == ["acme"]
     assert "tensorboard" not in resolve_report_to("all", specs=specs).names
+
+
+def test_unknown_name_from_the_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracklink
+
+    monkeypatch.setenv("TRACKLINK_REPORT_TO", "tensorbord")
+    with pytest.raises(tracklink.UnknownTrackerError, match="TRACKLINK_REPORT_TO='tensorbord' names unknown tracker"):
+        tracklink.resolve_report_to()
