@@ -397,7 +397,9 @@ class Tracker(TrainerCallback):
         return {"args": {}, "attributes": {"run": self._tl.identity, "last_step": self._tl.last_step}}
 
     def load_state(self, saved: Mapping[str, Any]) -> None:
-        """Remember the run identity of a checkpoint, so the next ``on_train_begin`` re-attaches."""
+        """Remember a run identity so the next ``on_train_begin`` re-attaches to it (for hubs whose
+        state does not carry this tracker's entry, e.g. the transformers bridge; tracklink's trainer
+        needs no call: the restored state of ``on_train_begin`` carries the identity)."""
         attributes = saved.get("attributes", {}) if isinstance(saved, Mapping) else {}
         run = attributes.get("run")
         self._tl.resume = dict(run) if isinstance(run, Mapping) else None
@@ -419,9 +421,19 @@ class Tracker(TrainerCallback):
         with self._tl.lock:
             if self._tl.active:
                 self.close("success")
-            resume = self._tl.resume
-            self._tl.resume = None
+            resume, self._tl.resume = self._tl.resume, None
+            if resume is None and int(getattr(state, "global_step", 0) or 0) > 0:
+                resume = self._identity_in(state)
             self._start(args, state, model, resume)
+
+    def _identity_in(self, state: Any) -> dict[str, Any] | None:
+        """The run identity this tracker saved in a checkpoint's state (the event's snapshot carries the
+        restored ``stateful_callbacks``, so no state is shared with the training thread)."""
+        saved = (getattr(state, "stateful_callbacks", None) or {}).get(self.state_key)
+        if isinstance(saved, list):
+            saved = saved[0] if saved else None
+        run = saved.get("attributes", {}).get("run") if isinstance(saved, Mapping) else None
+        return dict(run) if isinstance(run, Mapping) else None
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, model: Any = None,
                **kwargs: Any) -> None:
@@ -463,9 +475,8 @@ class Tracker(TrainerCallback):
         with self._tl.lock:
             if not self._tl.active:
                 # a standalone evaluate()/predict(), or one after train() closed the run: re-attach
-                # to the last run when there was one
-                self._start(args, state, model, self._tl.resume or self._tl.identity)
-                self._tl.resume = None
+                # to the last run when there was one (a checkpoint's identity is for on_train_begin)
+                self._start(args, state, model, self._tl.identity)
         return self._tl.active
 
     def _start(self, args: Any, state: Any, model: Any, resume: dict[str, Any] | None) -> None:

@@ -1,0 +1,490 @@
+"""MLflow tracker (``report_to="mlflow"``): runs, params, metrics and checkpoint artifacts in MLflow.
+
+Where: the tracking URI MLflow itself would use (``mlflow.set_tracking_uri()``, else ``MLFLOW_TRACKING_URI``,
+else MLflow's default: ``sqlite:///mlflow.db`` in the working directory for MLflow 3.x). A legacy ``./mlruns``
+file store that MLflow refuses (``MLFLOW_ALLOW_FILE_STORE`` unset) is replaced by ``sqlite:///mlflow.db``.
+
+Which run, first match wins:
+
+1. ``MLFLOW_RUN_ID``: re-attach to that run (set back to RUNNING, ended by this tracker);
+2. the run identity stored in the checkpoint training resumes from (same run, points the run already holds
+   after the restored step are not logged twice);
+3. an MLflow run active in the training thread (``mlflow.start_run()`` around ``train()``): reused and left
+   open, unless ``MLFLOW_NESTED_RUN`` is truthy, then a child run is created under it;
+4. a new run named ``TrainingArguments.run_name`` in ``MLFLOW_EXPERIMENT_NAME`` (created when missing), else
+   ``MLFLOW_EXPERIMENT_ID`` / ``mlflow.set_experiment()`` / the default experiment.
+
+What is logged: params = model config merged under the (redacted) training arguments, nested dicts
+flattened with ``.`` when ``MLFLOW_FLATTEN_PARAMS`` is truthy (else JSON text), at most
+``MLFLOW_MAX_LOG_PARAMS`` of them, in batches of 100, values longer than MLflow's limit truncated with a
+``…[truncated]`` marker; tags from ``MLFLOW_TAGS`` (a JSON object); metrics under their raw keys (``loss``,
+``eval_loss``, ``learning_rate``, ``epoch``, ``train_runtime`` …; characters MLflow rejects become ``_``) at
+``global_step``; with ``HF_MLFLOW_LOG_ARTIFACTS`` truthy, every checkpoint directory as artifacts under
+``checkpoint-<step>/``. The run ends FINISHED, FAILED (training raised) or KILLED (Ctrl-C, SIGTERM).
+
+Reliability: calls run on the tracker's worker thread (training never waits). Over HTTP, MLflow retries
+failed requests (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, default 7, exponential backoff); metric batches that
+still fail stay in an in-memory spool that is replayed with the next batch and before the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+from tracklink.tracker import FALSE_VALUES, TRUE_VALUES, EnvVar, RunInfo, Tracker, truthy
+
+__all__ = ["MLflowCallback"]
+
+BOOL_CHOICES = ("true", "false", "1", "0", "yes", "no", "on", "off")
+TRUNCATION_MARKER = "…[truncated]"
+STATUS = {"success": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+_BAD_NAME_CHARS = re.compile(r"[^0-9A-Za-z_\-. :/]")
+_RUN_ID = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")
+_MAX_SPOOL = 1_000_000
+SPOOL_RETRY_S = 30.0  # seconds between attempts to replay spooled metrics
+
+
+def _mask_url(text: str) -> str:
+    return re.sub(r"(://)[^/@\s]*@", r"\1***@", text)
+
+
+def sanitize_name(name: str, limit: int = 250) -> str:
+    """A metric/param/tag name MLflow accepts: characters outside letters, digits and ``_ - . space : /``
+    become ``_`` (``:`` too on Windows); a name that is not a unique path (``a//b``, ``/x``, ``./y``) loses
+    its slashes; at most ``limit`` characters."""
+    clean = _BAD_NAME_CHARS.sub("_", str(name))
+    if os.name == "nt":
+        clean = clean.replace(":", "_")
+    norm = posixpath.normpath(clean) if clean else ""
+    if norm != clean or norm in ("", ".") or norm.startswith(("..", "/")):
+        clean = clean.replace("/", "_")
+        if clean in ("", ".") or clean.startswith(".."):
+            clean = "_" + clean
+    return clean[:limit]
+
+
+def truncate(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters, ending with a visible marker when it was too long."""
+    if len(value) <= limit:
+        return value
+    return value[: max(0, limit - len(TRUNCATION_MARKER))] + TRUNCATION_MARKER
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        try:
+            return json.dumps(value, sort_keys=True, default=str)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def redacted_files(root: str) -> Iterator[tuple[str, str, bytes | None]]:
+    """``(relative path, path, content)`` for every file under ``root``; ``content`` is the redacted text
+    of a small text file that holds a secret (a checkpoint's ``config.json`` may), else ``None`` (send the
+    file as it is)."""
+    from tracklink.redact import redact, redact_text, secret_env_values
+
+    secrets = secret_env_values(Tracker.declared_secret_names())
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for filename in sorted(files):
+            path = os.path.join(folder, filename)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            if os.path.getsize(path) > 16 * 2**20:
+                yield rel, path, None
+                continue
+            with open(path, "rb") as handle:
+                data = handle.read()
+            try:
+                text = data.decode("utf-8") if b"\0" not in data[:8192] else None
+            except UnicodeDecodeError:
+                text = None
+            if text is None:
+                yield rel, path, None
+                continue
+            clean = text
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                pass
+            else:
+                masked = redact(parsed, secrets)
+                if masked != parsed:
+                    clean = json.dumps(masked, indent=2)
+            clean = redact_text(clean, secrets)
+            yield rel, path, (clean.encode("utf-8") if clean != text else None)
+
+
+class MLflowCallback(Tracker):
+    """Logs to MLflow (see the module documentation). Takes no arguments, like transformers'."""
+
+    name = "mlflow"
+    sdk = "mlflow"
+    sdk_min_version = "2.8"
+    sdk_module = "mlflow"
+    extra = "mlflow"
+    metric_style = "raw"
+    env_vars: ClassVar[tuple[EnvVar, ...]] = (
+        EnvVar("MLFLOW_TRACKING_URI", None, "Tracking server or store URI (default: MLflow's own default, "
+               "sqlite:///mlflow.db in the working directory for MLflow 3.x).", read_by="sdk"),
+        EnvVar("MLFLOW_EXPERIMENT_NAME", None, "Experiment of new runs; created when missing."),
+        EnvVar("MLFLOW_EXPERIMENT_ID", None, "Experiment id of new runs when no name is given.", read_by="sdk"),
+        EnvVar("MLFLOW_RUN_ID", None, "Re-attach to this existing run instead of creating one."),
+        EnvVar("MLFLOW_TAGS", None, 'Tags for the run, a JSON object such as {"team": "nlp"}.'),
+        EnvVar("MLFLOW_NESTED_RUN", "false", "Create a child run under the run active in the training "
+               "thread instead of reusing it.", choices=BOOL_CHOICES),
+        EnvVar("MLFLOW_FLATTEN_PARAMS", "false", "Flatten nested config dicts into a.b.c params "
+               "(otherwise they are logged as JSON text).", choices=BOOL_CHOICES),
+        EnvVar("MLFLOW_MAX_LOG_PARAMS", None, "Log at most this many params (digits only)."),
+        EnvVar("HF_MLFLOW_LOG_ARTIFACTS", "false", "Upload every checkpoint directory as artifacts "
+               "under checkpoint-<step>/.", choices=BOOL_CHOICES),
+        EnvVar("DISABLE_MLFLOW_INTEGRATION", "false", "Switch the MLflow tracker off.", choices=BOOL_CHOICES),
+        EnvVar("MLFLOW_TRACKING_USERNAME", None, "HTTP basic-auth user for the tracking server.", read_by="sdk"),
+        EnvVar("MLFLOW_TRACKING_PASSWORD", None, "HTTP basic-auth password.", secret=True, read_by="sdk"),
+        EnvVar("MLFLOW_TRACKING_TOKEN", None, "Bearer token for the tracking server.", secret=True,
+               read_by="sdk"),
+        EnvVar("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7", "Retries of a failed HTTP request.", read_by="sdk"),
+        EnvVar("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2", "Exponential backoff factor between retries.",
+               read_by="sdk"),
+        EnvVar("MLFLOW_DISABLE_TELEMETRY", "true", "MLflow usage telemetry; tracklink sets it to true "
+               "unless you set it.", read_by="sdk"),
+    )
+    _bool_vars: ClassVar[tuple[str, ...]] = (
+        "MLFLOW_NESTED_RUN", "MLFLOW_FLATTEN_PARAMS", "HF_MLFLOW_LOG_ARTIFACTS", "DISABLE_MLFLOW_INTEGRATION",
+    )
+
+    def __init__(self) -> None:
+        problems = self.env_problems(os.environ)
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self._log_artifacts = truthy(os.environ.get("HF_MLFLOW_LOG_ARTIFACTS"))
+        # The fluent API's active run is per thread and this tracker runs on a worker thread: remember
+        # the thread that built it (the training thread, normally) and any run active right now.
+        self._owner_thread = threading.get_ident()
+        self._construction_run_id = self._fluent_active_run_id()
+        self._client: Any = None
+        self._run_id: str | None = None
+        self._experiment_id: str | None = None
+        self._owned = False
+        self._spool: list[Any] = []
+        self._retry_at = 0.0
+        self._floors: dict[str, int] = {}
+        self._start_step = 0
+        self._checkpoint_run: dict[str, Any] | None = None
+        self._in_train_begin = False
+
+    # -- declarations ----------------------------------------------------------------------
+
+    @classmethod
+    def disabled_by(cls, env: Mapping[str, str]) -> str | None:
+        if truthy(env.get("DISABLE_MLFLOW_INTEGRATION")):
+            return "disabled by DISABLE_MLFLOW_INTEGRATION"
+        return None
+
+    @classmethod
+    def ready(cls, env: Mapping[str, str]) -> str | None:
+        uri = (env.get("MLFLOW_TRACKING_URI") or "").strip()
+        if uri.startswith("databricks") and not (env.get("DATABRICKS_HOST") and env.get("DATABRICKS_TOKEN")):
+            return "MLFLOW_TRACKING_URI points to Databricks but DATABRICKS_HOST/DATABRICKS_TOKEN are not set"
+        return None  # local stores and plain servers need no interaction
+
+    @classmethod
+    def env_problems(cls, env: Mapping[str, str]) -> list[str]:
+        problems = []
+        for name in cls._bool_vars:
+            value = env.get(name)
+            if value is not None and value.strip().upper() not in TRUE_VALUES | FALSE_VALUES:
+                problems.append(f"{name}={value!r} is not accepted; accepted values: {', '.join(BOOL_CHOICES)}")
+        tags = env.get("MLFLOW_TAGS")
+        if tags is not None and tags.strip():
+            try:
+                parsed = json.loads(tags)
+            except ValueError as exc:
+                problems.append(f"MLFLOW_TAGS={_mask_url(tags)!r} is not valid JSON ({exc}); expected a JSON "
+                                'object such as {"team": "nlp"}')
+            else:
+                if not isinstance(parsed, dict):
+                    problems.append(f"MLFLOW_TAGS={_mask_url(tags)!r} is a JSON {type(parsed).__name__}; "
+                                    'expected a JSON object such as {"team": "nlp"}')
+        limit = env.get("MLFLOW_MAX_LOG_PARAMS")
+        if limit is not None and limit.strip() and not limit.strip().isdigit():
+            problems.append(f"MLFLOW_MAX_LOG_PARAMS={limit!r} is not accepted; expected digits only, e.g. 100")
+        run_id = env.get("MLFLOW_RUN_ID")
+        if run_id is not None and run_id.strip() and not _RUN_ID.match(run_id.strip()):
+            problems.append(f"MLFLOW_RUN_ID={run_id!r} is not an MLflow run id (letters, digits, _ and -)")
+        return problems
+
+    @property
+    def uploads_checkpoints(self) -> bool:
+        return self._log_artifacts
+
+    def load_state(self, saved: Mapping[str, Any]) -> None:
+        super().load_state(saved)
+        # kept apart from the base class's slot, which a lazy re-open on the worker thread (an evaluate()
+        # just before train(resume_from_checkpoint=...)) may clear concurrently
+        self._checkpoint_run = self._tl.resume
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self._in_train_begin = True
+        try:
+            super().on_train_begin(args, state, control, model=model, **kwargs)
+        finally:
+            self._in_train_begin = False
+
+    def check_args(self, args: Any) -> None:
+        """On the training thread at trainer construction: remember it (see ``_user_run``)."""
+        self._owner_thread = threading.get_ident()
+        self._construction_run_id = self._fluent_active_run_id() or self._construction_run_id
+
+    # -- SDK helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _fluent_active_run_id() -> str | None:
+        import sys
+
+        mlflow = sys.modules.get("mlflow")  # never import it here: no active run without it
+        try:
+            run = mlflow.active_run() if mlflow is not None else None
+        except Exception:
+            return None
+        return run.info.run_id if run is not None else None
+
+    def _mlflow(self) -> Any:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # set before the first import
+        return self.import_sdk("mlflow")
+
+    def tracking_uri(self, mlflow: Any) -> str:
+        """The URI MLflow would use, with a working local default."""
+        uri = mlflow.get_tracking_uri()
+        if mlflow.is_tracking_uri_set():
+            return str(uri)
+        if str(uri).startswith("file:") and not truthy(os.environ.get("MLFLOW_ALLOW_FILE_STORE")):
+            return "sqlite:///" + os.path.abspath("mlflow.db")
+        return str(uri)
+
+    def _user_run(self, mlflow: Any) -> Any:
+        """The run active in the training thread (checked from this worker thread), if any."""
+        run = mlflow.active_run()  # when called inline
+        if run is not None:
+            return run
+        try:
+            from mlflow.tracking import fluent
+
+            stacks = fluent._active_run_stack.get_all_thread_values()
+        except Exception:
+            stacks = {}
+        for ident in (self._owner_thread, threading.main_thread().ident):
+            stack = stacks.get(ident)
+            if stack:
+                return stack[-1]
+        if self._construction_run_id:  # active when the Trainer was built; still running?
+            try:
+                found = self._client.get_run(self._construction_run_id)
+            except Exception:  # e.g. started against another tracking URI
+                return None
+            return found if found.info.status == "RUNNING" else None
+        return None
+
+    def _experiment(self, mlflow: Any) -> str:
+        from mlflow.entities import LifecycleStage
+        from mlflow.exceptions import MlflowException
+
+        name = (os.environ.get("MLFLOW_EXPERIMENT_NAME") or "").strip()
+        if name:
+            experiment = self._client.get_experiment_by_name(name)
+            if experiment is not None and experiment.lifecycle_stage == LifecycleStage.DELETED:
+                raise ValueError(f"MLFLOW_EXPERIMENT_NAME={name!r} names a deleted experiment; restore it "
+                                 "or choose another name")
+            if experiment is not None:
+                return str(experiment.experiment_id)
+            try:
+                return str(self._client.create_experiment(name))
+            except MlflowException:  # created concurrently
+                experiment = self._client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+                return str(experiment.experiment_id)
+        try:
+            from mlflow.tracking.fluent import _get_experiment_id
+
+            return str(_get_experiment_id() or "0")
+        except Exception:
+            return os.environ.get("MLFLOW_EXPERIMENT_ID") or "0"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def setup(self, run: RunInfo) -> None:
+        mlflow = self._mlflow()
+        from mlflow.tracking import MlflowClient
+
+        self._log_artifacts = truthy(os.environ.get("HF_MLFLOW_LOG_ARTIFACTS"))
+        self._client = MlflowClient(tracking_uri=self.tracking_uri(mlflow))
+        self._spool, self._floors, self._start_step, self._retry_at = [], {}, run.start_step, 0.0
+        env_run_id = (os.environ.get("MLFLOW_RUN_ID") or "").strip()
+        resume = run.resume
+        if self._in_train_begin:
+            resume, self._checkpoint_run = resume or self._checkpoint_run, None
+        resume_id = (resume or {}).get("run_id")
+        user_run = self._user_run(mlflow)
+        target = env_run_id or resume_id
+        if target:
+            self._attach(str(target), user_run, run.start_step)
+        elif user_run is not None and not truthy(os.environ.get("MLFLOW_NESTED_RUN")):
+            self._run_id, self._experiment_id, self._owned = user_run.info.run_id, user_run.info.experiment_id, False
+        else:
+            tags = {}
+            if user_run is not None:  # nested: a child of the user's run, in its experiment
+                tags["mlflow.parentRunId"] = user_run.info.run_id
+                experiment_id = user_run.info.experiment_id
+            else:
+                experiment_id = self._experiment(mlflow)
+            created = self._client.create_run(experiment_id, tags=tags, run_name=run.name or None)
+            self._run_id, self._experiment_id, self._owned = created.info.run_id, experiment_id, True
+        try:  # the run exists now: a failure here must not orphan it (metrics may still get through)
+            self._log_params(run)
+            self._log_tags(self.extra_tags())
+        except Exception as exc:
+            self._warn_once("params", f"tracker {self.name!r} could not log params/tags of run "
+                                      f"{self._run_id}: {type(exc).__name__}: {exc}")
+
+    def _attach(self, run_id: str, user_run: Any, start_step: int) -> None:
+        existing = self._client.get_run(run_id)  # a clear MlflowException when it does not exist
+        if existing.info.lifecycle_stage == "deleted":
+            raise ValueError(f"MLflow run {run_id} is deleted; cannot re-attach to it")
+        self._run_id, self._experiment_id = run_id, existing.info.experiment_id
+        self._owned = user_run is None or user_run.info.run_id != run_id
+        if self._owned and existing.info.status != "RUNNING":
+            self._client.update_run(run_id, status="RUNNING")
+        if start_step > 0:  # points after the restored step that the run already holds are kept
+            for metric in getattr(existing.data, "_metric_objs", None) or ():
+                self._floors[metric.key] = max(self._floors.get(metric.key, 0), int(metric.step))
+
+    def extra_tags(self) -> dict[str, str]:
+        """Tags added to every run: ``MLFLOW_TAGS`` (redacted)."""
+        raw = (os.environ.get("MLFLOW_TAGS") or "").strip()
+        if not raw:
+            return {}
+        from tracklink.redact import redact, secret_env_values
+
+        tags = redact(json.loads(raw), secret_env_values(Tracker.declared_secret_names()))
+        return {str(k): _param_text(v) for k, v in tags.items()}
+
+    def _log_tags(self, tags: Mapping[str, str]) -> None:
+        if not tags:
+            return
+        from mlflow.entities import RunTag
+        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
+
+        items = [RunTag(sanitize_name(k), truncate(v, MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
+        for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(self._run_id, tags=items[i : i + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True)
+
+    def params_of(self, run: RunInfo) -> dict[str, str]:
+        """The params to log, as MLflow names and text, in order (model config first, then arguments)."""
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+        source = run.params if truthy(os.environ.get("MLFLOW_FLATTEN_PARAMS")) else run.config
+        out: dict[str, str] = {}
+        for key, value in source.items():
+            name = sanitize_name(key)
+            if name not in out:  # two keys sanitised to one name: the first wins
+                out[name] = truncate(_param_text(value), MAX_PARAM_VAL_LENGTH)
+        limit = (os.environ.get("MLFLOW_MAX_LOG_PARAMS") or "").strip()
+        if limit.isdigit() and int(limit) < len(out):
+            out = dict(list(out.items())[: int(limit)])
+        return out
+
+    def _log_params(self, run: RunInfo) -> None:
+        from mlflow.entities import Param
+        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
+
+        params = self.params_of(run)
+        existing = self._client.get_run(self._run_id).data.params
+        # MLflow refuses to change a param: on a re-attached or reused run, keep what is there
+        items = [Param(k, v) for k, v in params.items() if k not in existing]
+        for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(self._run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if self._start_step < step <= self._floors.get(key, -1):
+                continue  # the resumed run already holds this point
+            self._spool.append(Metric(key, float(value), now, int(step)))
+        if len(self._spool) > _MAX_SPOOL:
+            dropped = len(self._spool) - _MAX_SPOOL
+            del self._spool[:dropped]
+            self._warn_once("spool", f"tracker {self.name!r}: the backend is unreachable; dropped the "
+                                     f"{dropped} oldest unsent metric points")
+        self.flush()
+
+    def sanitize_metric_name(self, name: str) -> str:
+        return sanitize_name(name)
+
+    def flush(self, final: bool = False) -> None:
+        """Send the spooled metric points. A batch that fails for a transient reason (server down or
+        overloaded, after MLflow's own HTTP retries) stays in the spool and is retried with a later batch
+        (not before ``SPOOL_RETRY_S``) or at the end of the run, where a failure is raised."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
+        if not final and time.monotonic() < self._retry_at:
+            return
+        while self._spool and self._run_id:
+            chunk = self._spool[:MAX_METRICS_PER_BATCH]
+            try:
+                self._client.log_batch(self._run_id, metrics=chunk, synchronous=True)
+            except MlflowException as exc:
+                status = exc.get_http_status_code()
+                if 400 <= status < 500 and status not in (401, 403, 408, 429):  # will never succeed
+                    del self._spool[: len(chunk)]
+                    self._warn_once(f"rejected:{exc.error_code}", f"tracker {self.name!r}: MLflow rejected "
+                                    f"{len(chunk)} metric points: {exc.message}")
+                    continue
+                if final:
+                    raise
+                self._retry_at = time.monotonic() + SPOOL_RETRY_S
+                self._warn_once("spooled", f"tracker {self.name!r}: MLflow is unreachable ({exc.message}); "
+                                           "metric points are kept and sent when it answers again")
+                return
+            del self._spool[: len(chunk)]
+            self._retry_at = 0.0
+
+    def log_checkpoint(self, path: str, state: Any) -> None:
+        """Upload the checkpoint directory under ``checkpoint-<step>/``, secrets masked in its text files."""
+        if not (self._log_artifacts and self._run_id):
+            return
+        base = os.path.basename(os.path.normpath(path))
+        with tempfile.TemporaryDirectory(prefix="tracklink-mlflow-") as scratch:
+            for rel, source, content in redacted_files(path):
+                folder = posixpath.join(base, posixpath.dirname(rel)).rstrip("/")
+                if content is not None:
+                    source = os.path.join(scratch, os.path.basename(rel))
+                    with open(source, "wb") as handle:
+                        handle.write(content)
+                self._client.log_artifact(self._run_id, source, artifact_path=folder)
+
+    def run_identity(self) -> dict[str, Any] | None:
+        if not self._run_id:
+            return None
+        return {"run_id": self._run_id, "experiment_id": self._experiment_id}
+
+    def finish(self, status: str) -> None:
+        if self._client is None or not self._run_id:
+            return
+        try:
+            self.flush(final=True)
+        finally:
+            if self._owned:
+                self._client.set_terminated(self._run_id, STATUS[status])
