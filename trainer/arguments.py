@@ -19,7 +19,20 @@ from tracklink.resolve import NOT_GIVEN, Resolution, resolve_report_to
 
 logger = logging.getLogger("tracklink")
 
-__all__ = ["TrainingArguments"]
+__all__ = ["TRANSFORMERS_DIFFERENCES", "TrainingArguments"]
+
+#: Where these arguments intentionally differ from ``transformers.TrainingArguments`` (v5); every other
+#: field has transformers' name and default.
+TRANSFORMERS_DIFFERENCES: dict[str, str] = {
+    "report_to": "defaults to 'all' (the seed's documented default; TRACKLINK_REPORT_TO when not given) and "
+                 "holds the resolved list of tracker names; transformers v5 defaults to 'none'",
+    "disable_tqdm": "None stays None and is resolved when the Trainer is built (transformers resolves it "
+                    "to a bool in the arguments)",
+    "overwrite_output_dir": "kept from transformers 4.x (removed in v5); accepted and ignored",
+    "warmup_ratio": "kept from transformers 4.x (v5 folds it into a fractional warmup_steps)",
+    "logging_dir": "kept from transformers 4.x (v5 uses TENSORBOARD_LOGGING_DIR); read by the TensorBoard "
+                   "tracker",
+}
 
 INTERVAL_STRATEGIES = ("no", "steps", "epoch")
 SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
@@ -135,11 +148,14 @@ class TrainingArguments:
 
     def _interval(self, name: str, strategy_name: str) -> None:
         value = getattr(self, name)
-        if getattr(self, strategy_name) != "steps" or value is None:
+        if value is None:
             return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise _fail(name, value, f"a positive integer, or a float in (0, 1) as a fraction of the total steps "
-                        f"(required with {strategy_name}='steps')")
+        steps = getattr(self, strategy_name) == "steps"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0 \
+                or (steps and value == 0):
+            needed = f" (0 is not allowed with {strategy_name}='steps')" if steps else ""
+            raise _fail(name, value, "a positive integer, or a float in (0, 1) as a fraction of the total "
+                        f"steps{needed}")
         if value > 1:
             if value != int(value):
                 raise _fail(name, value, "an integer when larger than 1 (or a fraction in (0, 1))")
@@ -238,7 +254,9 @@ class TrainingArguments:
             self._check_best_model_rules()
 
         if self.fp16 and self.bf16:
-            raise ValueError("TrainingArguments: fp16=True and bf16=True cannot both be set; choose one")
+            raise ValueError(
+                "TrainingArguments.fp16=True and bf16=True cannot both be set; accepted: at most one of fp16, bf16"
+            )
         if self.include_num_input_tokens_seen is True:
             self.include_num_input_tokens_seen = "all"
         elif self.include_num_input_tokens_seen is False:

@@ -134,20 +134,38 @@ def load_rng_state(directory: str | os.PathLike[str], rank: int = 0, world_size:
     if not path.is_file():
         logger.info("tracklink: %s has no %s; random states are not restored", directory, path.name)
         return False
-    state = torch.load(path, weights_only=True)
+    with _numpy_safe_globals():  # transformers stores the NumPy state as arrays
+        state = torch.load(path, weights_only=True)
     random.setstate(state["python"])
     torch.random.set_rng_state(state["cpu"])
     if "numpy" in state:
         import numpy as np
 
         kind, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+        keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+        np.random.set_state((kind, keys.astype("uint32"), int(pos), int(has_gauss), float(gauss)))
     if "cuda" in state and torch.cuda.is_available():
         try:
-            torch.cuda.set_rng_state_all(state["cuda"])
+            if isinstance(state["cuda"], torch.Tensor):  # transformers, single process: this device's state
+                torch.cuda.set_rng_state(state["cuda"])
+            else:
+                torch.cuda.set_rng_state_all(state["cuda"])
         except Exception as exc:  # different GPU count
             logger.warning("tracklink: could not restore CUDA random states: %r", exc)
     return True
+
+
+def _numpy_safe_globals() -> Any:
+    """Allow the few NumPy types an RNG file written by transformers holds, and nothing else."""
+    try:
+        import numpy as np
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    return torch.serialization.safe_globals(allowed)
 
 
 def rotate_checkpoints(

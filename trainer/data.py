@@ -9,7 +9,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    Sampler,
+    SequentialSampler,
+)
 
 from .distributed import is_distributed
 
@@ -128,7 +135,7 @@ def build_dataloader(
 ) -> DataLoader[Any]:
     """A DataLoader with a :class:`ResumableSampler` (``DistributedSampler`` under torchrun)."""
     sampler: Sampler[int] | None = None
-    if has_length(dataset):
+    if has_length(dataset) and not isinstance(dataset, IterableDataset):  # iterable data takes no sampler
         if is_distributed():
             inner: Sampler[int] = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
         elif shuffle:

@@ -131,6 +131,9 @@ def run_demo(
 
     if max_steps < 1:
         raise SystemExit(f"tracklink demo: --max-steps {max_steps} is invalid; accepted: an integer >= 1")
+    if early_stopping is not None and early_stopping < 1:
+        raise SystemExit(f"tracklink demo: --early-stopping {early_stopping} is invalid; accepted: an integer >= 1")
+    device_args = _device_args(device)  # before anything is created
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     trackers: Any = report_to if report_to is not None else (_default_trackers() or "none")
@@ -156,7 +159,7 @@ def run_demo(
         metric_for_best_model="accuracy",
         logging_dir=str(out / "runs" / "demo"),
         run_name="tracklink-demo",
-        **_device_args(device),
+        **device_args,
     )
     callbacks = [EarlyStoppingCallback(early_stopping)] if early_stopping else []
     trainer = Trainer(
@@ -182,9 +185,12 @@ def run_demo(
         lines.append(f"  loss curves:  {out / 'loss.png'}")
     else:
         lines.append('  loss curves:  not drawn (pip install matplotlib, or "tracklink[demo]")')
-    if "tensorboard" in args.report_to:
+    failures = trainer.callback_handler.tracker_failures()
+    for name, line in failures.items():
+        lines.append(f"  {name} failed: {line}")
+    if "tensorboard" in args.report_to and "tensorboard" not in failures:
         lines.append(f"  TensorBoard:  tensorboard --logdir {out / 'runs'}")
-    if "mlflow" in args.report_to:
+    if "mlflow" in args.report_to and "mlflow" not in failures:
         lines.append(f"  MLflow UI:    mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
     print("\n".join(lines), file=sys.stdout)
     return 0

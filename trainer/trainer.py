@@ -13,7 +13,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import random
 import signal
 import threading
@@ -51,6 +50,14 @@ from .optim import create_optimizer, create_scheduler
 logger = logging.getLogger("tracklink")
 
 __all__ = ["EvalPrediction", "PredictionOutput", "TrainOutput", "Trainer", "set_seed"]
+
+
+class MissingMetricError(KeyError):
+    """``metric_for_best_model`` is not among the evaluation metrics (a ``KeyError``, as in
+    transformers, whose message prints without ``KeyError``'s quoting)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class TrainOutput(NamedTuple):
@@ -241,8 +248,9 @@ class Trainer:
         self.scaler: Any = None
         self.current_flos = 0.0
         self._tokens_seen: Any = 0
+        self._tokens_seen_base = 0
         self._forward_params: set[str] | None = None
-        self.hp_search_backend: str | None = None
+        self._trained_params: list[torch.nn.Parameter] | None = None
 
         callbacks = list(callbacks or [])
         self.callback_handler = CallbackHandler(
@@ -341,18 +349,34 @@ class Trainer:
             pin_memory=self.args.dataloader_pin_memory and self.device.type == "cuda",
         )
 
-    def get_eval_dataloader(self, dataset: Any) -> Any:
-        from torch.utils.data import DataLoader
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        """A sequential DataLoader over ``eval_dataset`` (default: the trainer's; a string names one of the
+        trainer's eval datasets). In distributed runs each process gets a contiguous shard, so gathering
+        the shards in rank order gives the predictions in dataset order."""
+        from torch.utils.data import DataLoader, IterableDataset
 
+        dataset = self._eval_dataset(eval_dataset)
         sampler = None
-        if is_distributed() and has_length(dataset):
+        if is_distributed() and has_length(dataset) and not isinstance(dataset, IterableDataset):
             world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-            sampler = list(range(rank, len(dataset), world))
+            per_rank = math.ceil(len(dataset) / world)
+            sampler = list(range(rank * per_rank, min(len(dataset), (rank + 1) * per_rank)))
         return DataLoader(
             dataset, batch_size=self.args.per_device_eval_batch_size, sampler=sampler,
             collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory and self.device.type == "cuda",
         )
+
+    def _eval_dataset(self, eval_dataset: Any) -> Any:
+        if isinstance(eval_dataset, str):
+            if not isinstance(self.eval_dataset, Mapping) or eval_dataset not in self.eval_dataset:
+                names = ", ".join(map(repr, self.eval_dataset)) if isinstance(self.eval_dataset, Mapping) else "none"
+                raise ValueError(f"eval_dataset={eval_dataset!r} names no eval dataset of this Trainer (names: {names})")
+            return self.eval_dataset[eval_dataset]
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if dataset is None:
+            raise ValueError("Trainer.evaluate() needs an eval_dataset (none was given to the Trainer or the call)")
+        return dataset
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
         if self.optimizer is None:
@@ -360,9 +384,10 @@ class Trainer:
         if self.lr_scheduler is None:
             self.lr_scheduler = create_scheduler(self.optimizer, self.args, num_training_steps)
 
-    def _run_dir(self, trial: Any = None) -> Path:
-        name = getattr(self, "_trial_run_name", None) if trial is not None or self.state.is_hyper_param_search else None
-        return Path(self.args.output_dir) / name if name else Path(self.args.output_dir)
+    def _run_dir(self) -> Path:
+        """Where checkpoints go: ``output_dir`` (the hook a hyper-parameter search overrides to give
+        each trial its own directory)."""
+        return Path(self.args.output_dir)
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -419,6 +444,13 @@ class Trainer:
                 f"train(resume_from_checkpoint={str(resume)!r}): not a checkpoint directory (no {ckpt.WEIGHTS_NAME}); "
                 "pass a checkpoint-<step>/ path, True for the newest one, or None"
             )
+        if not (path / ckpt.STATE_NAME).is_file():
+            # transformers' behaviour: the weights are loaded and training starts from a fresh state
+            logger.warning(
+                "tracklink: resume_from_checkpoint=%r has no %s (an interrupted save, or weights only): "
+                "loading the model weights and starting at step 0 with a fresh optimizer, scheduler and "
+                "random state", str(resume), ckpt.STATE_NAME,
+            )
         return path
 
     def _inner_train(self, checkpoint_dir: Path | None, trial: Any, ignore_keys_for_eval: list[str] | None) -> TrainOutput:
@@ -454,16 +486,22 @@ class Trainer:
             is_world_process_zero=self.process.is_world_main,
             train_batch_size=args.per_device_train_batch_size,
         )
+        # ``trial`` is accepted for transformers compatibility (it reaches ``model_init``); a dict of
+        # hyper-parameters (Ray/W&B style) is recorded as the trial's parameters
         self.state.is_hyper_param_search = trial is not None
-        if trial is not None:
-            self.state.trial_name = getattr(self, "_trial_name", None)
-            self.state.trial_params = getattr(self, "_trial_params", None)
+        if isinstance(trial, Mapping):
+            self.state.trial_params = dict(trial)
         self.state.compute_steps(args, max_steps)
         self.model_wrapped = wrap_model(self.model, args, self.device)
 
         epochs_trained, steps_in_epoch_done = 0, 0
+        if checkpoint_dir is not None and not (checkpoint_dir / ckpt.STATE_NAME).is_file():
+            checkpoint_dir = None  # weights only (warned in _resolve_checkpoint)
         if checkpoint_dir is not None:
             epochs_trained, steps_in_epoch_done = self._restore_checkpoint(checkpoint_dir, updates_per_epoch)
+        # tokens seen continue from the checkpoint; this call counts its own on top
+        self._tokens_seen = 0
+        self._tokens_seen_base = self.state.num_input_tokens_seen
         self.state.max_steps = max_steps
         self.state.num_train_epochs = num_train_epochs
         self.state.is_local_process_zero = self.process.is_local_main
@@ -493,6 +531,11 @@ class Trainer:
             self._evaluate(trial, ignore_keys_for_eval, skip_scheduler=True)
 
         filter_nan = args.logging_nan_inf_filter
+        plateau = isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        distributed = is_distributed()
+        count_flos = self._counts_flos()
+        params = list(model.parameters())  # fixed for the run: zero_grad and clipping reuse the list
+        self._trained_params = params
         for epoch in range(epochs_trained, num_train_epochs):
             if self.state.global_step >= max_steps:
                 break
@@ -500,13 +543,27 @@ class Trainer:
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             skip_batches = 0
-            if epoch == epochs_trained and steps_in_epoch_done and not args.ignore_data_skip:
+            resuming_epoch = epoch == epochs_trained and checkpoint_dir is not None
+            if resuming_epoch and steps_in_epoch_done and not args.ignore_data_skip:
                 skip_batches = steps_in_epoch_done * ga
                 if hasattr(sampler, "skip_next"):
                     sampler.skip_next(skip_batches * args.per_device_train_batch_size)
+            if resuming_epoch and not steps_in_epoch_done:
+                self._load_rng_state(checkpoint_dir)  # the epoch starts afresh: as if it followed the save
             iterator = iter(dataloader)
+            if skip_batches and not hasattr(sampler, "skip_next"):
+                # length-less (iterable) data: consume the batches the checkpoint had already used
+                for _ in range(skip_batches):
+                    if next(iterator, None) is None:
+                        break
+            if resuming_epoch and steps_in_epoch_done:
+                # mid-epoch: creating the iterator drew from the global RNG (the DataLoader's base seed),
+                # which the uninterrupted run did not do at this point; restore afterwards
+                self._load_rng_state(checkpoint_dir)
             self.control = handler.on_epoch_begin(args, self.state, self.control)
             batch_index = skip_batches
+            # length-less data: transformers measures the epoch in units of max_steps * grad_accum batches
+            steps_in_epoch = batches_per_epoch or max_steps * ga
             saw_batch = False
             stop = False
             while not stop and self.state.global_step < max_steps:
@@ -519,7 +576,7 @@ class Trainer:
                     if i == 0:
                         self.control = handler.on_step_begin(args, self.state, self.control)
                     last = i == n - 1
-                    sync_context = model.no_sync if (is_distributed() and not last and hasattr(model, "no_sync")) \
+                    sync_context = model.no_sync if (distributed and not last and hasattr(model, "no_sync")) \
                         else contextlib.nullcontext
                     with sync_context():
                         loss_step = self.training_step(model, inputs, n)
@@ -528,7 +585,8 @@ class Trainer:
                         tr_loss = tr_loss + torch.where(torch.isfinite(loss_step), loss_step, replacement)
                     else:
                         tr_loss = tr_loss + loss_step
-                    self.current_flos += float(self.floating_point_ops(inputs))
+                    if count_flos:
+                        self.current_flos += float(self.floating_point_ops(inputs))
                     batch_index += 1
                     if last:
                         grad_norm = self._clip_gradients(model)
@@ -536,13 +594,12 @@ class Trainer:
                         stepped = self._optimizer_step()
                         self.control = handler.on_optimizer_step(args, self.state, self.control)
                         learning_rate = self._current_lr()
-                        if stepped:
+                        if stepped and not plateau:
                             self.lr_scheduler.step()
-                        model.zero_grad(set_to_none=True)
+                        for param in params:  # model.zero_grad(set_to_none=True), without walking the modules
+                            param.grad = None
                         self.state.global_step += 1
-                        self.state.epoch = epoch + (
-                            batch_index / batches_per_epoch if batches_per_epoch else 0.0
-                        )
+                        self.state.epoch = epoch + batch_index / steps_in_epoch
                         self.control = handler.on_step_end(args, self.state, self.control)
                         tr_loss = self._maybe_log_save_evaluate(
                             tr_loss, grad_norm, model, trial, ignore_keys_for_eval, learning_rate
@@ -589,12 +646,14 @@ class Trainer:
     def training_step(self, model: torch.nn.Module, inputs: Any, num_batches: int) -> torch.Tensor:
         """Forward and backward of one batch; returns the detached loss divided by the number of batches
         in this optimizer step (no host synchronisation)."""
-        model.train()
+        if not (model.training and self.model.training):  # an evaluation or a callback switched it off
+            model.train()
         inputs = self._prepare_inputs(inputs)
         self._count_tokens(inputs)
         with self._autocast():
             loss = self.compute_loss(model, inputs)
-        loss = loss / num_batches
+        if num_batches != 1:
+            loss = loss / num_batches
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:
@@ -615,6 +674,13 @@ class Trainer:
             loss = loss.mean()
         return (loss, outputs) if return_outputs else loss
 
+    def _counts_flos(self) -> bool:
+        """Whether FLOs can be counted: the model has ``floating_point_ops`` or a subclass overrides
+        :meth:`floating_point_ops` (otherwise the per-batch call is skipped)."""
+        return type(self).floating_point_ops is not Trainer.floating_point_ops or callable(
+            getattr(unwrap_model(self.model), "floating_point_ops", None)
+        )
+
     def floating_point_ops(self, inputs: Any) -> float:
         """Floating-point operations of a batch, when the model can tell (``model.floating_point_ops``)."""
         fn = getattr(unwrap_model(self.model), "floating_point_ops", None)
@@ -634,7 +700,8 @@ class Trainer:
             return None
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+        params = self._trained_params if self._trained_params is not None else list(model.parameters())
+        return torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
 
     def _optimizer_step(self) -> bool:
         if self.scaler is None:
@@ -675,7 +742,7 @@ class Trainer:
             if self.args.save_strategy == "best":
                 self.control.should_save = is_new_best
         if self.control.should_save:
-            directory = self._save_checkpoint(trial)
+            directory = self._save_checkpoint()
             self.control = self.callback_handler.on_save(
                 self.args, self.state, self.control, checkpoint_dir=str(directory)
             )
@@ -683,25 +750,31 @@ class Trainer:
 
     def _evaluate(self, trial: Any, ignore_keys: list[str] | None, skip_scheduler: bool = False) -> dict[str, float]:
         metrics = self.evaluate(ignore_keys=ignore_keys)
-        report = getattr(self, "_report_to_hp_search", None)
-        if trial is not None and callable(report):
-            report(trial, self.state.global_step, metrics)
+        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not skip_scheduler:
+            self.lr_scheduler.step(self._metric_value(metrics))
         return metrics
 
     def _metric_key(self) -> str:
         key = self.args.metric_for_best_model or "loss"
         return key if key.startswith("eval_") else f"eval_{key}"
 
+    def _metric_value(self, metrics: dict[str, float]) -> float:
+        key = self._metric_key()
+        if key not in metrics:
+            setting = self.args.metric_for_best_model
+            what = f"TrainingArguments.metric_for_best_model={setting!r}" if setting is not None else \
+                "The metric ReduceLROnPlateau steps on (metric_for_best_model, default 'loss')"
+            raise MissingMetricError(
+                f"{what} (looked up as {key!r}) is not among the evaluation metrics: "
+                f"{', '.join(sorted(metrics))}. Set metric_for_best_model to one of them (without or with the "
+                "'eval_' prefix), or make compute_metrics return it"
+            )
+        return float(metrics[key])
+
     def _determine_best_metric(self, metrics: dict[str, float]) -> bool:
         if self.args.metric_for_best_model is None:
             return False
-        key = self._metric_key()
-        if key not in metrics:
-            raise KeyError(
-                f"metric_for_best_model={self.args.metric_for_best_model!r} was not found in the evaluation "
-                f"metrics ({', '.join(sorted(metrics))}); set it to one of them"
-            )
-        value = float(metrics[key])
+        value = self._metric_value(metrics)
         best = self.state.best_metric
         if best is None or (value > best if self.args.greater_is_better else value < best):
             self.state.best_metric = value
@@ -719,8 +792,8 @@ class Trainer:
         objects.append(self.control)
         return objects
 
-    def _save_checkpoint(self, trial: Any = None) -> Path:
-        run_dir = self._run_dir(trial)
+    def _save_checkpoint(self) -> Path:
+        run_dir = self._run_dir()
         directory = run_dir / f"{ckpt.PREFIX}-{self.state.global_step}"
         self.store_flos()
         main = self.process.is_world_main
@@ -762,6 +835,8 @@ class Trainer:
         return directory
 
     def _restore_checkpoint(self, directory: Path, updates_per_epoch: int) -> tuple[int, int]:
+        """Load optimizer, scheduler, scaler and ``trainer_state.json`` from a complete checkpoint; returns
+        ``(epochs_trained, updates done in the current epoch)``. RNG states are restored by the loop."""
         if not self.args.save_only_model:
             optimizer_file = directory / ckpt.OPTIMIZER_NAME
             if optimizer_file.is_file():
@@ -794,10 +869,12 @@ class Trainer:
             self.state = loaded
             self._restore_stateful(loaded.stateful_callbacks)
         self.current_flos = 0.0
-        if not self.args.save_only_model:
-            ckpt.load_rng_state(directory, self.process.rank, self.process.world_size)
         global_step = self.state.global_step
         return global_step // updates_per_epoch, global_step % updates_per_epoch
+
+    def _load_rng_state(self, directory: Path) -> None:
+        if not self.args.save_only_model:
+            ckpt.load_rng_state(directory, self.process.rank, self.process.world_size)
 
     def _restore_stateful(self, saved: dict[str, Any]) -> None:
         """Give trackers their run identity back (always), and, when
@@ -891,7 +968,7 @@ class Trainer:
                 seen = int(sum_across_processes(seen).item())
             elif is_distributed():
                 seen = int(sum_across_processes(torch.tensor(seen, device=self.device)).item())
-            self.state.num_input_tokens_seen = int(seen)
+            self.state.num_input_tokens_seen = self._tokens_seen_base + int(seen)
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
@@ -915,10 +992,8 @@ class Trainer:
     ) -> dict[str, float]:
         """Evaluate on ``eval_dataset`` (default: the trainer's), log the metrics (``on_log``) and fire
         ``on_evaluate``. A dict of datasets is evaluated one by one with prefix ``eval_<name>``."""
-        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
-        if dataset is None:
-            raise ValueError("Trainer.evaluate() needs an eval_dataset (none was given to the Trainer or the call)")
-        if isinstance(dataset, dict):
+        dataset = self._eval_dataset(eval_dataset)
+        if isinstance(dataset, Mapping):
             merged: dict[str, float] = {}
             for name, part in dataset.items():
                 merged.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
@@ -927,8 +1002,7 @@ class Trainer:
         dataloader = self.get_eval_dataloader(dataset)
         output = self._prediction_loop(dataloader, ignore_keys, metric_key_prefix, self.compute_metrics is not None)
         metrics = output.metrics
-        steps = math.ceil(len(dataset) / self.args.per_device_eval_batch_size) if has_length(dataset) else None
-        metrics.update(speed_metrics(metric_key_prefix, start, len(dataset) if has_length(dataset) else None, steps))
+        metrics.update(self._speed_metrics(metric_key_prefix, start, dataset))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
@@ -941,12 +1015,16 @@ class Trainer:
         start = time.time()
         dataloader = self.get_eval_dataloader(test_dataset)
         output = self._prediction_loop(dataloader, ignore_keys, metric_key_prefix, True)
-        steps = math.ceil(len(test_dataset) / self.args.per_device_eval_batch_size) if has_length(test_dataset) else None
-        output.metrics.update(
-            speed_metrics(metric_key_prefix, start, len(test_dataset) if has_length(test_dataset) else None, steps)
-        )
+        output.metrics.update(self._speed_metrics(metric_key_prefix, start, test_dataset))
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
         return output
+
+    def _speed_metrics(self, prefix: str, start: float, dataset: Any) -> dict[str, float]:
+        if not has_length(dataset):
+            return speed_metrics(prefix, start)
+        samples = len(dataset)
+        total_batch = self.args.per_device_eval_batch_size * max(1, self.process.world_size)
+        return speed_metrics(prefix, start, samples, math.ceil(samples / total_batch))
 
     def prediction_step(
         self, model: torch.nn.Module, inputs: Any, ignore_keys: list[str] | None,
@@ -955,15 +1033,18 @@ class Trainer:
         inputs = self._prepare_inputs(inputs)
         label_names = self.args.label_names or ["labels"]
         has_labels = isinstance(inputs, Mapping) and all(inputs.get(n) is not None for n in label_names)
-        with torch.no_grad(), self._autocast():
-            outputs = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-        loss = _loss_of(outputs) if has_labels else None
-        if isinstance(loss, torch.Tensor) and loss.dim() > 0:
-            loss = loss.mean()
-        logits = _logits_of(outputs, has_labels and loss is not None, ignore_keys or [])
         labels = None
-        if has_labels:
+        if has_labels:  # read before compute_loss, which may pop them (a common override pattern)
             labels = inputs[label_names[0]] if len(label_names) == 1 else tuple(inputs[n] for n in label_names)
+        loss = None
+        with torch.no_grad(), self._autocast():
+            if has_labels:  # the loss is computed as in training, so an overridden compute_loss applies
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+            else:
+                outputs = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+        logits = _logits_of(outputs, has_labels and loss is not None, ignore_keys or [])
         return loss, logits, labels
 
     def _prediction_loop(

@@ -1,0 +1,201 @@
+"""Two CPU processes with gloo under ``torchrun``: one model, one set of checkpoints, trackers on rank 0.
+
+Bad behaviours caught:
+- ranks ending with different weights (DDP not used, or gradients not averaged);
+- every rank writing the checkpoint (model files written twice) or only one RNG file
+  (``rng_state_0.pth`` and ``rng_state_1.pth`` are both needed for an exact resume);
+- a ``rank_policy="main"`` tracker running (and sending metrics) on rank 1;
+- ``is_world_process_zero``/``is_local_process_zero`` wrong on a rank;
+- logged losses not reduced across ranks (each rank logging its own shard's loss);
+- a distributed resume in a new ``torchrun`` invocation not reproducing the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+SCRIPT = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, sys.argv[3])
+    from helpers import ClassificationDataset, TinyClassifier
+
+    import tracklink
+    import tracklink.trainer.checkpoint as ckpt
+    from tracklink import TrainerCallback
+    from tracklink.trainer import Trainer, TrainingArguments
+
+    mode, root = sys.argv[1], Path(sys.argv[2])
+    rank = int(__import__("os").environ["RANK"])
+
+    saves = []
+    _save_model = ckpt.save_model
+    def counting_save_model(model, directory):
+        saves.append(str(directory))
+        return _save_model(model, directory)
+    ckpt.save_model = counting_save_model
+
+
+    class FileTracker(tracklink.Tracker):
+        name = "file-recorder"
+        rank_policy = "main"
+
+        def __init__(self):
+            self.events = []
+
+        def setup(self, run):
+            self.events.append(["setup", run.start_step])
+
+        def log_metrics(self, metrics, step, epoch):
+            self.events.append(["metrics", step, sorted(metrics)])
+
+        def log_summary(self, metrics, step):
+            self.events.append(["summary", step, sorted(metrics)])
+
+        def finish(self, status):
+            self.events.append(["finish", status])
+
+
+    class StopAfterSaveAt(TrainerCallback):
+        def __init__(self, n):
+            self.n = n
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == self.n:
+                control.should_training_stop = True
+
+
+    def train(name, callbacks=(), resume=None):
+        tracker = FileTracker()
+        args = TrainingArguments(
+            output_dir=str(root / name), report_to="none", disable_tqdm=True, max_steps=8,
+            per_device_train_batch_size=4, logging_steps=2, eval_strategy="steps", eval_steps=4,
+            save_steps=2, learning_rate=0.05, seed=5, use_cpu=True,
+        )
+        trainer = Trainer(model_init=lambda: TinyClassifier(dropout=0.3), args=args,
+                          train_dataset=ClassificationDataset(length=40),
+                          eval_dataset=ClassificationDataset(length=12, seed=3),
+                          callbacks=[tracker, *callbacks])
+        trainer.train(resume_from_checkpoint=resume)
+        # predictions gathered from uneven shards (6 + 5 samples) come back in dataset order
+        test_set = ClassificationDataset(length=11, seed=9)
+        predicted = trainer.predict(test_set)
+        model = trainer.model.eval()
+        with torch.no_grad():
+            local = model(x=torch.stack([test_set[i]["x"] for i in range(11)]))["logits"].numpy()
+        in_order = predicted.predictions.shape == local.shape and bool(abs(predicted.predictions - local).max() < 1e-5)
+        out = root / f"{name}-rank{rank}"
+        torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, f"{out}.weights.pt")
+        Path(f"{out}.json").write_text(json.dumps({
+            "tracker_events": tracker.events,
+            "registered_trackers": list(trainer.callback_handler.trackers),
+            "log_history": trainer.state.log_history,
+            "is_world_process_zero": trainer.state.is_world_process_zero,
+            "is_local_process_zero": trainer.state.is_local_process_zero,
+            "global_step": trainer.state.global_step,
+            "saves": list(saves),
+            "predictions_in_order": in_order,
+            "prediction_labels": predicted.label_ids.tolist(),
+        }))
+        saves.clear()
+
+
+    if mode == "first":
+        train("full")
+        train("split", callbacks=[StopAfterSaveAt(4)])
+    else:
+        train("split", resume=True)
+''')
+
+
+def torchrun(script: Path, mode: str, root: Path) -> None:
+    tests_dir = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRACKLINK_LOG_LEVEL": "warning"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), mode, str(root), str(tests_dir)],
+        capture_output=True, text=True, timeout=240, env=env, cwd=root,
+    )
+    assert result.returncode == 0, f"torchrun {mode} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+
+
+def load(root: Path, name: str, rank: int) -> tuple[dict, dict]:
+    data = json.loads((root / f"{name}-rank{rank}.json").read_text())
+    weights = torch.load(root / f"{name}-rank{rank}.weights.pt", weights_only=True)
+    return data, weights
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def losses(history: list[dict]) -> list[tuple[int, float]]:
+    return [(e["step"], e["loss"]) for e in history if "loss" in e] + [
+        (e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+
+
+def test_two_processes_with_gloo(tmp_path: Path) -> None:
+    script = tmp_path / "train_ddp.py"
+    script.write_text(SCRIPT)
+    torchrun(script, "first", tmp_path)
+
+    (r0, w0), (r1, w1) = load(tmp_path, "full", 0), load(tmp_path, "full", 1)
+    assert r0["global_step"] == r1["global_step"] == 8
+    assert same(w0, w1)
+    assert (r0["is_world_process_zero"], r0["is_local_process_zero"]) == (True, True)
+    assert (r1["is_world_process_zero"], r1["is_local_process_zero"]) == (False, False)
+    assert losses(r0["log_history"]) == losses(r1["log_history"])  # reduced across ranks
+    assert len(losses(r0["log_history"])) == 4 + 2
+    assert r0["predictions_in_order"] and r1["predictions_in_order"]
+    from helpers import ClassificationDataset
+
+    assert r0["prediction_labels"] == [int(ClassificationDataset(length=11, seed=9)[i]["labels"]) for i in range(11)]
+
+    # trackers: on rank 0 only
+    assert r0["registered_trackers"] == ["file-recorder"] and r1["registered_trackers"] == []
+    assert r1["tracker_events"] == []
+    events = r0["tracker_events"]
+    events = events[:events.index(["finish", "success"]) + 1]  # training (a later predict() re-attaches)
+    assert events[0] == ["setup", 0]
+    # train logs at 2, 4, 6, 8, evaluations at 4 and 8, and the summary's epoch at 8
+    assert [e[1] for e in events if e[0] == "metrics"] == [2, 4, 4, 6, 8, 8, 8]
+    assert [e[1] for e in events if e[0] == "summary"] == [8]
+
+    # one set of checkpoints, written by rank 0, with one RNG file per rank
+    checkpoints = sorted((tmp_path / "full").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in checkpoints] == ["checkpoint-2", "checkpoint-4", "checkpoint-6", "checkpoint-8"]
+    assert r0["saves"] == [str(p) for p in checkpoints] and r1["saves"] == []
+    for path in checkpoints:
+        names = {p.name for p in path.iterdir()}
+        assert {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors", "optimizer.pt",
+                "trainer_state.json"} <= names
+        assert "rng_state.pth" not in names
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    assert state["is_world_process_zero"] is True and state["global_step"] == 8
+
+    # the interrupted run stopped at 4; a second torchrun resumes it to 8
+    split0, _ = load(tmp_path, "split", 0)
+    assert split0["global_step"] == 4
+    torchrun(script, "resume", tmp_path)
+    (s0, sw0), (s1, sw1) = load(tmp_path, "split", 0), load(tmp_path, "split", 1)
+    assert s0["global_step"] == s1["global_step"] == 8
+    assert same(sw0, sw1) and same(sw0, w0)
+    strip = [{k: v for k, v in e.items() if not k.endswith(("_runtime", "_per_second"))}
+             for e in s0["log_history"] if "train_runtime" not in e]
+    full = [{k: v for k, v in e.items() if not k.endswith(("_runtime", "_per_second"))}
+            for e in r0["log_history"] if "train_runtime" not in e]
+    assert strip == full
+    assert s0["tracker_events"][0] == ["setup", 4] and s1["tracker_events"] == []
