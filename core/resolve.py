@@ -69,8 +69,8 @@ class Resolution:
 
 def _tokens(value: Any, origin: str) -> list[str]:
     accepted = "'all', 'none', a tracker name, a comma-separated string of names, or a list of names"
-    if value is None:
-        return ["none"]
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return ["none"]  # an empty list is what a resolved "none" looks like
     if isinstance(value, str):
         items: Iterable[Any] = [value]
     elif isinstance(value, (list, tuple)):

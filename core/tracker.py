@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .callback import TrainerCallback
-from .errors import Terminated, TrackerUnavailableError
+from .errors import TrackerUnavailableError
 from .redact import redact, secret_env_values
 
 logger = logging.getLogger("tracklink")
@@ -225,11 +225,17 @@ class RunInfo:
     output_dir: str | None = None
     trial_name: str | None = None
     trial_params: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_hyper_param_search(self) -> bool:
         return bool(getattr(self.state, "is_hyper_param_search", False))
+
+    @property
+    def group(self) -> str | None:
+        """The search this run is a trial of (its study name), for backends that group runs."""
+        return str(self.search["name"]) if self.search and self.search.get("name") else None
 
 
 class _Runtime:
@@ -270,6 +276,14 @@ class Tracker(TrainerCallback):
         self = super().__new__(cls)
         self._tl = _Runtime()
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its runtime (locks, open run): e.g. to be sent to a Ray worker."""
+        return {k: v for k, v in self.__dict__.items() if k != "_tl"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._tl = _Runtime()
 
     # -- declarations read without the SDK ------------------------------------------------------
 
@@ -453,7 +467,8 @@ class Tracker(TrainerCallback):
         self.close("success")
 
     def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, **kwargs: Any) -> None:
-        killed = isinstance(exception, (KeyboardInterrupt, Terminated))
+        # interrupted, SIGTERM'd, stopped by a search backend (Ray exits the trial), or pruned (Optuna)
+        killed = isinstance(exception, (KeyboardInterrupt, SystemExit)) or type(exception).__name__ == "TrialPruned"
         self.close("killed" if killed else "failed")
 
     def _tracklink_on_disabled(self) -> None:
@@ -481,18 +496,25 @@ class Tracker(TrainerCallback):
 
     def _start(self, args: Any, state: Any, model: Any, resume: dict[str, Any] | None) -> None:
         config, args_config, model_config = hyperparameters(args, model)
+        search = (getattr(state, "stateful_callbacks", None) or {}).get("TracklinkSearch")
+        search = dict(search.get("attributes", {})) if isinstance(search, Mapping) else None
+        trial_name = getattr(state, "trial_name", None)
+        if search and trial_name:
+            # a trial is its own run, named after the trial; its hyper-parameters are in the params
+            config = {**config, "trial_params": dict(getattr(state, "trial_params", None) or {})}
         run = RunInfo(
             args=args,
             state=state,
             model=model,
-            name=_redacted_name(getattr(args, "run_name", None)),
+            name=_redacted_name(trial_name if search and trial_name else getattr(args, "run_name", None)),
             config=config,
             params=flatten(config),
             resume=resume,
             start_step=int(getattr(state, "global_step", 0) or 0),
             output_dir=getattr(args, "output_dir", None),
-            trial_name=getattr(state, "trial_name", None),
+            trial_name=trial_name,
             trial_params=getattr(state, "trial_params", None),
+            search=search,
             args_config=args_config,
             model_config=model_config,
         )

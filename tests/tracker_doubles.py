@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 from tracklink.tracker import RunInfo, Tracker
 
+_WRITE_LOCK = threading.Lock()
+
 
 class RecordingTracker(Tracker):
     """Appends one JSON line per call (setup, metrics, summary, text, checkpoint, finish) to ``path``,
@@ -24,10 +26,9 @@ class RecordingTracker(Tracker):
         if name:
             self.name = name  # type: ignore[misc]
         self.run_id: str | None = None
-        self._lock = threading.Lock()
 
     def _write(self, kind: str, **data: Any) -> None:
-        with self._lock, self.path.open("a") as f:
+        with _WRITE_LOCK, self.path.open("a") as f:
             f.write(json.dumps({"kind": kind, "thread": threading.current_thread().name, **data}, default=str) + "\n")
             f.flush()
 

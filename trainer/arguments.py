@@ -130,6 +130,15 @@ class TrainingArguments:
             value = list(resolution.names)
         object.__setattr__(self, name, value)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the resolution holds loaded plugin classes; it is rebuilt from the names after unpickling
+        # (e.g. in a Ray worker, whose environment decides which trackers are usable)
+        return {k: v for k, v in self.__dict__.items() if k != "_report_to_resolution"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_report_to_resolution", resolve_report_to(list(self.report_to) or "none"))
+
     @property
     def report_to_resolution(self) -> Resolution:
         """Which trackers ``report_to`` selected and why the others were skipped."""

@@ -253,6 +253,11 @@ class Trainer:
         self._trained_params: list[torch.nn.Parameter] | None = None
 
         callbacks = list(callbacks or [])
+        self._user_callbacks = list(callbacks)
+        self._trial_info: Any = None
+        self._search_context: Any = None
+        self._compute_objective: Any = None
+        self.objective: Any = None
         self.callback_handler = CallbackHandler(
             [DefaultFlowCallback], self.model, self.processing_class, self.optimizer, self.lr_scheduler,
             process=self.process,
@@ -385,8 +390,9 @@ class Trainer:
             self.lr_scheduler = create_scheduler(self.optimizer, self.args, num_training_steps)
 
     def _run_dir(self) -> Path:
-        """Where checkpoints go: ``output_dir`` (the hook a hyper-parameter search overrides to give
-        each trial its own directory)."""
+        """Where checkpoints go: ``output_dir``, or ``output_dir/<trial name>`` during a search."""
+        if self._trial_info is not None:
+            return Path(self.args.output_dir) / self._trial_info.name
         return Path(self.args.output_dir)
 
     # -- training ---------------------------------------------------------------------------------
@@ -488,8 +494,11 @@ class Trainer:
         )
         # ``trial`` is accepted for transformers compatibility (it reaches ``model_init``); a dict of
         # hyper-parameters (Ray/W&B style) is recorded as the trial's parameters
-        self.state.is_hyper_param_search = trial is not None
-        if isinstance(trial, Mapping):
+        self.state.is_hyper_param_search = trial is not None or self._trial_info is not None
+        if self._trial_info is not None:
+            self.state.trial_name = self._trial_info.name
+            self.state.trial_params = _plain(dict(self._trial_info.params))
+        elif isinstance(trial, Mapping):
             self.state.trial_params = dict(trial)
         self.state.compute_steps(args, max_steps)
         self.model_wrapped = wrap_model(self.model, args, self.device)
@@ -750,9 +759,90 @@ class Trainer:
 
     def _evaluate(self, trial: Any, ignore_keys: list[str] | None, skip_scheduler: bool = False) -> dict[str, float]:
         metrics = self.evaluate(ignore_keys=ignore_keys)
+        if self._trial_info is not None:
+            self._report_to_search(metrics)
         if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not skip_scheduler:
             self.lr_scheduler.step(self._metric_value(metrics))
         return metrics
+
+    # -- hyper-parameter search ----------------------------------------------------------------------
+
+    def hyperparameter_search(
+        self,
+        hp_space: Callable[[Any], dict[str, Any]] | None = None,
+        compute_objective: Callable[[dict[str, float]], float] | None = None,
+        n_trials: int = 20,
+        direction: str | list[str] = "minimize",
+        backend: str | None = None,
+        hp_name: Callable[[Any], str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Search hyper-parameters with Optuna (``backend="optuna"``, one machine) or Ray Tune
+        (``"ray"``, a local or existing cluster); returns the best run (``BestRun``: ``run_id``,
+        ``objective``, ``hyperparameters``), or one per Pareto-optimal trial for several directions.
+
+        Each trial trains a fresh model from ``model_init`` with the trial's values applied to a copy of
+        the arguments, in ``<output_dir>/run-<trial>`` (or ``hp_name(trial)``); its objective is
+        ``compute_objective(metrics)`` of the last evaluation (default: the evaluation loss, else the sum
+        of the metrics), reported at every evaluation so the backend can prune. Backend options go in
+        ``kwargs`` (see ``tracklink.trainer.search.run_optuna`` / ``run_ray``).
+        """
+        from . import search
+
+        if self.model_init is None:
+            raise ValueError("hyperparameter_search needs Trainer(model_init=...): every trial trains a fresh model")
+        search.validate(n_trials, hp_space, compute_objective)
+        direction = search.check_direction(direction)
+        name = search.choose_backend(backend)
+        if self.args.eval_strategy == "no" and self.eval_dataset is None:
+            raise ValueError("hyperparameter_search needs an eval_dataset: the objective comes from evaluations")
+        run = search.run_optuna if name == "optuna" else search.run_ray
+        with _sigterm_raises():  # between trials too: the backend then records the trial as failed
+            return run(self, hp_space, compute_objective, n_trials, direction, hp_name, **kwargs)
+
+    def _run_trial(self, info: Any, params: Any, compute_objective: Any, context: Any) -> Any:
+        """Train one trial (used by the search backends); returns its objective."""
+        from . import search
+
+        base_args = self.args
+        trial_args, _ = search.trial_arguments(base_args, params)
+        self.args = trial_args
+        self._trial_info = info
+        self._search_context = context
+        self._compute_objective = compute_objective or search.default_compute_objective
+        self.objective = None
+        try:
+            self.train(trial=info.handle if info.handle is not None else dict(info.params))
+            if self.objective is None:
+                self._report_to_search(self.evaluate(), final=True)
+            return self.objective
+        finally:
+            self.args = base_args
+            self._trial_info = None
+            self._search_context = None
+
+    def _report_to_search(self, metrics: dict[str, float], final: bool = False) -> None:
+        """Compute the trial's objective from an evaluation and report it; prune when the backend says so."""
+        objective = self._compute_objective(metrics)
+        self.objective = objective
+        info = self._trial_info
+        if info.backend == "optuna" and not isinstance(objective, (list, tuple)) and not final:
+            trial = info.handle
+            trial.report(float(objective), self.state.global_step)
+            if trial.should_prune():
+                self.log({"trial_pruned": 1.0})
+                import optuna
+
+                raise optuna.TrialPruned(f"trial {info.name} pruned at step {self.state.global_step}")
+        elif info.backend == "ray" and not final:
+            from ray import tune
+
+            numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            try:
+                tune.report({**numeric, "objective": float(objective), "step": self.state.global_step})
+            except SystemExit:  # Ray stops a trial its scheduler prunes by exiting from report()
+                self.log({"trial_pruned": 1.0})
+                raise
 
     def _metric_key(self) -> str:
         key = self.args.metric_for_best_model or "loss"
@@ -789,6 +879,8 @@ class Trainer:
         for callback in self.callback_handler.callbacks:
             if callable(getattr(callback, "state", None)):
                 objects.append(callback)
+        if self._search_context is not None:
+            objects.append(self._search_context)
         objects.append(self.control)
         return objects
 
@@ -877,18 +969,12 @@ class Trainer:
             ckpt.load_rng_state(directory, self.process.rank, self.process.world_size)
 
     def _restore_stateful(self, saved: dict[str, Any]) -> None:
-        """Give trackers their run identity back (always), and, when
-        ``restore_callback_states_from_checkpoint``, rebuild stateful callbacks in place."""
+        """When ``restore_callback_states_from_checkpoint``, rebuild stateful callbacks in place."""
         handler = self.callback_handler
         by_key: dict[str, list[Any]] = {}
         for callback in handler.callbacks:
             by_key.setdefault(state_key(callback), []).append(callback)
-        for key, entry in saved.items():
-            entries = entry if isinstance(entry, list) else [entry]
-            current = by_key.get(key, [])
-            for cb, stored in zip(current, entries):
-                if isinstance(cb, Tracker):
-                    cb.load_state(stored)
+        # trackers need nothing here: on_train_begin gets the restored state, with their run identity
         if not self.args.restore_callback_states_from_checkpoint:
             return
         unmatched = []
@@ -899,7 +985,7 @@ class Trainer:
                 continue
             current = [cb for cb in by_key.get(key, []) if not isinstance(cb, Tracker)]
             if not current:
-                if key not in by_key and key != "TracklinkHub":
+                if key not in by_key and key not in ("TracklinkHub", "TracklinkSearch"):
                     unmatched.append(key)
                 continue
             for cb, stored in zip(current, entries):
