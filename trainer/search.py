@@ -59,6 +59,7 @@ class TrialInfo:
     name: str
     params: dict[str, Any]
     handle: Any = None  # optuna.Trial, or None for Ray (reports go through ray.tune.report)
+    reported_final: bool = False  # Ray: the session already ended (no further report)
 
 
 @dataclass
@@ -330,7 +331,8 @@ def _ray_trial(config: dict[str, Any], recipe: TrainerRecipe, compute_objective:
     name = hp_name(config) if hp_name else f"run-{trial_id}"
     info = TrialInfo("ray", number, name, dict(config), None)
     objective = trainer._run_trial(info, config, compute_objective, SearchContext(search[0], "ray", search[1], number, name))
-    tune.report({"objective": objective, "trial_name": name})
+    if not info.reported_final:
+        tune.report({"objective": objective, "trial_name": name, "step": trainer.state.global_step})
 
 
 def run_ray(trainer: Any, hp_space: Any, compute_objective: Any, n_trials: int, direction: Any,

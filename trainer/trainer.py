@@ -840,9 +840,13 @@ class Trainer:
             numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             try:
                 tune.report({**numeric, "objective": float(objective), "step": self.state.global_step})
-            except SystemExit:  # Ray stops a trial its scheduler prunes by exiting from report()
-                self.log({"trial_pruned": 1.0})
-                raise
+            except SystemExit:
+                # Ray stops a trial by exiting from report(): pruning, unless the trial is at its last
+                # step anyway (a scheduler's max_t reached), where training just finishes normally
+                info.reported_final = True
+                if self.state.global_step < self.state.max_steps:
+                    self.log({"trial_pruned": 1.0})
+                    raise
 
     def _metric_key(self) -> str:
         key = self.args.metric_for_best_model or "loss"
