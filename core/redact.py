@@ -9,16 +9,27 @@ objects:
 * credentials inside URLs (``https://user:pass@host``, ``?token=...``) are masked;
 * the value of every secret environment variable that is set (a tracker's declared secret variables
   and any variable whose name names a secret) is masked wherever it appears in a string.
+
+Files a tracker uploads (checkpoints, an output directory) pass the same rules through
+:func:`redacted_upload`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["REDACTED", "is_secret_key", "redact", "redact_text", "redacted_copy", "secret_env_values"]
+__all__ = [
+    "REDACTED", "is_secret_key", "redact", "redact_text", "redacted_copy", "redacted_file_text", "redacted_upload",
+    "secret_env_values",
+]
 
 REDACTED = "<redacted>"
 
@@ -142,3 +153,87 @@ def _redact(value: Any, secrets: list[str]) -> Any:
         return type(value)(_redact(item, secrets) for item in value) if isinstance(value, list) \
             else tuple(_redact(item, secrets) for item in value)
     return value
+
+
+# -- files a tracker uploads ------------------------------------------------------------------------
+
+#: Text files larger than this are uploaded as they are (checkpoint configs and states are far smaller).
+MAX_REDACTED_FILE_BYTES = 16 * 2**20
+_SNIFF_BYTES = 8192
+
+
+def _upload_secrets(env_secrets: Iterable[str] | None) -> list[str]:
+    if env_secrets is not None:
+        return list(env_secrets)
+    from .tracker import Tracker  # imported here: the tracker module imports this one
+
+    return secret_env_values(Tracker.declared_secret_names())
+
+
+def redacted_file_text(path: str | os.PathLike[str], env_secrets: Iterable[str] | None = None) -> str | None:
+    """The masked text of a small UTF-8 text file when masking changes it, else ``None`` (binary, larger
+    than :data:`MAX_REDACTED_FILE_BYTES`, unreadable, or nothing to mask).
+
+    A JSON file has its secret-named keys masked (and is then re-serialised); every text file has URL
+    credentials and the values of secret environment variables masked. ``env_secrets`` defaults to the
+    set secret variables, the ones every loaded tracker declares included.
+    """
+    secrets = _upload_secrets(env_secrets)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+            if b"\0" in head or os.fstat(handle.fileno()).st_size > MAX_REDACTED_FILE_BYTES:
+                return None
+            text = (head + handle.read()).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    clean = text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        pass
+    else:
+        masked = _redact(data, secrets)
+        if masked != data:
+            clean = json.dumps(masked, indent=2)
+    clean = redact_text(clean, secrets)
+    return clean if clean != text else None
+
+
+def _mirror(source: Path, target: Path) -> None:
+    """Put ``source``'s content at ``target`` without copying it when the file system allows."""
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or no hard links
+        try:
+            os.symlink(source.resolve(), target)
+        except OSError:
+            shutil.copy2(source, target)
+
+
+@contextlib.contextmanager
+def redacted_upload(path: str | os.PathLike[str], env_secrets: Iterable[str] | None = None) -> Iterator[Path]:
+    """Context manager yielding what to upload in place of ``path`` (a file or a directory).
+
+    When no file needs masking (see :func:`redacted_file_text`), it yields ``path`` itself. Otherwise it
+    yields a temporary copy with the same name, removed on exit: masked files are rewritten, the others
+    are linked (hard link, else symbolic link) so large weights are not copied. Read everything the upload
+    needs inside the ``with`` block; SDKs that read files later must copy them first.
+    """
+    source = Path(path)
+    secrets = _upload_secrets(env_secrets)
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    masked = {file: text for file in files if (text := redacted_file_text(file, secrets)) is not None}
+    if not masked:
+        yield source
+        return
+    with tempfile.TemporaryDirectory(prefix="tracklink-redacted-") as scratch:
+        root = Path(scratch) / source.name
+        for file in files:
+            target = root / file.relative_to(source)  # a single file: root itself
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if file in masked:
+                target.write_text(masked[file], encoding="utf-8")
+            else:
+                _mirror(file, target)
+        yield root

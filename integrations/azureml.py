@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
-import threading
 import warnings
 from typing import Any, ClassVar
 
@@ -63,8 +62,6 @@ class AzureMLCallback(Tracker):
         self.azureml_run = azureml_run
         self._given = azureml_run is not None
         self._step_ok = False
-        self._starting = threading.Event()
-        self._started = threading.Event()
 
     @classmethod
     def ready(cls, env: Any) -> str | None:
@@ -141,19 +138,3 @@ class AzureMLCallback(Tracker):
             handle.fail(error_details=f"training {'was interrupted' if status == 'killed' else 'failed'} "
                         f"(tracklink status: {status})")
         self.azureml_run = None  # the next training asks Run.get_context() again
-
-    # work-around: the base waits only for a setup already marked active; a checkpoint saved while the
-    # run is being fetched would lose the run id
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._started.clear()
-        self._starting.set()
-        try:
-            super().on_train_begin(args, state, control, **kwargs)
-        finally:
-            self._starting.clear()
-            self._started.set()
-
-    def state(self) -> dict[str, Any]:
-        if self._starting.is_set():
-            self._started.wait(60)
-        return super().state()

@@ -28,13 +28,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
-import threading
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tracklink.redact import redacted_upload
 from tracklink.tracker import FALSE_VALUES, TRUE_VALUES, EnvVar, RunInfo, Tracker, flatten, truthy
 
 __all__ = ["ClearMLCallback"]
@@ -55,19 +53,6 @@ INIT_SETTINGS: dict[str, Any] = {
     "auto_resource_monitoring": False,
 }
 BOOLEAN_CHOICES = tuple(sorted(TRUE_VALUES | (FALSE_VALUES - {""})))
-
-
-def redacted_json(path: Path) -> str | None:
-    """The redacted text of a JSON file (``None`` for other files, or JSON that does not parse)."""
-    if path.suffix != ".json":
-        return None
-    from tracklink.redact import redact, secret_env_values
-
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return json.dumps(redact(data, secret_env_values(Tracker.declared_secret_names())), indent=2)
 
 
 class ClearMLCallback(Tracker):
@@ -101,8 +86,6 @@ class ClearMLCallback(Tracker):
         self._models: list[tuple[int, Any]] = []
         self._prune = True
         self._limit: int | None = None
-        self._starting = threading.Event()
-        self._started = threading.Event()
 
     @classmethod
     def ready(cls, env: Any) -> str | None:
@@ -219,13 +202,7 @@ class ClearMLCallback(Tracker):
             return
         source, step = Path(path), int(getattr(state, "global_step", 0) or 0)
         name = f"{source.name}{self.suffix}"
-        with tempfile.TemporaryDirectory(prefix="tracklink-clearml-") as scratch:
-            package = Path(scratch) / source.name
-            shutil.copytree(source, package)
-            for file in package.rglob("*.json"):  # configs pass the same redaction as params
-                text = redacted_json(file)
-                if text is not None:
-                    file.write_text(text)
+        with redacted_upload(source) as package:  # secrets in its configs and text files masked
             model = OutputModel(task=self.task, name=name, framework="PyTorch")
             model.connect(task=self.task, name=name)
             model.update_weights_package(weights_path=str(package), target_filename=source.name, iteration=step,
@@ -254,20 +231,7 @@ class ClearMLCallback(Tracker):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._limit = getattr(args, "save_total_limit", None)
-        self._started.clear()
-        self._starting.set()
-        try:
-            super().on_train_begin(args, state, control, **kwargs)
-        finally:
-            self._starting.clear()
-            self._started.set()
-
-    def state(self) -> dict[str, Any]:
-        # work-around: the base waits only for a setup already marked active; a checkpoint saved while
-        # the Task is being created would lose the task id
-        if self._starting.is_set():
-            self._started.wait(60)
-        return super().state()
+        super().on_train_begin(args, state, control, **kwargs)
 
     def run_identity(self) -> dict[str, Any] | None:
         if self.task is None:

@@ -9,7 +9,8 @@ What is logged where (transformers' names):
   ``epoch``; the end-of-training summary too (``train/train_runtime``, ``train/train_loss``, ...);
   strings as text samples (metadata ``name``);
 * assets (``COMET_LOG_ASSETS``, default TRUE): at the end of a successful training, every file under
-  ``output_dir`` (checkpoints included) with its relative path as the file name; JSON files redacted;
+  ``output_dir`` (checkpoints included) with its relative path as the file name, secrets in configs and
+  text files masked;
 * other ``status``: ``success``, ``failed`` or ``killed`` (Comet has no run-status field an SDK can
   set, offline in particular), then the experiment is ended.
 
@@ -26,7 +27,6 @@ re-attaches to its experiment key (``mode="get_or_create"``), online and offline
 from __future__ import annotations
 
 import configparser
-import json
 import logging
 import os
 import secrets
@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tracklink.redact import redact, secret_env_values
+from tracklink.redact import redacted_upload
 from tracklink.tracker import EnvVar, RunInfo, Tracker
 
 __all__ = ["CometCallback"]
@@ -79,33 +79,6 @@ def _config_file_has_key(env: Mapping[str, str]) -> bool:
         if parser.get("comet", "api_key", fallback="").strip():
             return True
     return False
-
-
-def redacted_json(path: Path) -> str | None:
-    """The redacted text of a JSON file when redaction changes it, else ``None``."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    clean = redact(data, secret_env_values(Tracker.declared_secret_names()))
-    return json.dumps(clean, indent=2, sort_keys=True) + "\n" if clean != data else None
-
-
-def stamp_identity(checkpoint: Path, key: str, identity: dict[str, Any] | None) -> None:
-    """Put the run identity into a checkpoint's ``trainer_state.json`` when the trainer saved it before
-    the experiment was set up on the worker thread (the state is collected on the training thread)."""
-    path = checkpoint / "trainer_state.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    entry = (data.get("stateful_callbacks") or {}).get(key)
-    if not isinstance(entry, dict) or not identity or entry.get("attributes", {}).get("run") == identity:
-        return
-    entry.setdefault("attributes", {})["run"] = identity
-    tmp = path.with_name(path.name + ".tracklink-tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _archive_suffix(length: int = 6) -> str:
@@ -254,11 +227,6 @@ class CometCallback(Tracker):
         for key, value in texts.items() if self._experiment is not None else ():
             self._experiment.log_text(value, step=step, metadata={"name": key})
 
-    def on_save(self, args: Any, state: Any, control: Any, checkpoint_dir: Any = None, **kwargs: Any) -> None:
-        if checkpoint_dir and self.is_active:
-            stamp_identity(Path(checkpoint_dir), self.state_key, self.identity)
-        super().on_save(args, state, control, checkpoint_dir=checkpoint_dir, **kwargs)
-
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         try:
             output_dir = getattr(args, "output_dir", None)
@@ -270,15 +238,12 @@ class CometCallback(Tracker):
 
     def _log_assets_of(self, root: Path, step: int) -> None:
         offline = Path(os.environ.get("COMET_OFFLINE_DIRECTORY") or ".cometml-runs").resolve()
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            if offline in path.resolve().parents:
-                continue  # never archive Comet's own offline archives
-            rel = path.relative_to(root).as_posix()
-            text = redacted_json(path) if path.suffix == ".json" else None
-            if text is not None:
-                self._experiment.log_asset_data(text, name=rel, step=step)
-            else:
-                self._experiment.log_asset(str(path), file_name=rel, step=step)
+        with redacted_upload(root) as upload:  # secrets in configs and text files masked
+            for path in sorted(p for p in upload.rglob("*") if p.is_file()):
+                rel = path.relative_to(upload).as_posix()
+                if offline in (root / rel).resolve().parents:
+                    continue  # never archive Comet's own offline archives
+                self._experiment.log_asset(str(path), file_name=rel, step=step)  # copied before it returns
 
     def run_identity(self) -> dict[str, Any] | None:
         return {"experiment_key": self._experiment.get_key()} if self._experiment is not None else None

@@ -24,16 +24,16 @@ Added by DagsHub:
 from __future__ import annotations
 
 import importlib.util
-import io
 import logging
 import os
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from tracklink.redact import redacted_upload
 from tracklink.tracker import EnvVar, RunInfo, truthy
 
-from .mlflow import BOOL_CHOICES, MLflowCallback, _mask_url, redacted_files
+from .mlflow import BOOL_CHOICES, MLflowCallback, _mask_url
 
 __all__ = ["DagsHubCallback", "parse_dagshub_uri"]
 
@@ -104,7 +104,6 @@ class DagsHubCallback(MLflowCallback):
                "dagshub is imported).", read_by="sdk"),
         *(v for v in MLflowCallback.env_vars if v.name != "MLFLOW_TRACKING_URI"),
     )
-    _bool_vars: ClassVar[tuple[str, ...]] = (*MLflowCallback._bool_vars, "HF_DAGSHUB_LOG_ARTIFACTS")
 
     def __init__(self) -> None:
         # The URI is checked here, when the Trainer is built, rather than in env_problems(): `tracklink
@@ -181,14 +180,15 @@ class DagsHubCallback(MLflowCallback):
         self.repo = Repo(owner=owner, name=repo_name, token=token, branch=os.environ.get("BRANCH") or "main")
         message = f"tracklink: {self.model_name} (MLflow run {self._run_id})"
         dataset, staged = self.repo.directory(ARTIFACTS_DIR), 0
-        for rel, source, content in redacted_files(self._output_dir):  # secrets masked in text files
-            dataset.add(file=io.BytesIO(content) if content is not None else source, path=rel)
-            staged += 1
-            if staged == FILES_PER_COMMIT:
+        with redacted_upload(self._output_dir) as upload:  # secrets masked in text files; read at commit
+            for path in sorted(p for p in upload.rglob("*") if p.is_file()):
+                dataset.add(file=str(path), path=path.relative_to(upload).as_posix())
+                staged += 1
+                if staged == FILES_PER_COMMIT:
+                    dataset.commit(message, versioning="dvc", quiet=True)
+                    staged = 0
+            if staged:
                 dataset.commit(message, versioning="dvc", quiet=True)
-                staged = 0
-        if staged:
-            dataset.commit(message, versioning="dvc", quiet=True)
 
     def finish(self, status: str) -> None:
         upload_error: Exception | None = None

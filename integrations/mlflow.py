@@ -33,13 +33,13 @@ import json
 import os
 import posixpath
 import re
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from tracklink.tracker import FALSE_VALUES, TRUE_VALUES, EnvVar, RunInfo, Tracker, truthy
+from tracklink.redact import redact, redacted_upload, secret_env_values
+from tracklink.tracker import EnvVar, RunInfo, Tracker, truthy
 
 __all__ = ["MLflowCallback"]
 
@@ -87,43 +87,6 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
-def redacted_files(root: str) -> Iterator[tuple[str, str, bytes | None]]:
-    """``(relative path, path, content)`` for every file under ``root``; ``content`` is the redacted text
-    of a small text file that holds a secret (a checkpoint's ``config.json`` may), else ``None`` (send the
-    file as it is)."""
-    from tracklink.redact import redact, redact_text, secret_env_values
-
-    secrets = secret_env_values(Tracker.declared_secret_names())
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for filename in sorted(files):
-            path = os.path.join(folder, filename)
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
-            if os.path.getsize(path) > 16 * 2**20:
-                yield rel, path, None
-                continue
-            with open(path, "rb") as handle:
-                data = handle.read()
-            try:
-                text = data.decode("utf-8") if b"\0" not in data[:8192] else None
-            except UnicodeDecodeError:
-                text = None
-            if text is None:
-                yield rel, path, None
-                continue
-            clean = text
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                pass
-            else:
-                masked = redact(parsed, secrets)
-                if masked != parsed:
-                    clean = json.dumps(masked, indent=2)
-            clean = redact_text(clean, secrets)
-            yield rel, path, (clean.encode("utf-8") if clean != text else None)
-
-
 class MLflowCallback(Tracker):
     """Logs to MLflow (see the module documentation). Takes no arguments, like transformers'."""
 
@@ -158,9 +121,6 @@ class MLflowCallback(Tracker):
         EnvVar("MLFLOW_DISABLE_TELEMETRY", "true", "MLflow usage telemetry; tracklink sets it to true "
                "unless you set it.", read_by="sdk"),
     )
-    _bool_vars: ClassVar[tuple[str, ...]] = (
-        "MLFLOW_NESTED_RUN", "MLFLOW_FLATTEN_PARAMS", "HF_MLFLOW_LOG_ARTIFACTS", "DISABLE_MLFLOW_INTEGRATION",
-    )
 
     def __init__(self) -> None:
         problems = self.env_problems(os.environ)
@@ -179,8 +139,6 @@ class MLflowCallback(Tracker):
         self._retry_at = 0.0
         self._floors: dict[str, int] = {}
         self._start_step = 0
-        self._checkpoint_run: dict[str, Any] | None = None
-        self._in_train_begin = False
 
     # -- declarations ----------------------------------------------------------------------
 
@@ -199,11 +157,8 @@ class MLflowCallback(Tracker):
 
     @classmethod
     def env_problems(cls, env: Mapping[str, str]) -> list[str]:
-        problems = []
-        for name in cls._bool_vars:
-            value = env.get(name)
-            if value is not None and value.strip().upper() not in TRUE_VALUES | FALSE_VALUES:
-                problems.append(f"{name}={value!r} is not accepted; accepted values: {', '.join(BOOL_CHOICES)}")
+        # the boolean switches (declared with choices); an empty value means false
+        problems = [p for var in cls.env_vars if (env.get(var.name) or "").strip() and (p := var.problem(env))]
         tags = env.get("MLFLOW_TAGS")
         if tags is not None and tags.strip():
             try:
@@ -226,19 +181,6 @@ class MLflowCallback(Tracker):
     @property
     def uploads_checkpoints(self) -> bool:
         return self._log_artifacts
-
-    def load_state(self, saved: Mapping[str, Any]) -> None:
-        super().load_state(saved)
-        # kept apart from the base class's slot, which a lazy re-open on the worker thread (an evaluate()
-        # just before train(resume_from_checkpoint=...)) may clear concurrently
-        self._checkpoint_run = self._tl.resume
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        self._in_train_begin = True
-        try:
-            super().on_train_begin(args, state, control, model=model, **kwargs)
-        finally:
-            self._in_train_begin = False
 
     def check_args(self, args: Any) -> None:
         """On the training thread at trainer construction: remember it (see ``_user_run``)."""
@@ -330,10 +272,7 @@ class MLflowCallback(Tracker):
         self._client = MlflowClient(tracking_uri=self.tracking_uri(mlflow))
         self._spool, self._floors, self._start_step, self._retry_at = [], {}, run.start_step, 0.0
         env_run_id = (os.environ.get("MLFLOW_RUN_ID") or "").strip()
-        resume = run.resume
-        if self._in_train_begin:
-            resume, self._checkpoint_run = resume or self._checkpoint_run, None
-        resume_id = (resume or {}).get("run_id")
+        resume_id = (run.resume or {}).get("run_id")
         user_run = self._user_run(mlflow)
         target = env_run_id or resume_id
         if target:
@@ -373,20 +312,23 @@ class MLflowCallback(Tracker):
         raw = (os.environ.get("MLFLOW_TAGS") or "").strip()
         if not raw:
             return {}
-        from tracklink.redact import redact, secret_env_values
-
         tags = redact(json.loads(raw), secret_env_values(Tracker.declared_secret_names()))
         return {str(k): _param_text(v) for k, v in tags.items()}
 
-    def _log_tags(self, tags: Mapping[str, str]) -> None:
-        if not tags:
-            return
-        from mlflow.entities import RunTag
-        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
+    def _log_in_batches(self, field: str, items: list[Any]) -> None:
+        """``log_batch`` the params or tags ``items``, as many per request as MLflow accepts."""
+        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
-        items = [RunTag(sanitize_name(k), truncate(v, MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
         for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-            self._client.log_batch(self._run_id, tags=items[i : i + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True)
+            batch = {field: items[i : i + MAX_PARAMS_TAGS_PER_BATCH]}
+            self._client.log_batch(self._run_id, **batch, synchronous=True)
+
+    def _log_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+        self._log_in_batches("tags", [RunTag(sanitize_name(k), truncate(v, MAX_TAG_VAL_LENGTH))
+                                      for k, v in tags.items()])
 
     def params_of(self, run: RunInfo) -> dict[str, str]:
         """The params to log, as MLflow names and text, in order (model config first, then arguments)."""
@@ -405,14 +347,10 @@ class MLflowCallback(Tracker):
 
     def _log_params(self, run: RunInfo) -> None:
         from mlflow.entities import Param
-        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
-        params = self.params_of(run)
         existing = self._client.get_run(self._run_id).data.params
         # MLflow refuses to change a param: on a re-attached or reused run, keep what is there
-        items = [Param(k, v) for k, v in params.items() if k not in existing]
-        for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-            self._client.log_batch(self._run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True)
+        self._log_in_batches("params", [Param(k, v) for k, v in self.params_of(run).items() if k not in existing])
 
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
         from mlflow.entities import Metric
@@ -463,17 +401,9 @@ class MLflowCallback(Tracker):
 
     def log_checkpoint(self, path: str, state: Any) -> None:
         """Upload the checkpoint directory under ``checkpoint-<step>/``, secrets masked in its text files."""
-        if not (self._log_artifacts and self._run_id):
-            return
-        base = os.path.basename(os.path.normpath(path))
-        with tempfile.TemporaryDirectory(prefix="tracklink-mlflow-") as scratch:
-            for rel, source, content in redacted_files(path):
-                folder = posixpath.join(base, posixpath.dirname(rel)).rstrip("/")
-                if content is not None:
-                    source = os.path.join(scratch, os.path.basename(rel))
-                    with open(source, "wb") as handle:
-                        handle.write(content)
-                self._client.log_artifact(self._run_id, source, artifact_path=folder)
+        if self._log_artifacts and self._run_id:
+            with redacted_upload(path) as upload:
+                self._client.log_artifacts(self._run_id, str(upload), artifact_path=upload.name)
 
     def run_identity(self) -> dict[str, Any] | None:
         if not self._run_id:

@@ -14,7 +14,7 @@ What is logged where (``<ns>`` is ``base_namespace``, default ``finetuning``):
   config (``log_parameters=True``); ``source_code/integrations/tracklink``: tracklink's version;
 * checkpoints (``log_checkpoints``): each file of ``checkpoint-N/`` as a file field
   ``<ns>/checkpoints/checkpoint-N/<file>``; ``same`` keeps every checkpoint, ``last`` only the newest,
-  ``best`` only the best one (needs ``load_best_model_at_end``);
+  ``best`` only the best one (needs ``load_best_model_at_end``, else refused when the Trainer is built);
 * ``<ns>/status``: ``success``, ``failed`` or ``killed`` at the end; ``sys/failed`` = True unless success.
 
 Variables: ``NEPTUNE_API_TOKEN`` (secret), ``NEPTUNE_PROJECT``, ``NEPTUNE_MODE`` (read by the SDK).
@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tracklink.redact import redacted_upload
 from tracklink.tracker import EnvVar, RunInfo, Tracker
 
 __all__ = ["NeptuneCallback"]
@@ -73,19 +74,6 @@ def _neptune_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return json.dumps(list(value), default=str)
     return str(value)
-
-
-def redacted_json(path: Path) -> str | None:
-    """The redacted text of a JSON file (``None`` for other files, or JSON that does not parse)."""
-    if path.suffix != ".json":
-        return None
-    from tracklink.redact import redact, secret_env_values
-
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return json.dumps(redact(data, secret_env_values(Tracker.declared_secret_names())), indent=2)
 
 
 class NeptuneCallback(Tracker):
@@ -155,12 +143,9 @@ class NeptuneCallback(Tracker):
         self._owns_run = False
         self._mode = "async"
         self._lock = threading.RLock()
-        self._refuse_checkpoints: str | None = None
         self._last_upload: tuple[str, Path | None] | None = None
         self._series_steps: dict[str, int] = {}
         self._trained = False
-        self._starting = threading.Event()
-        self._started = threading.Event()
 
     # -- declarations -----------------------------------------------------------------------------
 
@@ -176,7 +161,7 @@ class NeptuneCallback(Tracker):
 
     @property
     def uploads_checkpoints(self) -> bool:
-        return self.log_checkpoints is not None and self._refuse_checkpoints is None
+        return self.log_checkpoints is not None
 
     # -- the run handle ---------------------------------------------------------------------------
 
@@ -222,40 +207,13 @@ class NeptuneCallback(Tracker):
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._started.clear()
-        self._starting.set()
-        try:
-            super().on_train_begin(args, state, control, **kwargs)
-        finally:
-            self._starting.clear()
-            self._started.set()
-
-    def state(self) -> dict[str, Any]:
-        # work-around: the base only waits for a setup it already marked active, so a checkpoint saved
-        # while the run is still being created (the SDK import takes seconds) would lose the run id
-        if self._starting.is_set():
-            self._started.wait(60)
-        return super().state()
-
-    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._check_best(args, raise_error=True)
-
-    def _check_best(self, args: Any, raise_error: bool) -> None:
-        if self.log_checkpoints != "best" or getattr(args, "load_best_model_at_end", False):
-            return
-        message = ("NeptuneCallback(log_checkpoints='best') needs TrainingArguments(load_best_model_at_end=True) "
-                   "so the best checkpoint is known; checkpoints will not be uploaded. Accepted with "
-                   "load_best_model_at_end=False: log_checkpoints='same', 'last' or None")
-        first = self._refuse_checkpoints is None
-        self._refuse_checkpoints = message
-        if raise_error:
-            raise ValueError(message)
-        if first:
-            logger.error("tracklink: %s", message)
+    def check_args(self, args: Any) -> None:
+        if self.log_checkpoints == "best" and not getattr(args, "load_best_model_at_end", False):
+            raise ValueError("NeptuneCallback(log_checkpoints='best') needs TrainingArguments(load_best_model_at_end="
+                             "True) so the best checkpoint is known. Accepted with load_best_model_at_end=False: "
+                             "log_checkpoints='same', 'last' or None")
 
     def setup(self, run: RunInfo) -> None:
-        self._check_best(run.args, raise_error=False)
         resume = run.resume or {}
         with self._lock:
             handle, reattached = self._open_for_training(run, resume)
@@ -333,43 +291,28 @@ class NeptuneCallback(Tracker):
             self._append(key, value, step)
 
     def log_checkpoint(self, path: str, state: Any) -> None:
-        if not self.uploads_checkpoints:
-            return
         step = int(getattr(state, "global_step", 0) or 0)
         if self.log_checkpoints == "best" and getattr(state, "best_global_step", None) != step:
             return  # not an improvement: keep the uploaded best
-        source = Path(path)
-        root = f"{self.base_namespace}/checkpoints"
-        copy: Path | None = None
-        if self._mode == "offline":
-            # offline runs record only the file paths; `neptune sync` reads the bytes later, possibly
-            # after checkpoint rotation deleted the directory: upload a copy that stays
-            copy = Path.cwd() / ".neptune" / "tracklink-checkpoints" / str(getattr(self._run, "_id", "run"))
-            copy = copy / source.name
-            shutil.rmtree(copy, ignore_errors=True)
-            shutil.copytree(source, copy)
-        if self.log_checkpoints in ("last", "best") and self._last_upload is not None:
-            previous, previous_copy = self._last_upload
-            if previous != source.name:
-                del self._run[f"{root}/{previous}"]
-            if previous_copy is not None and previous_copy != copy:
-                shutil.rmtree(previous_copy, ignore_errors=True)
-        for file in sorted(p for p in source.rglob("*") if p.is_file()):
-            relative = file.relative_to(source).as_posix()
-            target = self._run[f"{root}/{source.name}/{relative}"]
-            text = redacted_json(file)  # configs inside a checkpoint pass the same redaction as params
-            if copy is not None:
-                if text is not None:
-                    (copy / relative).write_text(text)
-                target.upload(str(copy / relative))
-            elif text is not None:
-                from neptune.types import File
-
-                target.upload(File.from_content(text, extension="json"))
-            else:
-                target.upload(str(file))
-        self._last_upload = (source.name, copy)
-        self._run.wait()  # uploaded before the trainer may rotate the checkpoint away
+        name, root = Path(path).name, f"{self.base_namespace}/checkpoints"
+        with redacted_upload(path) as upload:  # secrets in its configs and text files masked
+            copy: Path | None = None
+            if self._mode == "offline":
+                # offline runs record only the file paths; `neptune sync` reads the bytes later, possibly
+                # after checkpoint rotation deleted the directory: upload a copy that stays
+                copy = Path.cwd() / ".neptune" / "tracklink-checkpoints" / str(getattr(self._run, "_id", "run")) / name
+                shutil.rmtree(copy, ignore_errors=True)
+                upload = Path(shutil.copytree(upload, copy))
+            if self.log_checkpoints in ("last", "best") and self._last_upload is not None:
+                previous, previous_copy = self._last_upload
+                if previous != name:
+                    del self._run[f"{root}/{previous}"]
+                if previous_copy is not None and previous_copy != copy:
+                    shutil.rmtree(previous_copy, ignore_errors=True)
+            for file in sorted(p for p in upload.rglob("*") if p.is_file()):
+                self._run[f"{root}/{name}/{file.relative_to(upload).as_posix()}"].upload(str(file))
+            self._last_upload = (name, copy)
+            self._run.wait()  # read before the redacted copy is removed and rotation deletes the checkpoint
 
     def run_identity(self) -> dict[str, Any] | None:
         if self._run is None:

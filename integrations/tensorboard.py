@@ -10,7 +10,8 @@ What is logged, under transformers' names, at the trainer's ``global_step``:
 
 Directory: ``TrainingArguments.logging_dir``, else ``TENSORBOARD_LOGGING_DIR`` (``~`` expanded), else
 ``<output_dir>/runs/<Mon DD_HH-MM-SS>_<hostname>``; during a hyper-parameter search each trial writes to
-a sub-directory named after the trial. On resume the run writes into the same directory again and
+a sub-directory named after the trial (by default ``<output_dir>/runs/<search name>/<trial>``, so
+TensorBoard shows the trials of one search side by side). On resume the run writes into the same directory again and
 events after the restored step are purged, so curves do not fork.
 
 Variables: ``TENSORBOARD_LOGGING_DIR``. The SDK is torch's ``SummaryWriter`` (needs the ``tensorboard``
@@ -78,7 +79,12 @@ class TensorBoardCallback(Tracker):
         if run.resume and run.resume.get("log_dir"):
             return str(run.resume["log_dir"])
         base = getattr(run.args, "logging_dir", None) or os.environ.get("TENSORBOARD_LOGGING_DIR")
-        base = os.path.expanduser(base) if base else default_logging_dir(run.output_dir or ".")
+        if base:
+            base = os.path.expanduser(base)
+        elif run.group:  # all trials of a search side by side: <output_dir>/runs/<search>/<trial>
+            base = os.path.join(run.output_dir or ".", "runs", run.group)
+        else:
+            base = default_logging_dir(run.output_dir or ".")
         if run.is_hyper_param_search and run.trial_name:
             base = os.path.join(base, str(run.trial_name))
         return base

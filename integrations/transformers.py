@@ -117,6 +117,11 @@ class TracklinkBridge(TrainerCallback, ExportableState):
         extras = self._refs(dict(kwargs))
         self.hub.call_event(event, args, state, control, **extras)
 
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Trackers validate the arguments (``check_args``; a refusal propagates), then ``on_init_end``."""
+        self._last_args, self._last_state = args, state
+        self.hub.on_init_end(args, state, control, **self._refs(dict(kwargs)))
+
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if saved is not None and state.global_step > 0:

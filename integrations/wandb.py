@@ -12,8 +12,8 @@ What is logged where (transformers' names):
 * artifacts (``WANDB_LOG_MODEL``): ``checkpoint`` logs every checkpoint directory the trainer wrote as
   artifact ``model-<run id>`` (type ``model``, aliases ``epoch_<e>`` and ``checkpoint_global_step_<n>``),
   and ``end``/``checkpoint`` log the final model (alias ``final_model``) from the best or last
-  checkpoint, or from a safetensors save of the model when no checkpoint holds it. JSON files are
-  uploaded redacted; optimizer, scheduler and RNG states are left out of the final model;
+  checkpoint, or from a safetensors save of the model when no checkpoint holds it. Secrets in configs
+  and text files are masked; optimizer, scheduler and RNG states are left out of the final model;
 * gradients/parameters histograms with ``wandb.watch`` when ``WANDB_WATCH`` asks for them;
 * the exit code: 0 on success, 1 when training raised, 130/143 when interrupted/terminated.
 
@@ -27,7 +27,6 @@ left open; a run tracklink started is finished. A resumed training re-attaches t
 
 from __future__ import annotations
 
-import json
 import logging
 import netrc
 import os
@@ -40,7 +39,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from tracklink.errors import Terminated
-from tracklink.redact import is_secret_key, redact, redact_text, secret_env_values
+from tracklink.redact import is_secret_key, redact_text, redacted_upload, secret_env_values
 from tracklink.tracker import EnvVar, RunInfo, Tracker, truthy
 
 __all__ = ["WandbCallback"]
@@ -101,33 +100,6 @@ def _argv_has_secret(argv: list[str]) -> bool:
         if redact_text(arg, secrets) != arg:
             return True
     return False
-
-
-def redacted_json(path: Path) -> str | None:
-    """The redacted text of a JSON file when redaction changes it, else ``None``."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    clean = redact(data, secret_env_values(Tracker.declared_secret_names()))
-    return json.dumps(clean, indent=2, sort_keys=True) + "\n" if clean != data else None
-
-
-def stamp_identity(checkpoint: Path, key: str, identity: dict[str, Any] | None) -> None:
-    """Put the run identity into a checkpoint's ``trainer_state.json`` when the trainer saved it before
-    the run was set up on the worker thread (the state is collected on the training thread)."""
-    path = checkpoint / "trainer_state.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return  # rotated away already, or not a tracklink checkpoint
-    entry = (data.get("stateful_callbacks") or {}).get(key)
-    if not isinstance(entry, dict) or not identity or entry.get("attributes", {}).get("run") == identity:
-        return
-    entry.setdefault("attributes", {})["run"] = identity
-    tmp = path.with_name(path.name + ".tracklink-tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 class WandbCallback(Tracker):
@@ -266,11 +238,6 @@ class WandbCallback(Tracker):
         self._add_dir(artifact, Path(path), keep_training_state=True)
         self._run.log_artifact(artifact, aliases=[f"epoch_{epoch}", f"checkpoint_global_step_{step}"])
 
-    def on_save(self, args: Any, state: Any, control: Any, checkpoint_dir: Any = None, **kwargs: Any) -> None:
-        if checkpoint_dir and self.is_active:
-            stamp_identity(Path(checkpoint_dir), self.state_key, self.identity)
-        super().on_save(args, state, control, checkpoint_dir=checkpoint_dir, **kwargs)
-
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         try:
             if self.is_active and self._log_model in ("end", "checkpoint"):
@@ -281,8 +248,8 @@ class WandbCallback(Tracker):
     def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, **kwargs: Any) -> None:
         if isinstance(exception, Terminated):
             self._exit_code = 128 + exception.signum
-        elif isinstance(exception, KeyboardInterrupt):
-            self._exit_code = 130
+        elif isinstance(exception, (KeyboardInterrupt, SystemExit)) or type(exception).__name__ == "TrialPruned":
+            self._exit_code = 130  # interrupted, or stopped by a search backend
         else:
             self._exit_code = 1
         super().on_exception(args, state, control, exception=exception, **kwargs)
@@ -319,16 +286,10 @@ class WandbCallback(Tracker):
         return wandb.Artifact(name=f"model-{self._run.id}", type="model", metadata={**metadata, **extra})
 
     def _add_dir(self, artifact: Any, root: Path, *, keep_training_state: bool) -> None:
-        with tempfile.TemporaryDirectory(prefix="tracklink-wandb-") as tmp:
-            for index, path in enumerate(sorted(p for p in root.rglob("*") if p.is_file())):
-                rel = path.relative_to(root).as_posix()
-                if not keep_training_state and path.name.startswith(_TRAINING_STATE):
-                    continue
-                text = redacted_json(path) if path.suffix == ".json" else None
-                if text is not None:  # upload a redacted copy (the artifact copies files as they are added)
-                    path = Path(tmp, f"{index}.json")
-                    path.write_text(text)
-                artifact.add_file(str(path), name=rel)
+        with redacted_upload(root) as upload:  # secrets in configs and text files masked
+            for path in sorted(p for p in upload.rglob("*") if p.is_file()):
+                if keep_training_state or not path.name.startswith(_TRAINING_STATE):
+                    artifact.add_file(str(path), name=path.relative_to(upload).as_posix())  # copied when added
 
     def _log_final_model(self, args: Any, state: Any, model: Any) -> None:
         source = None

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+from tracklink import TrainerCallback
+
+T = TypeVar("T")
 
 
 class RegressionDataset(torch.utils.data.Dataset):
@@ -181,3 +186,41 @@ def assert_series(actual: list[tuple[int, float]], expected: list[tuple[int, flo
 
     assert [int(s) for s, _ in actual] == [int(s) for s, _ in expected], (actual, expected)
     assert [float(v) for _, v in actual] == pytest.approx([float(v) for _, v in expected], rel=rel)
+
+
+def only_one(items: Sequence[T], describe: Callable[[T], Any] = repr) -> T:
+    """The single item of ``items``; otherwise the assertion lists them, each as ``describe`` gives it."""
+    assert len(items) == 1, [describe(item) for item in items]
+    return items[0]
+
+
+# -- user callbacks -------------------------------------------------------------------------------
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+class _RaiseAt(TrainerCallback):
+    def __init__(self, step: int, error: BaseException) -> None:
+        self.step, self.error = step, error
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            raise self.error
+
+
+def stop_at(step: int) -> TrainerCallback:
+    """A user callback that stops training at the end of ``step`` (``control.should_training_stop``)."""
+    return _StopAt(step)
+
+
+def raise_at(step: int, error: BaseException) -> TrainerCallback:
+    """A user callback that raises ``error`` at the end of ``step``; as in transformers, it propagates out
+    of ``train()``."""
+    return _RaiseAt(step, error)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import tracklink
-from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, make_trainer
+from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, make_trainer, raise_at, stop_at
 from tracker_doubles import ArgsDumpingTracker, FailingTracker, RecordingTracker, SlowTracker, read_records
 
 TESTS = Path(__file__).resolve().parent.parent
@@ -90,12 +90,7 @@ def test_bad_delivery_settings_fail_before_training(tmp_path: Path, monkeypatch:
 def test_user_callback_errors_keep_transformers_semantics(tmp_path: Path) -> None:
     recorder = RecordingTracker(tmp_path / "rec.jsonl")
 
-    class Boom(tracklink.TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 7:
-                raise ValueError("user callback failed")
-
-    trainer = make_trainer(tmp_path / "out", callbacks=[recorder, Boom()])
+    trainer = make_trainer(tmp_path / "out", callbacks=[recorder, raise_at(7, ValueError("user callback failed"))])
     with pytest.raises(ValueError, match="user callback failed"):
         trainer.train()
     records = read_records(recorder.path)
@@ -214,13 +209,8 @@ def test_no_secret_reaches_a_tracker(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_resume_reattaches_to_the_same_run(tmp_path: Path) -> None:
     out = tmp_path / "out"
 
-    class StopAt15(tracklink.TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 15:
-                control.should_training_stop = True
-
     first = RecordingTracker(tmp_path / "first.jsonl")
-    make_trainer(out, callbacks=[first, StopAt15()]).train()
+    make_trainer(out, callbacks=[first, stop_at(15)]).train()
     run_id = read_records(first.path)[0]["run_id"]
     saved = tracklink.TrainerState.load_from_json(str(out / "checkpoint-10" / "trainer_state.json"))
     assert saved.stateful_callbacks["RecordingTracker"]["attributes"]["run"] == {"run_id": run_id}

@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 import tracklink
-from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, make_trainer
+from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, make_trainer, raise_at, stop_at
 from tracklink.process import RANK_POLICIES, ProcessInfo
 from tracklink.redact import is_secret_key
 from tracklink.registry import BUILTIN_ORDER, discover
@@ -188,13 +192,8 @@ def test_status_on_exception(spec: Any, tmp_path: Path, monkeypatch: pytest.Monk
     _instrument(spec.load(), monkeypatch, calls)
     tracker = _instance(spec, monkeypatch, tmp_path)
 
-    class Boom(tracklink.TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 7:
-                raise RuntimeError("training failed")
-
     with pytest.raises(RuntimeError, match="training failed"):
-        make_trainer(tmp_path / "out", callbacks=[tracker, Boom()]).train()
+        make_trainer(tmp_path / "out", callbacks=[tracker, raise_at(7, RuntimeError("training failed"))]).train()
     assert calls.finishes == ["failed"]
     assert [step for _, step in calls.metrics] == [5]
 
@@ -220,12 +219,7 @@ def test_resume_hooks(spec: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     _instrument(cls, monkeypatch, calls)
     out = tmp_path / "out"
 
-    class StopAt15(tracklink.TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 15:
-                control.should_training_stop = True
-
-    make_trainer(out, callbacks=[_instance(spec, monkeypatch, tmp_path), StopAt15()]).train()
+    make_trainer(out, callbacks=[_instance(spec, monkeypatch, tmp_path), stop_at(15)]).train()
     saved = tracklink.TrainerState.load_from_json(str(out / "checkpoint-10" / "trainer_state.json"))
     assert saved.stateful_callbacks[cls.__name__]["attributes"]["run"] == {"id": "contract-run"}
     calls.setups.clear()

@@ -11,11 +11,15 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -67,19 +71,21 @@ def test_every_quickstart_block_runs(tmp_path: Path) -> None:
     assert "eval_loss" in run.stdout
     assert (tmp_path / "quickstart-out" / "checkpoint-60").is_dir()
 
-    # 3. tracklink doctor
-    doctor = subprocess.run(shlex.split(blocks[2][1].strip()), cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)
+    # 3. tracklink doctor (run as `python -m tracklink`, the same command, whatever PATH says)
+    command = shlex.split(blocks[2][1].strip())
+    assert command[0] == "tracklink"
+    doctor = subprocess.run([sys.executable, "-m", "tracklink", *command[1:]], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "tensorboard" in doctor.stdout
 
     # 4. the dashboards (on loopback, a free port each) serve what the quickstart logged
     tb_cmd, mlflow_cmd = blocks[3][1].strip().splitlines()
     tb_port, mlflow_port = _free_port(), _free_port()
-    tb = subprocess.Popen(shlex.split(tb_cmd) + ["--host", "127.0.0.1", "--port", str(tb_port)], cwd=tmp_path,
+    tb = subprocess.Popen([*shlex.split(tb_cmd), "--host", "127.0.0.1", "--port", str(tb_port)], cwd=tmp_path,
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    ml = subprocess.Popen(shlex.split(mlflow_cmd) + ["--backend-store-uri", env["MLFLOW_TRACKING_URI"], "--host",
-                          "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"], cwd=tmp_path,
+    ml = subprocess.Popen([*shlex.split(mlflow_cmd), "--backend-store-uri", env["MLFLOW_TRACKING_URI"], "--host",
+                           "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"], cwd=tmp_path,
                           env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -150,6 +156,7 @@ def test_environment_page_matches_the_declarations() -> None:
 
 def test_every_tracker_page_renders_its_declared_variables() -> None:
     import tracklink_docs
+
     from tracklink.registry import BUILTIN_ORDER
 
     for name in BUILTIN_ORDER:

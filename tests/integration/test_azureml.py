@@ -14,37 +14,13 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, make_trainer
+from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, make_trainer, raise_at, stop_at
 from readers.azureml import parse_stdout
 
 pytestmark = [
     pytest.mark.sdk("azureml.core"),
     pytest.mark.filterwarnings("ignore:FileType Enum is Deprecated:DeprecationWarning"),
 ]
-
-
-class RaiseAt:
-    from tracklink import hookimpl
-
-    def __init__(self, step: int, error: BaseException) -> None:
-        self.step, self.error = step, error
-
-    @hookimpl
-    def on_step_end(self, state):
-        if state.global_step == self.step:
-            raise self.error
-
-
-class StopAt:
-    from tracklink import hookimpl
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def on_step_end(self, state, control):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def _offline_run(run_id: str):
@@ -111,7 +87,7 @@ def test_no_secret_reaches_the_run(tmp_path, capsys: pytest.CaptureFixture[str],
 @pytest.mark.parametrize(("error", "words"), [(RuntimeError("boom"), "failed"),
                                               (KeyboardInterrupt(), "was interrupted")])
 def test_failed_and_killed(tmp_path, capsys: pytest.CaptureFixture[str], error: BaseException, words: str) -> None:
-    trainer = make_trainer(tmp_path / "out", ["azure_ml"], callbacks=[RaiseAt(7, error)])
+    trainer = make_trainer(tmp_path / "out", ["azure_ml"], callbacks=[raise_at(7, error)])
     with pytest.raises(type(error)):
         trainer.train()
     log = parse_stdout(capsys.readouterr().out)
@@ -124,7 +100,7 @@ def test_resume_in_the_same_job_logs_into_the_same_run(tmp_path, capsys: pytest.
 
     out = tmp_path / "out"
     job_run = _offline_run("job-run-1")  # inside a job, every get_context() gives the job's run
-    first = make_trainer(out, "none", callbacks=[AzureMLCallback(azureml_run=job_run), StopAt(15)])
+    first = make_trainer(out, "none", callbacks=[AzureMLCallback(azureml_run=job_run), stop_at(15)])
     first.train()
     capsys.readouterr()
     resumed = make_trainer(out, "none", callbacks=[AzureMLCallback(azureml_run=job_run)])
@@ -138,7 +114,7 @@ def test_resume_in_the_same_job_logs_into_the_same_run(tmp_path, capsys: pytest.
 
 def test_resume_in_a_new_job_links_the_runs(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    first = make_trainer(out, ["azure_ml"], callbacks=[StopAt(15)])
+    first = make_trainer(out, ["azure_ml"], callbacks=[stop_at(15)])
     first.train()
     first_id = first.callback_handler.trackers["azure_ml"].identity["run_id"]
     capsys.readouterr()
@@ -153,7 +129,7 @@ def test_run_passed_in_is_left_open(tmp_path, capsys: pytest.CaptureFixture[str]
     from tracklink.integrations import AzureMLCallback
 
     run = _offline_run("mine")
-    trainer = make_trainer(tmp_path / "out", "none", callbacks=[AzureMLCallback(azureml_run=run), RaiseAt(7, RuntimeError("x"))])
+    trainer = make_trainer(tmp_path / "out", "none", callbacks=[AzureMLCallback(azureml_run=run), raise_at(7, RuntimeError("x"))])
     with pytest.raises(RuntimeError):
         trainer.train()
     assert parse_stdout(capsys.readouterr().out).failures == []  # not ours to fail

@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, assert_series, files_containing, make_trainer
+from helpers import (
+    SECRET_ENV,
+    SECRET_ENV_VAR,
+    SECRETS,
+    assert_series,
+    files_containing,
+    make_trainer,
+    raise_at,
+    stop_at,
+)
 from readers.clearml import offline_root, read_session
 
 pytestmark = [
@@ -27,30 +36,6 @@ pytestmark = [
     # clearml's vendored pyhocon uses pyparsing's old camelCase names
     pytest.mark.filterwarnings("ignore:.*deprecated.*use:DeprecationWarning"),
 ]
-
-
-class RaiseAt:
-    from tracklink import hookimpl
-
-    def __init__(self, step: int, error: BaseException) -> None:
-        self.step, self.error = step, error
-
-    @hookimpl
-    def on_step_end(self, state):
-        if state.global_step == self.step:
-            raise self.error
-
-
-class StopAt:
-    from tracklink import hookimpl
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def on_step_end(self, state, control):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def _task_id(trainer) -> str:
@@ -159,7 +144,7 @@ def test_failed_and_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, erro
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(Task, name, spy)
-    trainer = make_trainer(tmp_path / "out", ["clearml"], callbacks=[RaiseAt(7, error)])
+    trainer = make_trainer(tmp_path / "out", ["clearml"], callbacks=[raise_at(7, error)])
     with pytest.raises(type(error)):
         trainer.train()
     session = read_session(_task_id(trainer))
@@ -171,7 +156,7 @@ def test_failed_and_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, erro
 
 def test_resume_continues_the_same_task(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    first = make_trainer(out, ["clearml"], callbacks=[StopAt(15)])
+    first = make_trainer(out, ["clearml"], callbacks=[stop_at(15)])
     first.train()
     resumed = make_trainer(out, ["clearml"])
     resumed.train(resume_from_checkpoint=str(out / "checkpoint-10"))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import tracklink
-from helpers import SECRET_ENV, SECRET_ENV_VAR, files_containing, make_trainer
+from helpers import SECRET_ENV, SECRET_ENV_VAR, files_containing, make_trainer, raise_at
 from readers import codecarbon as reader
 
 pytestmark = pytest.mark.sdk("codecarbon")
@@ -68,13 +68,8 @@ def test_country_comes_from_codecarbon_settings_and_rows_append(workdir: Path, m
 
 
 def test_failed_training_still_writes_its_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    class Boom(tracklink.TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 7:
-                raise ValueError("boom")
-
     monkeypatch.setenv(SECRET_ENV_VAR, SECRET_ENV)
-    trainer = make_trainer(tmp_path / "out", "codecarbon", callbacks=[Boom()], secrets=True)
+    trainer = make_trainer(tmp_path / "out", "codecarbon", callbacks=[raise_at(7, ValueError("boom"))], secrets=True)
     with pytest.raises(ValueError, match="boom"):
         trainer.train()
     (row,) = reader.rows(tmp_path / "out")

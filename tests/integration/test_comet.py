@@ -21,7 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, assert_series, files_containing, make_trainer
+from helpers import (
+    SECRET_ENV,
+    SECRET_ENV_VAR,
+    SECRETS,
+    assert_series,
+    files_containing,
+    make_trainer,
+    only_one,
+    raise_at,
+    stop_at,
+)
 from readers.comet import CometArchive, extract_all, read_archives
 
 pytestmark = pytest.mark.sdk("comet_ml")
@@ -40,30 +50,7 @@ def comet_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 
 def _only_archive(root: Path) -> CometArchive:
-    archives = read_archives(root)
-    assert len(archives) == 1, [a.path for a in archives]
-    return archives[0]
-
-
-class _RaiseAt:
-    def __init__(self, step: int, exc: BaseException) -> None:
-        self.step, self.exc = step, exc
-
-    from tracklink import hookimpl
-
-    @hookimpl
-    def on_step_end(self, state) -> None:
-        if state.global_step == self.step:
-            raise self.exc
-
-
-class _StopAt15:
-    from tracklink import hookimpl
-
-    @hookimpl
-    def on_step_end(self, state, control) -> None:
-        if state.global_step == 15:
-            control.should_training_stop = True
+    return only_one(read_archives(root), lambda archive: archive.path)
 
 
 def test_metrics_params_text_and_assets_read_back(tmp_path: Path, comet_dir: Path,
@@ -119,7 +106,7 @@ def test_no_secret_reaches_the_archive(tmp_path: Path, comet_dir: Path, monkeypa
 @pytest.mark.parametrize(("exc", "status"), [(RuntimeError("boom at 7"), "failed"), (KeyboardInterrupt(), "killed")])
 def test_failed_and_killed_experiments_are_marked_and_ended(tmp_path: Path, comet_dir: Path,
                                                             exc: BaseException, status: str) -> None:
-    trainer = make_trainer(tmp_path / "out", ["comet_ml"], callbacks=[_RaiseAt(7, exc)])
+    trainer = make_trainer(tmp_path / "out", ["comet_ml"], callbacks=[raise_at(7, exc)])
     with pytest.raises(type(exc)):
         trainer.train()
     archive = _only_archive(comet_dir)  # the archive exists: the experiment was ended
@@ -132,7 +119,7 @@ def test_resume_continues_the_same_experiment_key(tmp_path: Path, comet_dir: Pat
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COMET_LOG_ASSETS", "0")
     out = tmp_path / "out"
-    make_trainer(out, ["comet_ml"], callbacks=[_StopAt15()]).train()
+    make_trainer(out, ["comet_ml"], callbacks=[stop_at(15)]).train()
     make_trainer(out, ["comet_ml"]).train(resume_from_checkpoint=str(out / "checkpoint-10"))
     archives = read_archives(comet_dir)
     assert len(archives) == 2, [(a.path.name, a.series("train/loss")) for a in archives]

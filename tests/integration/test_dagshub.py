@@ -27,7 +27,15 @@ from pathlib import Path
 import pytest
 from mlflow_server import DAGSHUB_OWNER, DAGSHUB_REPO, MlflowServer, dagshub_mlflow_server  # noqa: F401
 
-from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, assert_series, files_containing, make_trainer
+from helpers import (
+    SECRET_ENV,
+    SECRET_ENV_VAR,
+    SECRETS,
+    assert_series,
+    files_containing,
+    make_trainer,
+    raise_at,
+)
 
 pytestmark = pytest.mark.sdk("dagshub")
 
@@ -137,12 +145,6 @@ class Recorder:
         self.events.append("on_init_end")
 
 
-class FailAt:
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 7:
-            raise RuntimeError("boom")
-
-
 def test_logs_to_the_dagshub_mlflow_uri_and_ends_the_run(dagshub_env, dagshub_api, dagshub_mlflow_server,  # noqa: F811
                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client, experiment = dagshub_env
@@ -192,7 +194,7 @@ def test_failed_training_fails_the_run_and_uploads_nothing(dagshub_env, dagshub_
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     client, experiment = dagshub_env
     monkeypatch.setenv("HF_DAGSHUB_LOG_ARTIFACTS", "1")
-    trainer = make_trainer(tmp_path / "out", ["dagshub"], callbacks=[FailAt()])
+    trainer = make_trainer(tmp_path / "out", ["dagshub"], callbacks=[raise_at(7, RuntimeError("boom"))])
     with pytest.raises(RuntimeError, match="boom"):
         trainer.train()
     assert only_run(client, experiment).info.status == "FAILED"

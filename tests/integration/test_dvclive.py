@@ -19,7 +19,16 @@ import pytest
 import yaml
 
 import tracklink
-from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, assert_series, files_containing, make_trainer
+from helpers import (
+    SECRET_ENV,
+    SECRET_ENV_VAR,
+    SECRETS,
+    assert_series,
+    files_containing,
+    make_trainer,
+    raise_at,
+    stop_at,
+)
 from readers import dvclive as reader
 
 pytestmark = [
@@ -33,16 +42,6 @@ def _callback(live_dir: Path, **kwargs):
     from tracklink.integrations import DVCLiveCallback
 
     return DVCLiveCallback(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, **kwargs)
-
-
-class StopAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @tracklink.hookimpl
-    def on_step_end(self, state, control):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_metrics_summary_and_params_read_back(tmp_path: Path) -> None:
@@ -147,13 +146,8 @@ def test_live_end_is_called_when_training_fails(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(Live, "end", end)
 
-    class Boom(tracklink.TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 7:
-                raise error("boom")
-
     live_dir = tmp_path / "live"
-    trainer = make_trainer(tmp_path / "out", ["dvclive"], callbacks=[_callback(live_dir), Boom()])
+    trainer = make_trainer(tmp_path / "out", ["dvclive"], callbacks=[_callback(live_dir), raise_at(7, error("boom"))])
     with pytest.raises(error):
         trainer.train()
     assert ended == [5], "live.end() once, at the last logged step"
@@ -163,7 +157,7 @@ def test_live_end_is_called_when_training_fails(tmp_path: Path, monkeypatch: pyt
 
 def test_resume_reopens_the_live_dir_and_continues_after_the_restored_step(workdir: Path) -> None:
     out = workdir / "out"
-    make_trainer(out, "dvclive", callbacks=[StopAt(15)]).train()
+    make_trainer(out, "dvclive", callbacks=[stop_at(15)]).train()
     live_dir = workdir / "dvclive"
     assert [s for s, _ in reader.series(live_dir, "loss")] == [5, 10, 15]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import tracklink
-from helpers import SECRET_ENV, SECRET_ENV_VAR, files_containing, make_trainer
+from helpers import SECRET_ENV, SECRET_ENV_VAR, files_containing, make_trainer, raise_at
 
 pytestmark = pytest.mark.sdk("flytekit")
 
@@ -28,15 +28,6 @@ flytekit = pytest.importorskip("flytekit")
 from flytekit import current_context, task  # noqa: E402
 
 SEEN: dict = {}
-
-
-class FailAt(tracklink.TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise RuntimeError(f"pod evicted at step {self.step} (planted)")
 
 
 @task(enable_deck=True)
@@ -54,7 +45,7 @@ def train_attempt(out: str, fail_at: int) -> int:
     SEEN["checkpoint_dest"] = current_context().checkpoint._checkpoint_dest
     restored = current_context().checkpoint.restore()
     SEEN["restored"] = str(restored) if restored else None
-    callbacks = [FailAt(fail_at)] if fail_at else []
+    callbacks = [raise_at(fail_at, RuntimeError(f"pod evicted at step {fail_at} (planted)"))] if fail_at else []
     trainer = make_trainer(out, ["flyte"], callbacks=callbacks)
     trainer.train(resume_from_checkpoint=restored)
     SEEN["history"] = trainer.state.log_history

@@ -36,31 +36,13 @@ from helpers import (
     assert_series,
     files_containing,
     make_trainer,
+    raise_at,
+    stop_at,
 )
 
 pytestmark = pytest.mark.sdk("mlflow")
 
 TESTS = Path(__file__).resolve().parent.parent
-
-
-class FailAt:
-    """A user callback that raises ``error`` at ``step`` (HF semantics: the exception propagates)."""
-
-    def __init__(self, step: int, error: BaseException) -> None:
-        self.step, self.error = step, error
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise self.error
-
-
-class StopAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 @pytest.fixture
@@ -136,7 +118,7 @@ def test_local_sqlite_store_without_server(workdir: Path) -> None:
 
 def test_failed_run_keeps_metrics(server_env, tmp_path: Path) -> None:
     client, experiment = server_env
-    trainer = make_trainer(tmp_path / "out", ["mlflow"], callbacks=[FailAt(7, RuntimeError("boom"))])
+    trainer = make_trainer(tmp_path / "out", ["mlflow"], callbacks=[raise_at(7, RuntimeError("boom"))])
     with pytest.raises(RuntimeError, match="boom"):
         trainer.train()
     run = only_run(client, experiment)
@@ -146,7 +128,7 @@ def test_failed_run_keeps_metrics(server_env, tmp_path: Path) -> None:
 
 def test_keyboard_interrupt_is_killed(server_env, tmp_path: Path) -> None:
     client, experiment = server_env
-    trainer = make_trainer(tmp_path / "out", ["mlflow"], callbacks=[FailAt(7, KeyboardInterrupt())])
+    trainer = make_trainer(tmp_path / "out", ["mlflow"], callbacks=[raise_at(7, KeyboardInterrupt())])
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert only_run(client, experiment).info.status == "KILLED"
@@ -245,7 +227,7 @@ def test_server_outage_loses_no_metric(server_env, mlflow_server: MlflowServer, 
 def test_resume_reattaches_to_the_same_run(server_env, tmp_path: Path) -> None:
     client, experiment = server_env
     out = tmp_path / "out"
-    first = make_trainer(out, ["mlflow"], callbacks=[StopAt(15)])
+    first = make_trainer(out, ["mlflow"], callbacks=[stop_at(15)])
     first.train()
     run_id = only_run(client, experiment).info.run_id
     state = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())

@@ -7,8 +7,7 @@ Bad inputs handled (each tested below):
 * base_namespace empty, a non-bool log_parameters, a non-string api_token/project/name -> ValueError/TypeError;
 * an unknown neptune.init_run keyword, or mode="read-only"/unknown -> TypeError/ValueError at construction;
 * NEPTUNE_MODE=<unknown> -> ReportToError when report_to is resolved (before training);
-* log_checkpoints="best" without load_best_model_at_end -> ValueError in on_init_end (reported by the hub;
-  with TRACKLINK_ON_ERROR=raise it stops the run before training), and no checkpoint is uploaded;
+* log_checkpoints="best" without load_best_model_at_end -> ValueError when the Trainer is built (check_args);
 * get_run on a trainer without a NeptuneCallback -> ValueError.
 
 There is no Neptune server here (the hosted service has closed), so re-attaching a resumed run and re-opening
@@ -23,7 +22,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SECRET_ENV, SECRET_ENV_VAR, SECRETS, assert_series, files_containing, make_trainer
+from helpers import (
+    SECRET_ENV,
+    SECRET_ENV_VAR,
+    SECRETS,
+    assert_series,
+    files_containing,
+    make_trainer,
+    only_one,
+    raise_at,
+    stop_at,
+)
 from readers.neptune import offline_runs
 
 pytestmark = [
@@ -35,40 +44,12 @@ pytestmark = [
 NS = "finetuning"
 
 
-class RaiseAt:
-    """A user callback that raises ``error`` at ``step``."""
-
-    def __init__(self, step: int, error: BaseException) -> None:
-        self.step, self.error = step, error
-
-    from tracklink import hookimpl
-
-    @hookimpl
-    def on_step_end(self, state):
-        if state.global_step == self.step:
-            raise self.error
-
-
-class StopAt:
-    from tracklink import hookimpl
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def on_step_end(self, state, control):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
 def _series(run, key: str) -> list[tuple[int, float]]:
     return run.series.get(f"{NS}/{key}", [])
 
 
 def _only_run(root: Path):
-    runs = offline_runs(root)
-    assert len(runs) == 1, [r.container_id for r in runs]
-    return runs[0]
+    return only_one(offline_runs(root), lambda run: run.container_id)
 
 
 def test_metrics_params_and_status(workdir: Path) -> None:
@@ -136,21 +117,16 @@ def test_checkpoint_uploads(workdir: Path, policy: str, extra: dict, expected: s
     assert copies == expected
 
 
-def test_best_without_load_best_model_at_end(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tracklink.errors import TrackerError
+def test_best_without_load_best_model_at_end_is_refused_before_training(workdir: Path) -> None:
     from tracklink.integrations import NeptuneCallback
 
-    trainer = make_trainer(workdir / "out", "none", callbacks=[NeptuneCallback(log_checkpoints="best")])
-    trainer.train()  # the tracker error is reported, training and metric logging go on
-    failures = trainer.callback_handler.tracker_failures()
-    assert "log_checkpoints='best'" in failures["neptune"] and "load_best_model_at_end" in failures["neptune"]
-    run = _only_run(workdir)
-    assert _series(run, "train/loss") and not run.files
-
-    monkeypatch.setenv("TRACKLINK_ON_ERROR", "raise")
-    strict = make_trainer(workdir / "out2", "none", callbacks=[NeptuneCallback(log_checkpoints="best")])
-    with pytest.raises(TrackerError, match="load_best_model_at_end"):
-        strict.callback_handler.wait_for_trackers()
+    with pytest.raises(ValueError, match=r"log_checkpoints='best'.*load_best_model_at_end=True"):
+        make_trainer(workdir / "out", "none", callbacks=[NeptuneCallback(log_checkpoints="best")])
+    assert not (workdir / ".neptune").exists()  # no run was started
+    # accepted with load_best_model_at_end, or with another policy
+    make_trainer(workdir / "out", "none", callbacks=[NeptuneCallback(log_checkpoints="best")],
+                 load_best_model_at_end=True)
+    make_trainer(workdir / "out", "none", callbacks=[NeptuneCallback(log_checkpoints="last")])
 
 
 @pytest.mark.parametrize(
@@ -183,7 +159,7 @@ def test_bad_mode_variable_fails_before_training(workdir: Path, monkeypatch: pyt
 
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "killed")])
 def test_failed_and_killed_status(workdir: Path, error: BaseException, status: str) -> None:
-    trainer = make_trainer(workdir / "out", ["neptune"], callbacks=[RaiseAt(7, error)])
+    trainer = make_trainer(workdir / "out", ["neptune"], callbacks=[raise_at(7, error)])
     with pytest.raises(type(error)):
         trainer.train()
     run = _only_run(workdir)
@@ -192,7 +168,7 @@ def test_failed_and_killed_status(workdir: Path, error: BaseException, status: s
 
 
 def _train_then_resume(out: Path, report_to: object = ("neptune",)) -> tuple:
-    first = make_trainer(out, list(report_to), callbacks=[StopAt(15)])
+    first = make_trainer(out, list(report_to), callbacks=[stop_at(15)])
     first.train()
     stored = json.loads((out / "checkpoint-10/trainer_state.json").read_text())
     identity = stored["stateful_callbacks"]["NeptuneCallback"]["attributes"]["run"]

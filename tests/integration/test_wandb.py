@@ -29,6 +29,9 @@ from helpers import (
     assert_series,
     files_containing,
     make_trainer,
+    only_one,
+    raise_at,
+    stop_at,
 )
 from readers.wandb import WandbRun, read_runs
 
@@ -62,30 +65,7 @@ def _runs(root: Path) -> list[WandbRun]:
 
 
 def _only_run(root: Path) -> WandbRun:
-    runs = _runs(root)
-    assert len(runs) == 1, [r.path for r in runs]
-    return runs[0]
-
-
-class _RaiseAt:
-    def __init__(self, step: int, exc: BaseException) -> None:
-        self.step, self.exc = step, exc
-
-    from tracklink import hookimpl
-
-    @hookimpl
-    def on_step_end(self, state) -> None:
-        if state.global_step == self.step:
-            raise self.exc
-
-
-class _StopAt15:
-    from tracklink import hookimpl
-
-    @hookimpl
-    def on_step_end(self, state, control) -> None:
-        if state.global_step == 15:
-            control.should_training_stop = True
+    return only_one(_runs(root), lambda run: run.path)
 
 
 def test_metrics_config_and_summary_read_back(tmp_path: Path, wandb_dir: Path,
@@ -163,7 +143,7 @@ def test_no_secret_reaches_any_wandb_file(tmp_path: Path, wandb_dir: Path,
 @pytest.mark.parametrize(("exc", "code"), [(RuntimeError("boom at 7"), 1), (KeyboardInterrupt(), 130)])
 def test_failed_and_killed_runs_exit_non_zero(tmp_path: Path, wandb_dir: Path, exc: BaseException,
                                               code: int) -> None:
-    trainer = make_trainer(tmp_path / "out", ["wandb"], callbacks=[_RaiseAt(7, exc)])
+    trainer = make_trainer(tmp_path / "out", ["wandb"], callbacks=[raise_at(7, exc)])
     with pytest.raises(type(exc)):
         trainer.train()
     run = _only_run(wandb_dir)
@@ -173,7 +153,7 @@ def test_failed_and_killed_runs_exit_non_zero(tmp_path: Path, wandb_dir: Path, e
 
 def test_resume_reattaches_to_the_same_run(tmp_path: Path, wandb_dir: Path) -> None:
     out = tmp_path / "out"
-    first = make_trainer(out, ["wandb"], callbacks=[_StopAt15()])
+    first = make_trainer(out, ["wandb"], callbacks=[stop_at(15)])
     first.train()
     resumed = make_trainer(out, ["wandb"])
     resumed.train(resume_from_checkpoint=str(out / "checkpoint-10"))

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import copy
+import json
 import types
+from pathlib import Path
 
 import pytest
 
-from tracklink.redact import REDACTED, is_secret_key, redact, redact_text, secret_env_values
+from tracklink.redact import (
+    MAX_REDACTED_FILE_BYTES,
+    REDACTED,
+    is_secret_key,
+    redact,
+    redact_text,
+    redacted_file_text,
+    redacted_upload,
+    secret_env_values,
+)
 from tracklink.tracker import EnvVar, Tracker, hyperparameters
 
 SECRET_KEYS = [
@@ -148,3 +159,92 @@ def test_special_token_values_are_not_treated_as_secrets() -> None:
     assert out["image_token"] == "<image>" and out["boi_token"] == "<start_of_image>"
     assert out["cls_token"] == "[CLS]" and out["eos_token"] == "<|endoftext|>"
     assert out["hub_token"] == "<redacted>"
+
+
+# -- files a tracker uploads ---------------------------------------------------------------------------
+
+UPLOAD_SECRET = "env-upload-SECRET-0451"
+
+
+def _checkpoint(root: Path) -> Path:
+    """A checkpoint-like directory: a config with a secret-named key, a text file with a URL password and
+    an environment secret, a clean JSON state, binary weights, and a clean nested file."""
+    folder = root / "checkpoint-10"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"a": 0.5, "service_password": "pw-123456", "eos_token": "</s>"}))
+    (folder / "README.md").write_text(f"db: postgresql://u:hunter22@db/x\nkey: {UPLOAD_SECRET}\n")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 10, "best_metric": None}))
+    (folder / "model.safetensors").write_bytes(b"\x00\x01" + UPLOAD_SECRET.encode() + b"\x00" * 64)
+    (folder / "nested" / "notes.txt").write_text("nothing to hide\n")
+    return folder
+
+
+def test_redacted_file_text_masks_json_keys_urls_and_env_values(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPLOAD_TEST_API_KEY", UPLOAD_SECRET)
+    folder = _checkpoint(tmp_path)
+    config = json.loads(redacted_file_text(folder / "config.json"))
+    assert config == {"a": 0.5, "service_password": REDACTED, "eos_token": "</s>"}
+    readme = redacted_file_text(folder / "README.md")
+    assert readme == f"db: postgresql://u:{REDACTED}@db/x\nkey: {REDACTED}\n"
+    assert redacted_file_text(folder / "trainer_state.json") is None  # nothing to mask
+    assert redacted_file_text(folder / "model.safetensors") is None  # binary: left as it is
+    assert redacted_file_text(tmp_path / "missing.json") is None
+    # explicit secrets replace the environment's
+    assert redacted_file_text(folder / "README.md", env_secrets=[]) == f"db: postgresql://u:{REDACTED}@db/x\n" \
+        f"key: {UPLOAD_SECRET}\n"
+
+
+def test_redacted_file_text_skips_large_and_non_utf8_files(tmp_path: Path) -> None:
+    big = tmp_path / "big.txt"
+    with open(big, "w") as handle:
+        handle.write("https://u:hunter22@h\n")
+        handle.truncate(MAX_REDACTED_FILE_BYTES + 1)
+    assert redacted_file_text(big, env_secrets=[]) is None
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 https://u:hunter22@h".encode("latin-1"))
+    assert redacted_file_text(latin, env_secrets=[]) is None
+
+
+def test_redacted_upload_yields_the_path_itself_when_nothing_is_masked(tmp_path: Path) -> None:
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    with redacted_upload(folder, env_secrets=[]) as upload:
+        assert upload == folder
+    with redacted_upload(folder / "config.json", env_secrets=[]) as upload:
+        assert upload == folder / "config.json"
+
+
+def test_redacted_upload_of_a_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPLOAD_TEST_API_KEY", UPLOAD_SECRET)
+    folder = _checkpoint(tmp_path)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with redacted_upload(folder) as upload:
+        assert upload != folder and upload.name == folder.name
+        files = {p.relative_to(upload).as_posix(): p.read_bytes() for p in upload.rglob("*") if p.is_file()}
+        assert set(files) == {p.relative_to(folder).as_posix() for p in before}
+        assert json.loads(files["config.json"])["service_password"] == REDACTED
+        assert b"hunter22" not in files["README.md"] and UPLOAD_SECRET.encode() not in files["README.md"]
+        # unchanged files keep their bytes (binary files are never rewritten)
+        for name in ("trainer_state.json", "model.safetensors", "nested/notes.txt"):
+            assert files[name] == (folder / name).read_bytes()
+    assert not upload.exists()  # the temporary copy is removed
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # originals untouched
+
+
+def test_redacted_upload_of_a_single_file(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"hub_token": "hf_abcdefghij", "lr": 0.1}))
+    with redacted_upload(config, env_secrets=[]) as upload:
+        assert upload.name == "config.json" and upload != config
+        assert json.loads(upload.read_text()) == {"hub_token": REDACTED, "lr": 0.1}
+    assert not upload.exists() and json.loads(config.read_text())["hub_token"] == "hf_abcdefghij"
+
+
+def test_redacted_upload_cleans_up_when_the_upload_fails(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"api_key": "k-123456789"}))
+    with pytest.raises(ConnectionError), redacted_upload(config, env_secrets=[]) as upload:
+        raise ConnectionError("backend down")
+    assert not upload.exists()
