@@ -96,6 +96,8 @@ class AzureMLCallback(Tracker):
         if resume.get("run_id") == handle.id:
             return  # the same run (a restarted job): its tags are there
         tags = {key: dumps_param(value)[:TAG_LIMIT] for key, value in run.params.items()}
+        if run.group:
+            tags.update(tracklink_search=run.group, tracklink_trial=str(run.trial_name))
         if resume.get("run_id"):
             logger.warning("tracklink: azure_ml: this job's run %s is not the run %s of the checkpoint; Azure ML "
                            "runs belong to their job, so the resumed training logs into this one", handle.id,

@@ -128,7 +128,8 @@ class ClearMLCallback(Tracker):
                                resume["task_id"], exc)
         if task is None:
             task = Task.init(project_name=self._project(), task_name=self._task_name(run),
-                             reuse_last_task_id=False, output_uri=True, **INIT_SETTINGS)
+                             reuse_last_task_id=False, output_uri=True,
+                             tags=[run.group] if run.group else None, **INIT_SETTINGS)
             self.created = True
         self.task = task
         self.suffix = str(resume.get("suffix", "")) if continued else self._free_suffix(task)
@@ -151,7 +152,10 @@ class ClearMLCallback(Tracker):
 
     @staticmethod
     def _task_name(run: RunInfo) -> str:
-        return os.environ.get("CLEARML_TASK") or run.name or DEFAULT_TASK
+        base = os.environ.get("CLEARML_TASK") or run.name or DEFAULT_TASK
+        if run.group and run.trial_name and base != run.trial_name:
+            return f"{base}-{run.trial_name}"  # one Task per trial, tagged with the search
+        return base
 
     @staticmethod
     def _free_suffix(task: Any) -> str:

@@ -205,8 +205,10 @@ class CometCallback(Tracker):
         if run.model is not None and not run.resume:
             self._experiment.set_model_graph(str(run.model))
         if run.is_hyper_param_search and run.trial_name:
-            self._experiment.log_optimization(optimization_id=str(run.trial_name),
+            self._experiment.log_optimization(optimization_id=str(run.group or run.trial_name),
                                               parameters=dict(run.trial_params or {}))
+            if run.group:
+                self._experiment.add_tag(str(run.group))
 
     @staticmethod
     def _quiet_flags() -> dict[str, Any]:

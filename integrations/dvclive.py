@@ -149,6 +149,8 @@ class DVCLiveCallback(Tracker):
             kwargs = dict(self._live_kwargs)
             if resume_dir:
                 kwargs.update(dir=str(resume_dir), resume=True)
+            elif run.group and run.trial_name:  # a search trial: <dir>/<search>/<trial>
+                kwargs["dir"] = os.path.join(str(kwargs.get("dir", "dvclive")), run.group, str(run.trial_name))
             self.live = self.import_sdk().Live(**kwargs)
         self._last_point.clear()
         self._last_checkpoint = None

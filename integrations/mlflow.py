@@ -286,6 +286,9 @@ class MLflowCallback(Tracker):
                 experiment_id = user_run.info.experiment_id
             else:
                 experiment_id = self._experiment(mlflow)
+            if run.group:  # a search trial: a child of the search's parent run, tagged with both names
+                tags.update({"tracklink.search": run.group, "tracklink.trial": str(run.trial_name)})
+                tags.setdefault("mlflow.parentRunId", self._search_parent(experiment_id, run.group))
             created = self._client.create_run(experiment_id, tags=tags, run_name=run.name or None)
             self._run_id, self._experiment_id, self._owned = created.info.run_id, experiment_id, True
         try:  # the run exists now: a failure here must not orphan it (metrics may still get through)
@@ -294,6 +297,18 @@ class MLflowCallback(Tracker):
         except Exception as exc:
             self._warn_once("params", f"tracker {self.name!r} could not log params/tags of run "
                                       f"{self._run_id}: {type(exc).__name__}: {exc}")
+
+    def _search_parent(self, experiment_id: str, search: str) -> str:
+        """The run that stands for a hyper-parameter search (created, finished at once, by its first trial)."""
+        quoted = search.replace("'", "")
+        found = self._client.search_runs(
+            [experiment_id], filter_string=f"tags.`tracklink.search_parent` = '{quoted}'", max_results=1,
+        )
+        if found:
+            return str(found[0].info.run_id)
+        parent = self._client.create_run(experiment_id, tags={"tracklink.search_parent": search}, run_name=search)
+        self._client.set_terminated(parent.info.run_id, "FINISHED")
+        return str(parent.info.run_id)
 
     def _attach(self, run_id: str, user_run: Any, start_step: int) -> None:
         existing = self._client.get_run(run_id)  # a clear MlflowException when it does not exist

@@ -237,6 +237,9 @@ class NeptuneCallback(Tracker):
         if run.trial_name:
             handle[f"{ns}/trial"] = str(run.trial_name)
             handle[f"{ns}/trial_params"] = _neptune_value(dict(run.trial_params or {}))
+        if run.group:
+            handle[f"{ns}/search"] = run.group
+            handle["sys/tags"].add(run.group)
 
     def _open_for_training(self, run: RunInfo, resume: dict[str, Any]) -> tuple[Any, bool]:
         if self._run is not None and self._trained and self._owns_run and self._alive(self._run):

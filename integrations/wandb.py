@@ -201,7 +201,7 @@ class WandbCallback(Tracker):
     def _init_args(self, run: RunInfo, wandb: Any) -> dict[str, Any]:
         args: dict[str, Any] = {"project": os.environ.get("WANDB_PROJECT") or "huggingface"}
         if run.is_hyper_param_search and run.trial_name:
-            args.update(name=str(run.trial_name), group=run.name or run.output_dir)
+            args.update(name=str(run.trial_name), group=run.group or getattr(run.args, "run_name", None) or run.output_dir)
         elif run.name:
             args["name"] = run.name
         if run.resume and run.resume.get("run_id"):

@@ -69,6 +69,9 @@ def test_search_with_tensorboard_and_mlflow(tmp_path: Path, monkeypatch: pytest.
                               filter_string="tags.`tracklink.search` = 'lr-search'")
     by_trial = {r.data.tags["tracklink.trial"]: r for r in runs}
     assert sorted(by_trial) == ["run-0", "run-1", "run-2", "run-3"], "one MLflow run per trial"
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1, "the trials are children of one run standing for the search"
+    assert client.get_run(parents.pop()).info.run_name == "lr-search"
     completed: dict[str, float] = {}
     for name, run in by_trial.items():
         lr = float(run.data.params["learning_rate"])

@@ -35,6 +35,10 @@ def test_ray_search_with_tensorboard_and_mlflow(local_ray: Any, tmp_path: Path, 
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # passed on to the trial workers by the search
+    import mlflow
+
+    # create the SQLite schema once, here: concurrent trial workers would race on the migration
+    mlflow.MlflowClient(uri).search_experiments()
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"), report_to=["tensorboard", "mlflow"], max_steps=20,
         per_device_train_batch_size=8, logging_steps=5, eval_strategy="steps", eval_steps=5, save_steps=10,
