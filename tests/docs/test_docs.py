@@ -81,6 +81,9 @@ def test_every_quickstart_block_runs(tmp_path: Path) -> None:
 
     # 4. the dashboards (on loopback, a free port each) serve what the quickstart logged
     tb_cmd, mlflow_cmd = blocks[3][1].strip().splitlines()
+    assert tb_cmd.startswith("tensorboard ") and mlflow_cmd.startswith("mlflow ")
+    bin_dir = Path(sys.executable).parent  # the commands of this environment, whatever PATH says
+    tb_cmd, mlflow_cmd = str(bin_dir / tb_cmd), str(bin_dir / mlflow_cmd)
     tb_port, mlflow_port = _free_port(), _free_port()
     tb = subprocess.Popen([*shlex.split(tb_cmd), "--host", "127.0.0.1", "--port", str(tb_port)], cwd=tmp_path,
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
