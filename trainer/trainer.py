@@ -793,9 +793,9 @@ class Trainer:
             raise ValueError("hyperparameter_search needs Trainer(model_init=...): every trial trains a fresh model")
         search.validate(n_trials, hp_space, compute_objective)
         direction = search.check_direction(direction)
-        name = search.choose_backend(backend)
         if self.args.eval_strategy == "no" and self.eval_dataset is None:
             raise ValueError("hyperparameter_search needs an eval_dataset: the objective comes from evaluations")
+        name = search.choose_backend(backend)
         run = search.run_optuna if name == "optuna" else search.run_ray
         with _sigterm_raises():  # between trials too: the backend then records the trial as failed
             return run(self, hp_space, compute_objective, n_trials, direction, hp_name, **kwargs)

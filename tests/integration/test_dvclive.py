@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
 import tracklink
 from helpers import (
@@ -36,6 +36,12 @@ pytestmark = [
     # dvc's own deprecation noise (pygtrie's _NoneStep.value) while it tracks artifacts
     pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning"),
 ]
+
+
+def read_yaml(path: Path) -> Any:
+    import yaml  # a DVCLive dependency: absent from the environment without SDKs
+
+    return yaml.safe_load(path.read_text())
 
 
 def _callback(live_dir: Path, **kwargs):
@@ -79,7 +85,7 @@ def test_defaults_write_dvclive_dir_in_cwd(workdir: Path) -> None:
     trainer.train()
     assert [s for s, _ in reader.series(workdir / "dvclive", "loss")] == [5]
     assert reader.params(workdir / "dvclive")["learning_rate"] == 0.1
-    dvcyaml = yaml.safe_load((workdir / "dvc.yaml").read_text())  # DVCLive's default dvcyaml
+    dvcyaml = read_yaml(workdir / "dvc.yaml")  # DVCLive's default dvcyaml
     assert "dvclive/metrics.json" in dvcyaml["metrics"]
 
 
@@ -102,7 +108,7 @@ def test_log_model_all_tracks_every_checkpoint(workdir: Path, monkeypatch: pytes
     trainer = make_trainer(workdir / "out", "dvclive")
     trainer.train()
     for step in (10, 20):
-        dvc_file = yaml.safe_load((workdir / "out" / f"checkpoint-{step}.dvc").read_text())
+        dvc_file = read_yaml(workdir / "out" / f"checkpoint-{step}.dvc")
         out = dvc_file["outs"][0]
         assert out["path"] == f"checkpoint-{step}" and out["md5"].endswith(".dir")
         cached = workdir / ".dvc" / "cache" / "files" / "md5" / out["md5"][:2] / out["md5"][2:]
@@ -121,7 +127,7 @@ def test_log_model_true_logs_the_final_checkpoint_once(workdir: Path, best: bool
     extra = dict(load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True) if best else {}
     trainer = make_trainer(workdir / "out", "dvclive", callbacks=[DVCLiveCallback(log_model=True)], **extra)
     trainer.train()
-    artifacts = yaml.safe_load((workdir / "dvc.yaml").read_text())["artifacts"]
+    artifacts = read_yaml(workdir / "dvc.yaml")["artifacts"]
     name = "best" if best else "last"
     step = 10 if best else 20
     assert trainer.state.best_global_step == (10 if best else None)

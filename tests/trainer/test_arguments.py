@@ -246,16 +246,16 @@ def test_eval_strategy_without_eval_dataset_fails_at_construction(tmp_path: Path
 def test_report_to_reassigned_after_construction(tmp_path: Path) -> None:
     """transformers' pitfall: assigning the string "none" later made it iterate over the characters
     ("n is not supported"). Here reassignment resolves again."""
-    args = make(output_dir=str(tmp_path), report_to="tensorboard", max_steps=2, disable_tqdm=True)
-    assert args.report_to == ["tensorboard"]
+    args = make(output_dir=str(tmp_path), report_to="testrecorder", max_steps=2, disable_tqdm=True)
+    assert args.report_to == ["testrecorder"]
     args.report_to = "none"
     assert args.report_to == []
     trainer = Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset())
     assert trainer.callback_handler.trackers == {}
     trainer.train()
     assert trainer.state.global_step == 2
-    args.report_to = ["tensorboard", "tensorboard"]
-    assert args.report_to == ["tensorboard"]
+    args.report_to = ["testrecorder", "testrecorder"]
+    assert args.report_to == ["testrecorder"]
     with pytest.raises(ValueError) as info:
         args.report_to = "nonexistent"
     _assert_names(info.value, "'nonexistent'")
@@ -266,10 +266,10 @@ def test_report_to_reassigned_after_construction(tmp_path: Path) -> None:
 
 def test_to_dict_and_json_round_trip() -> None:
     args = make(eval_strategy="steps", eval_steps=0.25, logging_steps=10, save_steps=0.5,
-                load_best_model_at_end=True, label_names=["labels"], report_to="tensorboard",
+                load_best_model_at_end=True, label_names=["labels"], report_to="testrecorder",
                 include_num_input_tokens_seen=True, warmup_ratio=0.1)
     data = args.to_dict()
-    assert data["report_to"] == ["tensorboard"] and data["lr_scheduler_type"] == "linear"
+    assert data["report_to"] == ["testrecorder"] and data["lr_scheduler_type"] == "linear"
     text = args.to_json_string()
     assert json.loads(text) == data
     again = TrainingArguments(**json.loads(text))
