@@ -1,5 +1,5 @@
 """Sphinx configuration: MyST markdown pages, API pages from docstrings, and tracklink's own directives
-(docs/_ext/tracklink_docs.py) that render tables from the code's declarations."""
+(docs/_ext/tracklink_docs.py, tables from tracklink_tables.py) that render tables from the code's declarations."""
 
 import sys
 from pathlib import Path

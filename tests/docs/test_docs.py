@@ -149,20 +149,20 @@ print(json.dumps({{"files": len(files), "records": records}}))
 
 
 def test_environment_page_matches_the_declarations() -> None:
-    import tracklink_docs
+    import tracklink_tables
 
-    committed = (DOCS / tracklink_docs.GENERATED).read_text()
-    assert committed == tracklink_docs.environment_page(), (
-        "docs/environment.md is out of date; regenerate it with `python docs/_ext/tracklink_docs.py`"
+    committed = (DOCS / tracklink_tables.GENERATED).read_text()
+    assert committed == tracklink_tables.environment_page(), (
+        "docs/environment.md is out of date; regenerate it with `python docs/_ext/tracklink_tables.py`"
     )
 
 
 def test_every_tracker_page_renders_its_declared_variables() -> None:
-    import tracklink_docs
+    import tracklink_tables
 
     from tracklink.registry import BUILTIN_ORDER
 
     for name in BUILTIN_ORDER:
         page = (DOCS / "trackers" / f"{name}.md").read_text()
         assert f"```{{tracklink-env-vars}} {name}" in page, name
-        assert tracklink_docs.env_table_rows(name) is not None
+        assert tracklink_tables.env_table_rows(name) is not None

@@ -1,0 +1,68 @@
+"""Tables rendered from tracklink's own declarations, without Sphinx: the environment-variable rows of
+each tracker and the generated ``docs/environment.md``. The Sphinx directives in ``tracklink_docs`` and
+the docs drift tests both use these.
+
+Regenerate the page with ``python docs/_ext/tracklink_tables.py``.
+"""
+
+from __future__ import annotations
+
+
+def env_table_rows(name: str) -> list[list[str]]:
+    """Rows (name, default, read by, secret, meaning) of a tracker's declared variables."""
+    from tracklink.registry import discover
+
+    spec = discover()[name]
+    obj = spec.load()
+    if spec.load_error:
+        raise RuntimeError(f"tracker {name!r} failed to load: {spec.load_error}")
+    rows = []
+    for var in getattr(obj, "env_vars", ()):
+        default = "—" if var.default is None else f"`{var.default}`"
+        accepted = f" Accepted: {', '.join(f'`{c}`' for c in var.choices)}." if var.choices else ""
+        rows.append([f"`{var.name}`", default, var.read_by, "yes" if var.secret else "", var.help + accepted])
+    return rows
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    def clean(cell: str) -> str:
+        return cell.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(clean(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+GENERATED = "environment.md"
+
+
+def environment_page() -> str:
+    """The page listing every built-in tracker's variables (committed as docs/environment.md; a test
+    fails when it drifts from the declarations; regenerate with ``python docs/_ext/tracklink_tables.py``)."""
+    from tracklink.registry import BUILTIN_ORDER
+
+    lines = [
+        "# Environment variables",
+        "",
+        "<!-- generated from the trackers' declarations by docs/_ext/tracklink_tables.py; do not edit -->",
+        "",
+        "Every variable the built-in trackers declare. *Read by* says whether the tracker reads it or its",
+        "SDK does; secret ones are shown by `tracklink doctor` as set/unset only and are redacted",
+        "wherever their value appears. tracklink's own variables are listed in [report_to](report_to.md).",
+        "",
+    ]
+    for name in sorted(BUILTIN_ORDER):
+        lines += [f"## {name}", ""]
+        rows = env_table_rows(name)
+        lines += markdown_table(["Variable", "Default", "Read by", "Secret", "Meaning"], rows) if rows else \
+            ["This tracker reads no environment variables of its own."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parent.parent / GENERATED
+    target.write_text(environment_page())
+    print(f"wrote {target}")
