@@ -128,6 +128,20 @@ def no_network() -> object:
         pytest.fail("network access attempted: " + "; ".join(sorted(set(attempts))[:10]), pytrace=False)
 
 
+_ROOT_NOISE = {".pytest_cache", "__pycache__"}
+
+
+@pytest.fixture(autouse=True)
+def repository_untouched() -> object:
+    """Fail the test that writes into the repository checkout (outputs belong in temp dirs; an SDK
+    run from the checkout once left a DVC repository there)."""
+    before = set(os.listdir(ROOT))
+    yield
+    new = sorted(set(os.listdir(ROOT)) - before - _ROOT_NOISE)
+    if new:
+        pytest.fail(f"the test wrote into the repository root: {new}", pytrace=False)
+
+
 @pytest.fixture
 def network_attempts() -> list[str]:
     """The list of refused network attempts (for tests that assert on them)."""
@@ -141,16 +155,26 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be found; a dotted name whose parent package is missing counts as absent
+    (``find_spec("azureml.core")`` raises instead of returning None)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``@pytest.mark.sdk("x")`` tests when the SDK ``x`` is not installed, unless
     ``TRACKLINK_REQUIRE_SDKS=1`` (the SDK tox environment), where a missing SDK is an error."""
-    import importlib.util
 
     required = os.environ.get("TRACKLINK_REQUIRE_SDKS") == "1"
     for item in items:
         for marker in item.iter_markers("sdk"):
             for module in marker.args:
-                if importlib.util.find_spec(module) is None:
+                if not _importable(module):
                     if required:
                         raise pytest.UsageError(f"TRACKLINK_REQUIRE_SDKS=1 but SDK {module!r} is missing")
                     item.add_marker(pytest.mark.skip(reason=f"SDK {module!r} is not installed"))
