@@ -6,6 +6,11 @@ caught, reported once with the tracker's name and traceback, counted, and after
 ``TRACKLINK_TRACKER_MAX_ERRORS`` failures (default 3) the tracker is switched off.
 ``TRACKLINK_ON_ERROR=raise`` makes the hub re-raise the first failure on the training thread instead.
 
+Handing an event over costs the training thread an append, not a thread switch: a worker that was
+active within the last :data:`BATCH_WINDOW` seconds is not woken for each event but picks the backlog up
+within that window, so a burst of events (every tracker, every logging step) costs one wake-up per
+window instead of one per event. Sparse events, barriers, a stop and a filling queue wake it at once.
+
 Queues hold ``TRACKLINK_QUEUE_SIZE`` events (default 10000). When a queue is full the training thread
 waits (back-pressure, nothing is dropped) for up to ``TRACKLINK_QUEUE_TIMEOUT`` seconds (default 300);
 a tracker that makes no progress for that long is declared stalled and switched off, with a warning.
@@ -19,11 +24,11 @@ import atexit
 import copy
 import logging
 import os
-import queue
 import threading
 import time
 import traceback
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,7 +134,26 @@ def _shallow(obj: Any) -> Any:
     return copy.copy(obj)
 
 
-def snapshot(namespace: dict[str, Any]) -> dict[str, Any]:
+_POSITIONAL = frozenset({"args", "state", "control"})
+
+
+class Snapshot(dict[str, Any]):
+    """An event's namespace as trackers see it; shared by every tracker the event goes to."""
+
+    __slots__ = ("_hf_kwargs",)
+    _hf_kwargs: dict[str, Any]
+
+    def hf_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of a transformers-style call (built once; a callee's ``**kwargs`` is
+        its own copy)."""
+        try:
+            return self._hf_kwargs
+        except AttributeError:
+            self._hf_kwargs = {k: v for k, v in self.items() if k not in _POSITIONAL}
+            return self._hf_kwargs
+
+
+def snapshot(namespace: dict[str, Any]) -> Snapshot:
     """Copy what a tracker reads later on another thread.
 
     ``args`` is replaced by a redacted copy (secret-named fields and credentials in URLs masked, so a
@@ -137,7 +161,7 @@ def snapshot(namespace: dict[str, Any]) -> dict[str, Any]:
     (with their own ``log_history`` list and ``stateful_callbacks`` mapping), ``logs``/``metrics`` are
     copied with tensors detached; the model, optimizer and other objects are passed by reference.
     """
-    snap = dict(namespace)
+    snap = Snapshot(namespace)
     if namespace.get("args") is not None:
         snap["args"] = _tracker_args(namespace["args"])
     state = namespace.get("state")
@@ -165,12 +189,17 @@ def invoke(call: Call, namespace: dict[str, Any]) -> Any:
     """Call one hook implementation with the arguments its style expects."""
     style, function, argnames = call
     if style == HF_STYLE:
-        kwargs = {k: v for k, v in namespace.items() if k not in ("args", "state", "control")}
+        if type(namespace) is Snapshot:
+            kwargs = namespace.hf_kwargs()
+        else:
+            kwargs = {k: v for k, v in namespace.items() if k not in _POSITIONAL}
         return function(namespace["args"], namespace["state"], namespace["control"], **kwargs)
     return function(*[namespace[name] for name in argnames])
 
 
 _STOP = object()
+# The longest an event waits for a worker that is busy with, or just finished, earlier events.
+BATCH_WINDOW = 0.05
 _live_channels: weakref.WeakSet[TrackerChannel] = weakref.WeakSet()
 
 
@@ -198,11 +227,13 @@ class TrackerChannel:
         self.errors = 0
         self.first_error: str | None = None
         self.disabled_reason: str | None = None
-        # An unbounded C queue (cheap put, cheap wake-up) bounded by counting: only the training
-        # thread produces and only the worker consumes, so each counter has a single writer.
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # A deque (atomic append/popleft) bounded by counting: only the training thread produces and
+        # only the worker consumes, so each counter has a single writer.
+        self._items: deque[Any] = deque()
         self._produced = 0
         self._consumed = 0
+        self._wake = threading.Condition(threading.Lock())
+        self._active_at = 0.0  # when the worker last finished an event
         self._space = threading.Condition()
         self._producer_waiting = False
         self._worker: threading.Thread | None = None
@@ -215,33 +246,44 @@ class TrackerChannel:
 
     def submit(self, event: str, namespace: dict[str, Any]) -> None:
         """Deliver an event (already snapshotted) to the tracker, asynchronously unless inline."""
-        if self.disabled:
+        if self.disabled_reason is not None:
             return
         if self.inline:
             self._run(event, namespace)
             return
-        self._ensure_worker()
+        if self._worker is None:
+            self._ensure_worker()
         if not self._put((event, namespace), self.settings.queue_timeout):
             self._disable(
                 f"stalled: its queue stayed full ({self.settings.queue_size} events) for "
                 f"{self.settings.queue_timeout:g} s"
             )
 
-    def _put(self, item: Any, timeout: float | None) -> bool:
-        """Queue ``item``, waiting (back-pressure) while the queue holds ``queue_size`` items."""
-        if self._produced - self._consumed >= self.settings.queue_size:
+    def _put(self, item: Any, timeout: float | None, *, urgent: bool = False) -> bool:
+        """Queue ``item``, waiting (back-pressure) while the queue holds ``queue_size`` items.
+
+        The worker is woken when ``urgent``, when the queue is half full, or when it finished its last
+        event more than :data:`BATCH_WINDOW` ago; otherwise it looks again within that window."""
+        size = self.settings.queue_size
+        if self._produced - self._consumed >= size:
+            self._notify()
             with self._space:
                 self._producer_waiting = True
                 try:
-                    if not self._space.wait_for(
-                        lambda: self._produced - self._consumed < self.settings.queue_size, timeout
-                    ):
+                    if not self._space.wait_for(lambda: self._produced - self._consumed < size, timeout):
                         return False
                 finally:
                     self._producer_waiting = False
         self._produced += 1
-        self._queue.put(item)
+        self._items.append(item)
+        if urgent or 2 * (self._produced - self._consumed) >= size or \
+                time.monotonic() - self._active_at > BATCH_WINDOW:
+            self._notify()
         return True
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._wake.notify()
 
     def barrier(self, timeout: float | None = None) -> bool:
         """Wait until every event submitted so far was processed. Returns ``False`` on timeout."""
@@ -250,7 +292,7 @@ class TrackerChannel:
             return True
         done = threading.Event()
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._put(done, timeout):
+        if not self._put(done, timeout, urgent=True):
             return False
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not done.wait(remaining):
@@ -266,7 +308,7 @@ class TrackerChannel:
         drained = self.barrier(timeout)
         worker = self._worker
         if worker is not None and worker.is_alive() and drained:
-            self._put(_STOP, timeout)
+            self._put(_STOP, timeout, urgent=True)
             worker.join(timeout)
         return drained
 
@@ -284,9 +326,7 @@ class TrackerChannel:
     # -- internals -------------------------------------------------------------------------------
 
     def _ensure_worker(self) -> None:
-        if self._worker is not None:  # cleared by the worker itself when it exits
-            return
-        with self._lock:
+        with self._lock:  # the worker clears self._worker itself when it exits
             if self._worker is None:
                 self._worker = threading.Thread(
                     target=self._work, name=f"tracklink-{self.name}", daemon=True
@@ -302,8 +342,17 @@ class TrackerChannel:
                     self._worker = None
 
     def _loop(self) -> None:
+        items = self._items
         while True:
-            item = self._queue.get()
+            if not items:
+                with self._wake:
+                    if not items:  # checked under the lock: a wake-up is never lost
+                        # Within the window after its last event a producer may not wake it: look again
+                        # when the window ends. After that every put wakes it, so sleep until then.
+                        idle = time.monotonic() - self._active_at
+                        self._wake.wait(None if idle > BATCH_WINDOW else BATCH_WINDOW - idle + 0.001)
+                continue
+            item = items.popleft()
             try:
                 if item is _STOP:
                     return
@@ -314,6 +363,7 @@ class TrackerChannel:
                 self._run(event, namespace)
             finally:
                 self._consumed += 1
+                self._active_at = time.monotonic()
                 if self._producer_waiting:
                     with self._space:
                         self._space.notify_all()

@@ -37,6 +37,10 @@ logger = logging.getLogger("tracklink")
 __all__ = ["CallbackHandler", "PluginRegistrationError"]
 
 _EVENT_SET = frozenset(EVENTS)
+# attributes passed to transformers-style callbacks as keyword arguments
+_KWARG_SOURCES = frozenset(
+    {"model", "processing_class", "optimizer", "lr_scheduler", "train_dataloader", "eval_dataloader"}
+)
 _CONTROL_FLAGS = ("should_training_stop", "should_epoch_stop", "should_save", "should_evaluate", "should_log")
 _DEFAULT_IMPL_OPTS = {
     "wrapper": False,
@@ -133,6 +137,8 @@ class CallbackHandler:
     delivery (``TRACKLINK_*`` environment variables by default); ``require_flow=False`` silences the
     warning about a missing ``DefaultFlowCallback`` (for hubs fed by another trainer's loop).
     """
+
+    _kwargs: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -422,19 +428,11 @@ class CallbackHandler:
         plan = (self._plan or self._get_plan())[event]
         if not plan:
             return control
-        # the keyword arguments of transformers-style calls, built once per event (a callee's **kwargs is
-        # a fresh dict, so sharing this one between calls is safe)
-        processing_class = self.processing_class
-        kwargs = {
-            "model": self.model,
-            "processing_class": processing_class,
-            "tokenizer": processing_class,
-            "optimizer": self.optimizer,
-            "lr_scheduler": self.lr_scheduler,
-            "train_dataloader": self.train_dataloader,
-            "eval_dataloader": self.eval_dataloader,
-            **extras,
-        }
+        # the keyword arguments of transformers-style calls (a callee's **kwargs is a fresh dict, so
+        # sharing this one between calls and events is safe); rebuilt when an object in it is replaced
+        kwargs = self._kwargs or self._build_kwargs()
+        if extras:
+            kwargs = {**kwargs, **extras}
         namespace = None
         snap = None
         for style, function, argnames, entry in plan:
@@ -458,11 +456,13 @@ class CallbackHandler:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _namespace(self, args: Any, state: Any, control: Any, extras: dict[str, Any]) -> dict[str, Any]:
-        namespace = {
-            "args": args,
-            "state": state,
-            "control": control,
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _KWARG_SOURCES:
+            object.__setattr__(self, "_kwargs", None)
+
+    def _build_kwargs(self) -> dict[str, Any]:
+        self._kwargs = {
             "model": self.model,
             "processing_class": self.processing_class,
             "tokenizer": self.processing_class,
@@ -471,8 +471,11 @@ class CallbackHandler:
             "train_dataloader": self.train_dataloader,
             "eval_dataloader": self.eval_dataloader,
         }
-        namespace.update(extras)
-        return namespace
+        return self._kwargs
+
+    def _namespace(self, args: Any, state: Any, control: Any, extras: dict[str, Any]) -> dict[str, Any]:
+        kwargs = self._kwargs or self._build_kwargs()
+        return {"args": args, "state": state, "control": control, **kwargs, **extras}
 
     def _set_fatal(self, error: TrackerError) -> None:
         if self._fatal is None:
