@@ -15,7 +15,8 @@ as with DVCLive itself; pass ``DVCLiveCallback(dir=...)`` or your own ``Live`` t
   checkpoint directory the trainer writes (``live.log_artifact(<checkpoint dir>)``); ``True`` tracks
   the best checkpoint (``load_best_model_at_end``) or the last one at the end of a successful training,
   copied into ``<dir>/artifacts/`` as artifact ``best``/``last`` of type ``model``. Artifacts need a
-  DVC repository (``dvc init``); without one DVCLive skips them with a warning.
+  DVC repository: DVCLive runs ``dvc init`` at the git root when it starts inside a git repository
+  without one; outside git it skips them with a warning.
 
 Resume: the ``Live`` directory is recorded in the checkpoint; a resumed training reopens it with
 ``Live(dir, resume=True)``, drops the rows logged after the restored step and continues from there.

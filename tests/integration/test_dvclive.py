@@ -38,6 +38,13 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def own_working_directory(workdir: Path) -> Path:
+    """Every test in its own working directory: started inside a git checkout (this repository),
+    DVCLive runs `dvc init` at its root."""
+    return workdir
+
+
 def read_yaml(path: Path) -> Any:
     import yaml  # a DVCLive dependency: absent from the environment without SDKs
 
