@@ -6,11 +6,6 @@ caught, reported once with the tracker's name and traceback, counted, and after
 ``TRACKLINK_TRACKER_MAX_ERRORS`` failures (default 3) the tracker is switched off.
 ``TRACKLINK_ON_ERROR=raise`` makes the hub re-raise the first failure on the training thread instead.
 
-Handing an event over costs the training thread an append, not a thread switch: a worker that was
-active within the last :data:`BATCH_WINDOW` seconds is not woken for each event but picks the backlog up
-within that window, so a burst of events (every tracker, every logging step) costs one wake-up per
-window instead of one per event. Sparse events, barriers, a stop and a filling queue wake it at once.
-
 Queues hold ``TRACKLINK_QUEUE_SIZE`` events (default 10000). When a queue is full the training thread
 waits (back-pressure, nothing is dropped) for up to ``TRACKLINK_QUEUE_TIMEOUT`` seconds (default 300);
 a tracker that makes no progress for that long is declared stalled and switched off, with a warning.
@@ -24,11 +19,11 @@ import atexit
 import copy
 import logging
 import os
+import queue
 import threading
 import time
 import traceback
 import weakref
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -198,8 +193,6 @@ def invoke(call: Call, namespace: dict[str, Any]) -> Any:
 
 
 _STOP = object()
-# The longest an event waits for a worker that is busy with, or just finished, earlier events.
-BATCH_WINDOW = 0.05
 _live_channels: weakref.WeakSet[TrackerChannel] = weakref.WeakSet()
 
 
@@ -227,13 +220,11 @@ class TrackerChannel:
         self.errors = 0
         self.first_error: str | None = None
         self.disabled_reason: str | None = None
-        # A deque (atomic append/popleft) bounded by counting: only the training thread produces and
-        # only the worker consumes, so each counter has a single writer.
-        self._items: deque[Any] = deque()
+        # An unbounded C queue (cheap put, cheap wake-up) bounded by counting: only the training
+        # thread produces and only the worker consumes, so each counter has a single writer.
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._produced = 0
         self._consumed = 0
-        self._wake = threading.Condition(threading.Lock())
-        self._active_at = 0.0  # when the worker last finished an event
         self._space = threading.Condition()
         self._producer_waiting = False
         self._worker: threading.Thread | None = None
@@ -259,31 +250,21 @@ class TrackerChannel:
                 f"{self.settings.queue_timeout:g} s"
             )
 
-    def _put(self, item: Any, timeout: float | None, *, urgent: bool = False) -> bool:
-        """Queue ``item``, waiting (back-pressure) while the queue holds ``queue_size`` items.
-
-        The worker is woken when ``urgent``, when the queue is half full, or when it finished its last
-        event more than :data:`BATCH_WINDOW` ago; otherwise it looks again within that window."""
-        size = self.settings.queue_size
-        if self._produced - self._consumed >= size:
-            self._notify()
+    def _put(self, item: Any, timeout: float | None) -> bool:
+        """Queue ``item``, waiting (back-pressure) while the queue holds ``queue_size`` items."""
+        if self._produced - self._consumed >= self.settings.queue_size:
             with self._space:
                 self._producer_waiting = True
                 try:
-                    if not self._space.wait_for(lambda: self._produced - self._consumed < size, timeout):
+                    if not self._space.wait_for(
+                        lambda: self._produced - self._consumed < self.settings.queue_size, timeout
+                    ):
                         return False
                 finally:
                     self._producer_waiting = False
         self._produced += 1
-        self._items.append(item)
-        if urgent or 2 * (self._produced - self._consumed) >= size or \
-                time.monotonic() - self._active_at > BATCH_WINDOW:
-            self._notify()
+        self._queue.put(item)
         return True
-
-    def _notify(self) -> None:
-        with self._wake:
-            self._wake.notify()
 
     def barrier(self, timeout: float | None = None) -> bool:
         """Wait until every event submitted so far was processed. Returns ``False`` on timeout."""
@@ -292,7 +273,7 @@ class TrackerChannel:
             return True
         done = threading.Event()
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._put(done, timeout, urgent=True):
+        if not self._put(done, timeout):
             return False
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not done.wait(remaining):
@@ -308,7 +289,7 @@ class TrackerChannel:
         drained = self.barrier(timeout)
         worker = self._worker
         if worker is not None and worker.is_alive() and drained:
-            self._put(_STOP, timeout, urgent=True)
+            self._put(_STOP, timeout)
             worker.join(timeout)
         return drained
 
@@ -342,17 +323,8 @@ class TrackerChannel:
                     self._worker = None
 
     def _loop(self) -> None:
-        items = self._items
         while True:
-            if not items:
-                with self._wake:
-                    if not items:  # checked under the lock: a wake-up is never lost
-                        # Within the window after its last event a producer may not wake it: look again
-                        # when the window ends. After that every put wakes it, so sleep until then.
-                        idle = time.monotonic() - self._active_at
-                        self._wake.wait(None if idle > BATCH_WINDOW else BATCH_WINDOW - idle + 0.001)
-                continue
-            item = items.popleft()
+            item = self._queue.get()
             try:
                 if item is _STOP:
                     return
@@ -363,7 +335,6 @@ class TrackerChannel:
                 self._run(event, namespace)
             finally:
                 self._consumed += 1
-                self._active_at = time.monotonic()
                 if self._producer_waiting:
                     with self._space:
                         self._space.notify_all()

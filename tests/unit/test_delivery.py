@@ -261,52 +261,6 @@ def test_events_delivered_in_order_on_a_worker_thread() -> None:
     assert threading.current_thread().name not in threads
 
 
-def _wait_until(condition: Any) -> bool:
-    deadline = time.monotonic() + GATE_TIMEOUT
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
-
-
-def test_a_burst_of_events_wakes_a_busy_worker_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tracklink import delivery
-
-    monkeypatch.setattr(delivery, "BATCH_WINDOW", 30.0)
-    recorder = Recording()
-    handler = new_handler()
-    handler.add_tracker(recorder, "bursty")
-    channel = next(e.channel for e in handler._entries if e.tracker == "bursty")
-    wakes: list[int] = []
-    real_notify = channel._notify
-    monkeypatch.setattr(channel, "_notify", lambda: (wakes.append(1), real_notify()))
-    state = steps(handler, 1)  # an idle worker is woken at once
-    assert _wait_until(lambda: len(recorder.seen) == 1) and len(wakes) == 1
-    steps(handler, 100, state)  # it was active within the window: it collects these later
-    assert len(wakes) == 1
-    assert handler.wait_for_trackers()  # a drain wakes it at once
-    assert [s[1] for s in recorder.seen] == list(range(1, 102))
-    assert len(wakes) == 2
-
-
-def test_an_event_after_a_quiet_spell_is_not_left_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker idle for longer than the window sleeps until woken: the next event must wake it (a lost
-    wake-up would leave the event queued until the next drain)."""
-    from tracklink import delivery
-
-    monkeypatch.setattr(delivery, "BATCH_WINDOW", 0.01)
-    recorder = Recording()
-    handler = new_handler()
-    handler.add_tracker(recorder, "quiet")
-    state = steps(handler, 1)
-    assert _wait_until(lambda: len(recorder.seen) == 1)
-    for expected in range(2, 6):
-        time.sleep(0.05)  # longer than the window: the worker now sleeps without a timeout
-        steps(handler, 1, state)
-        assert _wait_until(lambda n=expected: len(recorder.seen) == n), f"event {expected} was never delivered"
-
-
 def test_each_tracker_has_its_own_worker() -> None:
     blocked, free = Recording(gated=True), Recording()
     handler = new_handler()
