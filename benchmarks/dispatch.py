@@ -11,6 +11,9 @@ Variants:
 * ``tracklink-trackers``: the 11 plugins registered with ``add_tracker`` (snapshots, one worker thread per
   tracker). Timed on the training thread; the queues are drained after each timed block. The column
   ``incl. drain`` adds the time to drain them (the work the worker threads do, which competes for the GIL).
+  ``train-thread CPU`` is the CPU time of the training thread alone: the wall time above it is the worker
+  threads' own work, which this loop (it never releases the GIL) serialises, while in real training the
+  workers run while torch computes without the GIL.
 * ``tracklink-callbacks``: the same plugins registered with ``add_callback`` (called inline).
 * ``transformers``: transformers' ``CallbackHandler`` with 11 equivalent ``transformers.TrainerCallback``
   subclasses (skipped when transformers is not installed).
@@ -125,6 +128,7 @@ class Variant:
         self.setup = setup
         self.per_step: list[float] = []
         self.per_step_drained: list[float] = []
+        self.per_step_cpu: list[float] = []
 
 
 def build_variants() -> list[Variant]:
@@ -215,12 +219,13 @@ def measure(steps: int, repeats: int) -> list[Variant]:
         order = order[rep % len(order):] + order[: rep % len(order)]
         for index in order:
             run, drain = runners[index]
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             run(steps)
-            mid = time.perf_counter()
+            mid, cpu = time.perf_counter(), time.thread_time() - start_cpu
             drain()
             end = time.perf_counter()
             variants[index].per_step.append((mid - start) / steps * 1e6)
+            variants[index].per_step_cpu.append(cpu / steps * 1e6)
             variants[index].per_step_drained.append((end - start) / steps * 1e6)
     return variants
 
@@ -232,13 +237,15 @@ def report(variants: list[Variant], steps: int, repeats: int) -> dict[str, Any]:
             "us_per_step_median": statistics.median(v.per_step),
             "us_per_step_min": min(v.per_step),
             "us_per_step_incl_drain_median": statistics.median(v.per_step_drained),
+            "training_thread_cpu_us_per_step_median": statistics.median(v.per_step_cpu),
             "samples": v.per_step,
         }
     floor = rows["plain-loop"]["us_per_step_median"]
     hf = rows.get("transformers")
     print(f"tracklink {tracklink.__version__}, python {platform.python_version()}, {steps} steps x {repeats} "
           f"interleaved repeats, {N_TRACKERS} on_log-only trackers, on_log every {LOG_EVERY} steps")
-    header = f"{'variant':<22}{'us/step (median)':>18}{'min':>10}{'incl. drain':>14}{'vs transformers':>17}"
+    header = (f"{'variant':<22}{'us/step (median)':>18}{'min':>10}{'incl. drain':>14}{'train-thread CPU':>18}"
+              f"{'vs transformers':>17}")
     print(header)
     print("-" * len(header))
     ratios: dict[str, float] = {}
@@ -248,10 +255,13 @@ def report(variants: list[Variant], steps: int, repeats: int) -> dict[str, Any]:
         if hf:
             ratios[f"{name}/transformers"] = med / hf["us_per_step_median"]
         print(f"{name:<22}{med:>18.2f}{row['us_per_step_min']:>10.2f}"
-              f"{row['us_per_step_incl_drain_median']:>14.2f}{ratio:>17}")
+              f"{row['us_per_step_incl_drain_median']:>14.2f}"
+              f"{row['training_thread_cpu_us_per_step_median']:>18.2f}{ratio:>17}")
     if hf:
         drained = rows["tracklink-trackers"]["us_per_step_incl_drain_median"] / hf["us_per_step_median"]
         ratios["tracklink-trackers(incl. drain)/transformers"] = drained
+        ratios["tracklink-trackers(training-thread CPU)/transformers"] = (
+            rows["tracklink-trackers"]["training_thread_cpu_us_per_step_median"] / hf["us_per_step_median"])
         over_floor = {n: r["us_per_step_median"] - floor for n, r in rows.items()}
         ratios["tracklink-trackers overhead/transformers overhead (above plain loop)"] = (
             over_floor["tracklink-trackers"] / over_floor["transformers"] if over_floor["transformers"] > 0
