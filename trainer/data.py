@@ -20,7 +20,14 @@ from torch.utils.data import (
 
 from .distributed import is_distributed
 
-__all__ = ["ResumableSampler", "build_dataloader", "default_data_collator", "has_length", "move_to_device"]
+__all__ = [
+    "IterableDatasetShard",
+    "ResumableSampler",
+    "build_dataloader",
+    "default_data_collator",
+    "has_length",
+    "move_to_device",
+]
 
 
 def _as_mapping(feature: Any) -> Mapping[str, Any]:
@@ -122,6 +129,57 @@ class ResumableSampler(Sampler[int]):
         return len(self.inner)  # type: ignore[arg-type]
 
 
+class IterableDatasetShard(IterableDataset[Any]):
+    """One process's share of a length-less dataset under ``torchrun`` (transformers' rule).
+
+    Every process reads the whole stream, cuts it into chunks of ``batch_size * num_processes`` samples
+    and keeps its own ``batch_size`` slice of each chunk, so the processes train on disjoint samples and
+    see the same number of batches (a process running out of batches first would hang the others in
+    DDP's gradient all-reduce). Unless ``drop_last``, a short final chunk is completed with samples from
+    the start of the stream. ``set_epoch`` is passed on to the dataset (e.g. to reshuffle a stream).
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, *, num_processes: int, process_index: int,
+                 drop_last: bool = False) -> None:
+        if not 0 <= process_index < num_processes:
+            raise ValueError(f"process_index={process_index} is not in [0, {num_processes})")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """This process's number of samples (a ``TypeError`` when the stream has no length)."""
+        chunk_size = self.batch_size * self.num_processes
+        chunks = len(self.dataset) // chunk_size if self.drop_last else -(-len(self.dataset) // chunk_size)
+        return chunks * self.batch_size
+
+    def __iter__(self) -> Iterator[Any]:
+        chunk_size = self.batch_size * self.num_processes
+        start, stop = self.process_index * self.batch_size, (self.process_index + 1) * self.batch_size
+        first: list[Any] = []
+        chunk: list[Any] = []
+        for sample in self.dataset:
+            chunk.append(sample)
+            if len(chunk) == chunk_size:
+                yield from chunk[start:stop]
+                if not first:
+                    first = chunk
+                chunk = []
+        if chunk and not self.drop_last:
+            filler = first or list(chunk)
+            while len(chunk) < chunk_size:
+                chunk.extend(filler[: chunk_size - len(chunk)])
+            yield from chunk[start:stop]
+
+
 def build_dataloader(
     dataset: Dataset[Any],
     *,
@@ -133,7 +191,8 @@ def build_dataloader(
     num_workers: int,
     pin_memory: bool,
 ) -> DataLoader[Any]:
-    """A DataLoader with a :class:`ResumableSampler` (``DistributedSampler`` under torchrun)."""
+    """A DataLoader with a :class:`ResumableSampler` (``DistributedSampler`` under torchrun); length-less
+    data is split between processes by :class:`IterableDatasetShard` under torchrun."""
     sampler: Sampler[int] | None = None
     if has_length(dataset) and not isinstance(dataset, IterableDataset):  # iterable data takes no sampler
         if is_distributed():
@@ -143,6 +202,11 @@ def build_dataloader(
         else:
             inner = SequentialSampler(dataset)  # type: ignore[arg-type]
         sampler = ResumableSampler(inner)
+    elif is_distributed():
+        dataset = IterableDatasetShard(
+            dataset, batch_size, num_processes=torch.distributed.get_world_size(),
+            process_index=torch.distributed.get_rank(), drop_last=drop_last,
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,

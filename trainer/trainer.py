@@ -551,6 +551,8 @@ class Trainer:
             sampler = getattr(dataloader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
+            elif not has_length(dataloader) and hasattr(getattr(dataloader, "dataset", None), "set_epoch"):
+                dataloader.dataset.set_epoch(epoch)  # a stream that reshuffles per epoch
             skip_batches = 0
             resuming_epoch = epoch == epochs_trained and checkpoint_dir is not None
             if resuming_epoch and steps_in_epoch_done and not args.ignore_data_skip:

@@ -199,3 +199,63 @@ def test_two_processes_with_gloo(tmp_path: Path) -> None:
             for e in r0["log_history"] if "train_runtime" not in e]
     assert strip == full
     assert s0["tracker_events"][0] == ["setup", 4] and s1["tracker_events"] == []
+
+
+STREAM_SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, sys.argv[3])
+    from helpers import ClassificationDataset, TinyClassifier
+
+    from tracklink.trainer import Trainer, TrainingArguments, default_data_collator
+
+    root, rank = Path(sys.argv[2]), int(os.environ["RANK"])
+    blobs = ClassificationDataset(length=22)
+
+
+    class Stream(torch.utils.data.IterableDataset):
+        """22 samples without a length, tagged with their index; reversed on odd epochs."""
+
+        def __init__(self):
+            self.epoch = 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            order = range(22) if self.epoch % 2 == 0 else range(21, -1, -1)
+            for i in order:
+                yield {**blobs[i], "idx": i}
+
+
+    seen = []
+    def collate(features):
+        seen.append([f.pop("idx") for f in features])
+        return default_data_collator(features)
+
+
+    args = TrainingArguments(output_dir=str(root / "stream"), report_to="none", disable_tqdm=True, max_steps=6,
+                             per_device_train_batch_size=4, logging_steps=3, save_strategy="no", use_cpu=True)
+    trainer = Trainer(model=TinyClassifier(), args=args, train_dataset=Stream(), data_collator=collate)
+    trainer.train()
+    Path(root / f"stream-rank{rank}.json").write_text(json.dumps({"batches": seen, "step": trainer.state.global_step}))
+''')
+
+
+def test_a_stream_is_split_between_the_processes(tmp_path: Path) -> None:
+    """Length-less training data under torchrun: each process trains on its own quarter of every chunk
+    of 2 x 4 samples (not on the whole stream, as without sharding), both see the same number of batches
+    (3 per pass of 22 samples: the short last chunk is completed from the first), and the dataset's
+    ``set_epoch`` is called for every pass."""
+    script = tmp_path / "stream_ddp.py"
+    script.write_text(STREAM_SCRIPT)
+    torchrun(script, "stream", tmp_path)
+    r0, r1 = (json.loads((tmp_path / f"stream-rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 6
+    assert r0["batches"] == [[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18, 19],
+                             [21, 20, 19, 18], [13, 12, 11, 10], [5, 4, 3, 2]]
+    assert r1["batches"] == [[4, 5, 6, 7], [12, 13, 14, 15], [20, 21, 0, 1],
+                             [17, 16, 15, 14], [9, 8, 7, 6], [1, 0, 21, 20]]
