@@ -40,8 +40,9 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TRACKLINK_LOG_LEVEL", "warning")
@@ -49,6 +50,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from syncs import counting_syncs
 
 CONFIGS = {  # name: (in, hidden, out, batch, timed steps)
     "tiny": (32, 64, 2, 32, 600),
@@ -174,20 +178,26 @@ def _trainer_kwargs(job: Job, output_dir: str) -> dict[str, Any]:
     )
 
 
+def _callbacks(base: type, clock: StepClock, sync_probe: Callable[[int], None] | None) -> list[Any]:
+    """The step timer (and the sync probe's step marker) as callbacks of a trainer's ``TrainerCallback``."""
+
+    class Timer(base):  # type: ignore[misc,valid-type]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            clock.tick(state.global_step)
+
+    class Probe(base):  # type: ignore[misc,valid-type]
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            sync_probe(state.global_step + 1)  # type: ignore[misc]
+
+    return [Timer()] + ([Probe()] if sync_probe else [])
+
+
 def run_tracklink(job: Job, clock: StepClock, sync_probe: Callable[[int], None] | None = None) -> None:
     from tracklink import TrainerCallback
     from tracklink.trainer import Trainer, TrainingArguments
 
-    class Timer(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            clock.tick(state.global_step)
-
-    class Probe(TrainerCallback):
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            sync_probe(state.global_step + 1)  # type: ignore[misc]
-
     with tempfile.TemporaryDirectory() as out:
-        callbacks: list[Any] = [Timer()] + ([Probe()] if sync_probe else [])
+        callbacks = _callbacks(TrainerCallback, clock, sync_probe)
         trainer = Trainer(model=job.model(), args=TrainingArguments(**_trainer_kwargs(job, out)),
                           train_dataset=job.dataset(), callbacks=callbacks)
         trainer.train()
@@ -196,16 +206,8 @@ def run_tracklink(job: Job, clock: StepClock, sync_probe: Callable[[int], None] 
 def run_transformers(job: Job, clock: StepClock, sync_probe: Callable[[int], None] | None = None) -> None:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    class Timer(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            clock.tick(state.global_step)
-
-    class Probe(TrainerCallback):
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            sync_probe(state.global_step + 1)  # type: ignore[misc]
-
     with tempfile.TemporaryDirectory() as out:
-        callbacks: list[Any] = [Timer()] + ([Probe()] if sync_probe else [])
+        callbacks = _callbacks(TrainerCallback, clock, sync_probe)
         args = TrainingArguments(**_trainer_kwargs(job, out), optim="adamw_torch")
         trainer = Trainer(model=job.model(), args=args, train_dataset=job.dataset(), callbacks=callbacks)
         trainer.train()
@@ -224,44 +226,6 @@ EXTRA_RUNNERS: dict[str, Callable[..., None]] = {"floor_2groups": run_floor_two_
 
 # -- host-device synchronisation count -------------------------------------------------------------
 
-SYNCING_METHODS = ("item", "__float__", "__int__", "__bool__", "__index__", "cpu", "tolist", "numpy",
-                   "__format__", "__repr__")
-HOST_ONLY_PATHS = ("/torch/optim/", "/torch/utils/data/")  # host-side step counters, DataLoader seeds
-
-
-@contextlib.contextmanager
-def counting_syncs(calls: list[int], current_step: list[int]) -> Iterator[None]:
-    """Append the current step to ``calls`` for every syncing call (see tests/trainer/test_no_sync.py)."""
-    originals = {name: getattr(torch.Tensor, name) for name in SYNCING_METHODS}
-    original_sync = torch.cuda.synchronize
-
-    def wrap(original: Any) -> Any:
-        def method(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-            frame = sys._getframe(1)
-            filename = frame.f_code.co_filename.replace("\\", "/")
-            host_only = any(p in filename for p in HOST_ONLY_PATHS) or (
-                filename.endswith("trainer/data.py") and frame.f_code.co_name == "__iter__"
-            )
-            if not host_only:
-                calls.append(current_step[0])
-            return original(tensor, *args, **kwargs)
-        return method
-
-    def synchronize(*args: Any, **kwargs: Any) -> Any:
-        calls.append(current_step[0])
-        return original_sync(*args, **kwargs)
-
-    try:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, wrap(original))
-        torch.cuda.synchronize = synchronize
-        yield
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
-        torch.cuda.synchronize = original_sync
-
-
 def syncs_per_quiet_step(runner: Callable[..., None], job: Job) -> float:
     """Average syncing calls on steps that do not log (a short, untimed run)."""
     probe_job = Job(job.name, job.n_in, job.hidden, job.n_out, job.batch, warmup=1, steps=39,
@@ -272,7 +236,7 @@ def syncs_per_quiet_step(runner: Callable[..., None], job: Job) -> float:
     def probe(step: int) -> None:
         current[0] = step
 
-    with counting_syncs(calls, current):
+    with counting_syncs(lambda method, caller: calls.append(current[0])):
         runner(probe_job, StepClock(probe_job), sync_probe=probe)
     quiet = [s for s in range(1, probe_job.total_steps + 1) if s % probe_job.logging_steps != 0]
     return sum(1 for step in calls if step in set(quiet)) / len(quiet)

@@ -1,15 +1,9 @@
 """No host-device synchronisation on training steps that neither log nor evaluate.
 
-On CUDA, reading a tensor's value on the host (``.item()``, ``float()``, ``int()``, ``bool()``,
-``.cpu()``, ``.tolist()``, ``.numpy()``, printing it) or ``torch.cuda.synchronize()`` blocks until the
-device has caught up. The tests count those calls on CPU by patching them, and attribute each call to
-the step in progress (from ``on_step_begin`` of step n to ``on_step_begin`` of step n + 1).
-
-Calls are not counted when they come from code that only ever touches host tensors by construction:
-``torch.optim`` (optimizers keep their ``step`` counters on the host unless ``capturable``/``fused``),
-``torch.utils.data`` (the DataLoader draws its base seed from the host generator) and the trainer's
-sampler (``torch.randperm`` on a host generator). Everything else, in particular the trainer's own
-code, counts.
+The tests count the calls that would block on the device (see ``tests/syncs.py``: what counts, and the
+host-only code that does not) and attribute each call to the step in progress (from ``on_step_begin`` of
+step n to ``on_step_begin`` of step n + 1). Everything outside that host-only code, in particular the
+trainer's own code, counts.
 
 Bad behaviours caught: ``loss.item()`` (or ``float(loss)``) every step, a NaN/inf check on the host,
 ``grad_norm.item()`` every step, token counting with ``int(mask.sum())``, a host-side check of the
@@ -20,10 +14,7 @@ finite), or not running on the device.
 from __future__ import annotations
 
 import math
-import sys
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +22,9 @@ import pytest
 import torch
 
 from helpers import RegressionDataset, RegressionModel, TinyClassifier
+from syncs import counting_syncs
 from tracklink import TrainerCallback
 from tracklink.trainer import Trainer, TrainingArguments
-
-SYNCING_METHODS = ("item", "__float__", "__int__", "__bool__", "__index__", "cpu", "tolist", "numpy",
-                   "__format__", "__repr__")
-HOST_ONLY_PATHS = ("/torch/optim/", "/torch/utils/data/")
 
 
 class SyncCounter(TrainerCallback):
@@ -58,38 +46,8 @@ class SyncCounter(TrainerCallback):
     def where(self, step: int) -> list[str]:
         return [f"{method} from {caller}" for phase, method, caller in self.calls if phase == ("step", step)]
 
-    @contextmanager
-    def patched(self) -> Iterator[None]:
-        originals = {name: getattr(torch.Tensor, name) for name in SYNCING_METHODS}
-        original_sync = torch.cuda.synchronize
-        counter = self
-
-        def wrap(name: str, original: Any) -> Any:
-            def method(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-                frame = sys._getframe(1)
-                filename = frame.f_code.co_filename.replace("\\", "/")
-                host_only = any(part in filename for part in HOST_ONLY_PATHS) or (
-                    filename.endswith("trainer/data.py") and frame.f_code.co_name == "__iter__"
-                )
-                if not host_only:
-                    counter.calls.append((counter.phase, name, f"{filename}:{frame.f_lineno}"))
-                return original(tensor, *args, **kwargs)
-            return method
-
-        def synchronize(*args: Any, **kwargs: Any) -> Any:
-            frame = sys._getframe(1)
-            counter.calls.append((counter.phase, "cuda.synchronize", f"{frame.f_code.co_filename}:{frame.f_lineno}"))
-            return original_sync(*args, **kwargs)
-
-        try:
-            for name, original in originals.items():
-                setattr(torch.Tensor, name, wrap(name, original))
-            torch.cuda.synchronize = synchronize
-            yield
-        finally:
-            for name, original in originals.items():
-                setattr(torch.Tensor, name, original)
-            torch.cuda.synchronize = original_sync
+    def patched(self) -> Any:
+        return counting_syncs(lambda method, caller: self.calls.append((self.phase, method, caller)))
 
 
 class TensorItems(torch.utils.data.Dataset):
