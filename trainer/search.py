@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -159,9 +158,9 @@ def check_direction(direction: Any) -> str | list[str]:
     )
 
 
-def trial_arguments(base: Any, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """A copy of ``base`` (TrainingArguments) with the trial's values applied, and the values that are
-    not argument fields (left for ``model_init(trial)``). Values are cast to the field's current type;
+def trial_arguments(base: Any, params: Mapping[str, Any]) -> Any:
+    """A copy of ``base`` (TrainingArguments) with the trial's values applied; values that are not
+    argument fields are left for ``model_init(trial)``. Values are cast to the field's current type;
     the copy is validated like any arguments, so a bad value fails naming the field."""
     if not isinstance(params, Mapping):
         raise ValueError(
@@ -190,21 +189,12 @@ def trial_arguments(base: Any, params: Mapping[str, Any]) -> tuple[Any, dict[str
     if extra:
         logger.info("tracklink: hyper-parameters %s are not TrainingArguments fields; model_init receives them "
                     "through the trial", sorted(extra))
-    values = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}
-    values.update(known)
-    values["report_to"] = list(base.report_to)
-    return type(base)(**values), extra
+    return dataclasses.replace(base, **{**known, "report_to": list(base.report_to)})
 
 
 def study_name(prefix: str | None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return f"{prefix or 'search'}-{stamp}"
-
-
-def objective_is_better(value: float, best: float | None, direction: str) -> bool:
-    if best is None or (isinstance(best, float) and math.isnan(best)):
-        return True
-    return value > best if direction == "maximize" else value < best
 
 
 def validate(n_trials: Any, hp_space: Callable[..., Any] | None, compute_objective: Any) -> None:

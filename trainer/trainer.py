@@ -250,7 +250,6 @@ class Trainer:
         self._tokens_seen: Any = 0
         self._tokens_seen_base = 0
         self._forward_params: set[str] | None = None
-        self._trained_params: list[torch.nn.Parameter] | None = None
 
         callbacks = list(callbacks or [])
         self._user_callbacks = list(callbacks)
@@ -537,14 +536,13 @@ class Trainer:
 
         self.control = handler.on_train_begin(args, self.state, self.control)
         if args.eval_on_start:
-            self._evaluate(trial, ignore_keys_for_eval, skip_scheduler=True)
+            self._evaluate(ignore_keys_for_eval, skip_scheduler=True)
 
         filter_nan = args.logging_nan_inf_filter
         plateau = isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         distributed = is_distributed()
         count_flos = self._counts_flos()
         params = list(model.parameters())  # fixed for the run: zero_grad and clipping reuse the list
-        self._trained_params = params
         for epoch in range(epochs_trained, num_train_epochs):
             if self.state.global_step >= max_steps:
                 break
@@ -600,7 +598,7 @@ class Trainer:
                         self.current_flos += float(self.floating_point_ops(inputs))
                     batch_index += 1
                     if last:
-                        grad_norm = self._clip_gradients(model)
+                        grad_norm = self._clip_gradients(params)
                         self.control = handler.on_pre_optimizer_step(args, self.state, self.control)
                         stepped = self._optimizer_step()
                         self.control = handler.on_optimizer_step(args, self.state, self.control)
@@ -613,7 +611,7 @@ class Trainer:
                         self.state.epoch = epoch + batch_index / steps_in_epoch
                         self.control = handler.on_step_end(args, self.state, self.control)
                         tr_loss = self._maybe_log_save_evaluate(
-                            tr_loss, grad_norm, model, trial, ignore_keys_for_eval, learning_rate
+                            tr_loss, grad_norm, ignore_keys_for_eval, learning_rate
                         )
                     else:
                         self.control = handler.on_substep_end(args, self.state, self.control)
@@ -627,7 +625,7 @@ class Trainer:
                 )
                 self.control.should_training_stop = True
             self.control = handler.on_epoch_end(args, self.state, self.control)
-            tr_loss = self._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, ignore_keys_for_eval, learning_rate)
+            tr_loss = self._maybe_log_save_evaluate(tr_loss, grad_norm, ignore_keys_for_eval, learning_rate)
             if self.control.should_training_stop:
                 break
 
@@ -706,12 +704,11 @@ class Trainer:
         elif "input_ids" in inputs:
             self._tokens_seen = self._tokens_seen + inputs["input_ids"].numel()
 
-    def _clip_gradients(self, model: torch.nn.Module) -> Any:
+    def _clip_gradients(self, params: list[torch.nn.Parameter]) -> Any:
         if not self.args.max_grad_norm or self.args.max_grad_norm <= 0:
             return None
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        params = self._trained_params if self._trained_params is not None else list(model.parameters())
         return torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
 
     def _optimizer_step(self) -> bool:
@@ -730,8 +727,7 @@ class Trainer:
             return float(self.optimizer.param_groups[0]["lr"])
 
     def _maybe_log_save_evaluate(
-        self, tr_loss: torch.Tensor, grad_norm: Any, model: torch.nn.Module, trial: Any,
-        ignore_keys: list[str] | None, learning_rate: float | None,
+        self, tr_loss: torch.Tensor, grad_norm: Any, ignore_keys: list[str] | None, learning_rate: float | None,
     ) -> torch.Tensor:
         if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
             loss_scalar = float(sum_across_processes(tr_loss.detach()).item()) / max(1, self.process.world_size)
@@ -748,7 +744,7 @@ class Trainer:
             self.store_flos()
             self.log(logs)
         if self.control.should_evaluate:
-            metrics = self._evaluate(trial, ignore_keys)
+            metrics = self._evaluate(ignore_keys)
             is_new_best = self._determine_best_metric(metrics)
             if self.args.save_strategy == "best":
                 self.control.should_save = is_new_best
@@ -759,7 +755,7 @@ class Trainer:
             )
         return tr_loss
 
-    def _evaluate(self, trial: Any, ignore_keys: list[str] | None, skip_scheduler: bool = False) -> dict[str, float]:
+    def _evaluate(self, ignore_keys: list[str] | None, skip_scheduler: bool = False) -> dict[str, float]:
         metrics = self.evaluate(ignore_keys=ignore_keys)
         if self._trial_info is not None:
             self._report_to_search(metrics)
@@ -807,7 +803,7 @@ class Trainer:
         from . import search
 
         base_args = self.args
-        trial_args, _ = search.trial_arguments(base_args, params)
+        trial_args = search.trial_arguments(base_args, params)
         self.args = trial_args
         self._trial_info = info
         self._search_context = context
