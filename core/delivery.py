@@ -132,6 +132,11 @@ def _shallow(obj: Any) -> Any:
 _POSITIONAL = frozenset({"args", "state", "control"})
 
 
+def hf_kwargs(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of a transformers-style call: the namespace without args, state, control."""
+    return {k: v for k, v in namespace.items() if k not in _POSITIONAL}
+
+
 class Snapshot(dict[str, Any]):
     """An event's namespace as trackers see it; shared by every tracker the event goes to."""
 
@@ -144,7 +149,7 @@ class Snapshot(dict[str, Any]):
         try:
             return self._hf_kwargs
         except AttributeError:
-            self._hf_kwargs = {k: v for k, v in self.items() if k not in _POSITIONAL}
+            self._hf_kwargs = hf_kwargs(self)
             return self._hf_kwargs
 
 
@@ -184,10 +189,7 @@ def invoke(call: Call, namespace: dict[str, Any]) -> Any:
     """Call one hook implementation with the arguments its style expects."""
     style, function, argnames = call
     if style == HF_STYLE:
-        if type(namespace) is Snapshot:
-            kwargs = namespace.hf_kwargs()
-        else:
-            kwargs = {k: v for k, v in namespace.items() if k not in _POSITIONAL}
+        kwargs = namespace.hf_kwargs() if type(namespace) is Snapshot else hf_kwargs(namespace)
         return function(namespace["args"], namespace["state"], namespace["control"], **kwargs)
     return function(*[namespace[name] for name in argnames])
 

@@ -26,7 +26,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .delivery import HF_STYLE, NAMED_STYLE, Call, DeliverySettings, TrackerChannel, snapshot
+from .delivery import HF_STYLE, NAMED_STYLE, Call, DeliverySettings, TrackerChannel, hf_kwargs, snapshot
 from .errors import PluginRegistrationError, TrackerError
 from .events import EVENTS, RESETS
 from .process import RANK_POLICIES, ProcessInfo
@@ -410,7 +410,7 @@ class CallbackHandler:
                     snap = snap or snapshot(namespace)
                     entry.channel.submit("on_exception", snap)
                 elif style == HF_STYLE:
-                    function(args, state, control, **_kwargs_of(namespace))
+                    function(args, state, control, **hf_kwargs(namespace))
                 else:
                     function(*[namespace[n] for n in argnames])
             except Exception as exc:
@@ -594,10 +594,6 @@ class CallbackHandler:
                 steps.append((call[0], call[1], call[2], entry))
             plan[event] = tuple(steps)
         return plan
-
-
-def _kwargs_of(namespace: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in namespace.items() if k not in ("args", "state", "control")}
 
 
 def _accept_control(result: Any, entry: _Entry, event: str) -> Any:

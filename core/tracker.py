@@ -255,6 +255,12 @@ class _Runtime:
 _open_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
 
 
+def is_killed(exception: BaseException | None) -> bool:
+    """Whether training ended by being stopped rather than by failing: interrupted, SIGTERM'd, stopped by a
+    search backend (Ray exits the trial) or pruned (Optuna's ``TrialPruned``)."""
+    return isinstance(exception, (KeyboardInterrupt, SystemExit)) or type(exception).__name__ == "TrialPruned"
+
+
 class Tracker(TrainerCallback):
     """Base class of tracker plugins (see the module documentation for the contract)."""
 
@@ -468,8 +474,7 @@ class Tracker(TrainerCallback):
 
     def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, **kwargs: Any) -> None:
         # interrupted, SIGTERM'd, stopped by a search backend (Ray exits the trial), or pruned (Optuna)
-        killed = isinstance(exception, (KeyboardInterrupt, SystemExit)) or type(exception).__name__ == "TrialPruned"
-        self.close("killed" if killed else "failed")
+        self.close("killed" if is_killed(exception) else "failed")
 
     def _tracklink_on_disabled(self) -> None:
         self._tl.setup_pending = False

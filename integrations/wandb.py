@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 
 from tracklink.errors import Terminated
 from tracklink.redact import is_secret_key, redact_text, redacted_upload, secret_env_values
-from tracklink.tracker import EnvVar, RunInfo, Tracker, truthy
+from tracklink.tracker import EnvVar, RunInfo, Tracker, is_killed, truthy
 
 __all__ = ["WandbCallback"]
 
@@ -248,7 +248,7 @@ class WandbCallback(Tracker):
     def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, **kwargs: Any) -> None:
         if isinstance(exception, Terminated):
             self._exit_code = 128 + exception.signum
-        elif isinstance(exception, (KeyboardInterrupt, SystemExit)) or type(exception).__name__ == "TrialPruned":
+        elif is_killed(exception):
             self._exit_code = 130  # interrupted, or stopped by a search backend
         else:
             self._exit_code = 1
