@@ -1,8 +1,9 @@
 """Flyte tracker (``report_to="flyte"``): checkpoints synced with the Flyte task, log history as a Deck.
 
 Only usable inside a Flyte ``@task``: build the ``Trainer`` (or ``FlyteCallback()``) in the task body,
-where ``flytekit.current_context()`` is the task's; outside a task the constructor raises. It is never
-chosen by ``report_to="all"`` (name it, or pass an instance in ``callbacks=``).
+where ``flytekit.current_context()`` is the task's (also when a locally executed ``@workflow`` runs the
+task, as ``pyflyte run`` does); outside a task (a workflow body included) the constructor raises. It is
+never chosen by ``report_to="all"`` (name it, or pass an instance in ``callbacks=``).
 
 * ``sync_checkpoints``: every checkpoint directory the trainer writes is saved as the task's checkpoint
   (``current_context().checkpoint.save(<output_dir>/checkpoint-N)``): its files land flat in the task's
@@ -98,17 +99,28 @@ class FlyteCallback(Tracker):
         from flytekit.core.context_manager import ExecutionState, FlyteContextManager
 
         context = FlyteContextManager.current_context()
-        state = context.execution_state
-        mode = getattr(state, "mode", None)
-        if mode is None or mode == ExecutionState.Mode.LOCAL_WORKFLOW_EXECUTION:
-            raise RuntimeError(_NOT_IN_TASK)
+        # A task body is recognised by its checkpoint, not by the execution mode: flytekit gives every
+        # task it runs one (a local sandbox, or the cluster's storage), while a task run by a locally
+        # executed workflow (`wf()`, `pyflyte run`) keeps the workflow's LOCAL_WORKFLOW_EXECUTION mode,
+        # and a workflow body runs in that same mode without a checkpoint.
+        checkpoint: Any = None
+        reason = ""
+        params = context.user_space_params
+        try:
+            checkpoint = params.checkpoint if params is not None else None
+        except NotImplementedError as exc:
+            reason = f" (flytekit: {exc})"
+        if checkpoint is None:
+            mode = getattr(context.execution_state, "mode", None)
+            if mode not in (ExecutionState.Mode.TASK_EXECUTION, ExecutionState.Mode.LOCAL_TASK_EXECUTION):
+                raise RuntimeError(_NOT_IN_TASK)
+            if sync_checkpoints:  # a task on a platform without checkpoints: only the deck can work
+                raise RuntimeError(
+                    f"FlyteCallback(sync_checkpoints=True) needs the task's checkpoint, which this Flyte task "
+                    f"does not have{reason}; pass sync_checkpoints=False to keep only the Log History deck"
+                )
         self._context = context
-        self.checkpoint: Any = None
-        if sync_checkpoints:
-            try:
-                self.checkpoint = context.user_space_params.checkpoint
-            except NotImplementedError as exc:
-                raise RuntimeError(f"{_NOT_IN_TASK} (flytekit: {exc})") from exc
+        self.checkpoint: Any = checkpoint if sync_checkpoints else None
         self._history: list[dict[str, Any]] = []
 
     @classmethod

@@ -4,7 +4,8 @@ retry does, and read the rendered ``deck.html``. TMPDIR points into the test ses
 so flytekit's sandboxes land there.
 
 Bad inputs handled (each has a test below):
-* ``FlyteCallback()`` or ``report_to="flyte"`` outside a Flyte task -> RuntimeError at construction;
+* ``FlyteCallback()`` or ``report_to="flyte"`` outside a Flyte task (a workflow body included)
+  -> RuntimeError at construction;
 * ``FlyteCallback(save_log_history="yes")``                        -> TypeError;
 * ``report_to="all"`` never picks flyte (the reason is listed).
 """
@@ -12,7 +13,11 @@ Bad inputs handled (each has a test below):
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -134,6 +139,89 @@ def test_failing_checkpoint_sync_does_not_stop_training(tmp_path: Path, monkeypa
     assert "blob store unreachable (planted)" in SEEN["failures"]["flyte"]
 
 
+WORKFLOW_SCRIPT = textwrap.dedent('''
+    import json
+    import sys
+
+    from flytekit import current_context, task, workflow
+    from flytekit.core.context_manager import FlyteContextManager
+
+    from helpers import make_trainer
+    from tracklink.integrations import FlyteCallback
+
+    SEEN = sys.argv[1]
+    records = []
+
+
+    @task(enable_deck=True)
+    def train(out: str) -> int:
+        trainer = make_trainer(out, ["flyte"])  # report_to creates FlyteCallback here
+        trainer.train()
+        context = FlyteContextManager.current_context()
+        records.append({"where": "task", "mode": str(context.execution_state.mode),
+                        "checkpoint_dest": str(current_context().checkpoint._checkpoint_dest),
+                        "decks": [deck.name for deck in current_context().decks]})
+        return trainer.state.global_step
+
+
+    @workflow
+    def pipeline(out: str) -> int:
+        return train(out=out)
+
+
+    @workflow
+    def callback_in_workflow_body() -> None:
+        # runs twice: compiled (no execution mode), then executed locally (the workflow's mode)
+        mode = str(getattr(FlyteContextManager.current_context().execution_state, "mode", None))
+        try:
+            FlyteCallback()
+        except RuntimeError as exc:
+            records.append({"where": "workflow body", "mode": mode, "error": str(exc)})
+
+
+    if __name__ == "__main__":
+        step = pipeline(out=sys.argv[2])
+        callback_in_workflow_body()
+        with open(SEEN, "w") as handle:
+            json.dump({"step": step, "records": records}, handle)
+''')
+
+
+def test_trainer_in_a_task_run_by_a_locally_executed_workflow(tmp_path: Path) -> None:
+    """``wf()`` (what ``pyflyte run`` does) runs the task body in LOCAL_WORKFLOW_EXECUTION mode; the
+    callback still finds the task's checkpoint and deck there. flytekit reads the task's source, so the
+    workflow lives in a script file, run in its own interpreter with its own TMPDIR."""
+    script = tmp_path / "train_workflow.py"
+    script.write_text(WORKFLOW_SCRIPT)
+    sandbox = tmp_path / "tmp"
+    sandbox.mkdir()
+    env = dict(os.environ, TMPDIR=str(sandbox),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    seen_file, out = tmp_path / "seen.json", tmp_path / "out"
+    result = subprocess.run([sys.executable, str(script), str(seen_file), str(out)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    seen = json.loads(seen_file.read_text())
+    assert seen["step"] == 20
+
+    task_record, *body_records = seen["records"]
+    assert task_record["where"] == "task" and task_record["mode"] == "Mode.LOCAL_WORKFLOW_EXECUTION"
+    dest = Path(task_record["checkpoint_dest"])
+    assert dest.is_relative_to(sandbox) and (dest / "model.safetensors").is_file()
+    assert json.loads((dest / "trainer_state.json").read_text())["global_step"] == 20
+    assert (out / "checkpoint-20" / "model.safetensors").read_bytes() == (dest / "model.safetensors").read_bytes()
+    assert "Log History" in task_record["decks"]
+    decks = list(sandbox.rglob("deck.html"))
+    assert len(decks) == 1, decks
+    rendered = decks[0].read_text()
+    assert "Log History" in rendered and "eval_loss" in rendered and "train_runtime" in rendered
+
+    # a workflow body is not a task: compiled (no mode) or executed (the workflow's mode), it still fails
+    assert [r["mode"] for r in body_records] == ["None", "Mode.LOCAL_WORKFLOW_EXECUTION"], body_records
+    for record in body_records:
+        assert "must be created inside a Flyte task" in record["error"], record
+
+
 # -- bad inputs --------------------------------------------------------------------------------------
 
 
@@ -143,9 +231,26 @@ def test_outside_a_task_fails_at_construction(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="must be created inside a Flyte task"):
         FlyteCallback()
     with pytest.raises(RuntimeError, match="must be created inside a Flyte task"):
+        FlyteCallback(sync_checkpoints=False)
+    with pytest.raises(RuntimeError, match="must be created inside a Flyte task"):
         make_trainer(tmp_path / "out", ["flyte"])
     with pytest.raises(TypeError, match=r"save_log_history='yes'\): expected True or False"):
         FlyteCallback(save_log_history="yes")
+
+
+def test_task_without_checkpoint_support_keeps_only_the_deck() -> None:
+    """A task on a platform that gives it no checkpoint: syncing cannot work, the deck still can."""
+    from flytekit.core.context_manager import ExecutionState, FlyteContextManager
+
+    from tracklink.integrations import FlyteCallback
+
+    context = FlyteContextManager.current_context()
+    state = context.new_execution_state().with_params(mode=ExecutionState.Mode.TASK_EXECUTION,
+                                                      user_space_params=context.user_space_params)
+    with FlyteContextManager.with_context(context.with_execution_state(state)):
+        with pytest.raises(RuntimeError, match=r"needs the task's checkpoint.*Checkpointing is not available"):
+            FlyteCallback()
+        assert FlyteCallback(sync_checkpoints=False).uploads_checkpoints is False
 
 
 def test_report_to_all_never_picks_flyte() -> None:
