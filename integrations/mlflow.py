@@ -38,7 +38,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from tracklink.redact import redact, redacted_upload, secret_env_values
+from tracklink.redact import redact, redact_text, redacted_upload, secret_env_values
 from tracklink.tracker import EnvVar, RunInfo, Tracker, truthy
 
 __all__ = ["MLflowCallback"]
@@ -50,10 +50,6 @@ _BAD_NAME_CHARS = re.compile(r"[^0-9A-Za-z_\-. :/]")
 _RUN_ID = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")
 _MAX_SPOOL = 1_000_000
 SPOOL_RETRY_S = 30.0  # seconds between attempts to replay spooled metrics
-
-
-def _mask_url(text: str) -> str:
-    return re.sub(r"(://)[^/@\s]*@", r"\1***@", text)
 
 
 def sanitize_name(name: str, limit: int = 250) -> str:
@@ -161,14 +157,15 @@ class MLflowCallback(Tracker):
         problems = [p for var in cls.env_vars if (env.get(var.name) or "").strip() and (p := var.problem(env))]
         tags = env.get("MLFLOW_TAGS")
         if tags is not None and tags.strip():
+            shown = redact_text(tags, secret_env_values(Tracker.declared_secret_names()))
             try:
                 parsed = json.loads(tags)
             except ValueError as exc:
-                problems.append(f"MLFLOW_TAGS={_mask_url(tags)!r} is not valid JSON ({exc}); expected a JSON "
+                problems.append(f"MLFLOW_TAGS={shown!r} is not valid JSON ({exc}); expected a JSON "
                                 'object such as {"team": "nlp"}')
             else:
                 if not isinstance(parsed, dict):
-                    problems.append(f"MLFLOW_TAGS={_mask_url(tags)!r} is a JSON {type(parsed).__name__}; "
+                    problems.append(f"MLFLOW_TAGS={shown!r} is a JSON {type(parsed).__name__}; "
                                     'expected a JSON object such as {"team": "nlp"}')
         limit = env.get("MLFLOW_MAX_LOG_PARAMS")
         if limit is not None and limit.strip() and not limit.strip().isdigit():

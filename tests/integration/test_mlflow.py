@@ -43,6 +43,8 @@ from helpers import (
 pytestmark = pytest.mark.sdk("mlflow")
 
 TESTS = Path(__file__).resolve().parent.parent
+#: a token used as a URL's whole user part (``https://TOKEN@host``): masked by the central redaction only
+URL_TOKEN = "ghp_tokenonly-SECRET-4d1f07"
 
 
 @pytest.fixture
@@ -379,9 +381,11 @@ def test_checkpoint_artifacts_and_no_secrets(server_env, mlflow_server: MlflowSe
     client, experiment = server_env
     monkeypatch.setenv(SECRET_ENV_VAR, SECRET_ENV)
     monkeypatch.setenv("HF_MLFLOW_LOG_ARTIFACTS", "true")
-    monkeypatch.setenv("MLFLOW_TAGS", json.dumps({"team": "nlp", "db": f"postgresql://u:{SECRETS[2]}@h/db"}))
+    monkeypatch.setenv("MLFLOW_TAGS", json.dumps({"team": "nlp", "db": f"postgresql://u:{SECRETS[2]}@h/db",
+                                                  "repo": f"https://{URL_TOKEN}@github.com/org/x.git"}))
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRETS[0])
     trainer = make_trainer(tmp_path / "out", ["mlflow"], secrets=True)
+    trainer.model.config["data_url"] = f"https://{URL_TOKEN}@huggingface.co/datasets/org/set"
     trainer.train()
     run = only_run(client, experiment)
     assert run.info.status == "FINISHED"
@@ -393,9 +397,12 @@ def test_checkpoint_artifacts_and_no_secrets(server_env, mlflow_server: MlflowSe
     assert run.data.params["hub_token"] == "<redacted>"
     config = Path(client.download_artifacts(run.info.run_id, "checkpoint-20/config.json", str(tmp_path)))
     assert json.loads(config.read_text())["service_password"] == "<redacted>"  # the local file keeps it
+    assert run.data.tags["repo"] == "https://<redacted>@github.com/org/x.git"
+    assert run.data.params["data_url"] == "https://<redacted>@huggingface.co/datasets/org/set"
     texts = json.dumps([run.data.params, run.data.tags, run.info.run_name])
-    assert not [s for s in SECRETS if s in texts]
-    assert files_containing(mlflow_server.backend_dir, SECRETS) == []  # the SQLite file and artifacts
+    assert not [s for s in (*SECRETS, URL_TOKEN) if s in texts]
+    # the SQLite file and artifacts (the checkpoints' config.json is uploaded redacted)
+    assert files_containing(mlflow_server.backend_dir, (*SECRETS, URL_TOKEN)) == []
 
 
 # -- bad inputs, switches, failures ----------------------------------------------------------------
@@ -423,6 +430,16 @@ def test_bad_environment_fails_before_training(tmp_path: Path, monkeypatch: pyte
     assert name in str(info.value) and value in str(info.value) and accepted in str(info.value)
     with pytest.raises(ValueError, match=name):  # the same check for an instance passed in callbacks=
         MLflowCallback()
+
+
+def test_bad_tags_error_masks_url_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracklink.errors import ReportToError
+
+    monkeypatch.setenv("MLFLOW_TAGS", f'{{"repo": "https://{URL_TOKEN}@github.com/x.git", "db": "mysql://u:pw-9f8e7d@h"')
+    with pytest.raises(ReportToError, match="not valid JSON") as info:
+        make_trainer(tmp_path / "out", ["mlflow"])
+    assert URL_TOKEN not in str(info.value) and "pw-9f8e7d" not in str(info.value)
+    assert "https://<redacted>@github.com/x.git" in str(info.value)
 
 
 def test_disable_switch_and_readiness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

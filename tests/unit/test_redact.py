@@ -90,6 +90,56 @@ def test_url_credentials_masked(text: str, expected: str) -> None:
     assert redact({"tracking_uri": text}, env_secrets=[])["tracking_uri"] == expected
 
 
+# Token-only credentials: a URL whose user part has no password is masked whole (it cannot be told from
+# a token); ssh-family URLs keep it (ssh never carries a secret there, and "git" is the convention).
+TOKEN_ONLY_MASKED = [
+    ("https://ghp_abc123@github.com/x.git", f"https://{REDACTED}@github.com/x.git"),
+    ("https://hf_xxxxxxxxxxxxxxxx@huggingface.co", f"https://{REDACTED}@huggingface.co"),
+    ("https://hf_xxx@huggingface.co/datasets/org/set", f"https://{REDACTED}@huggingface.co/datasets/org/set"),
+    ("git+https://glpat-AbC_123-xyz@gitlab.com/g/p.git@v1.0", f"git+https://{REDACTED}@gitlab.com/g/p.git@v1.0"),
+    ("HTTP://Tok3n@HOST:8080/api", f"HTTP://{REDACTED}@HOST:8080/api"),
+    ("https://npm_token%2Fpart@registry.example", f"https://{REDACTED}@registry.example"),
+    ("postgresql://bob@db:5432/mlflow", f"postgresql://{REDACTED}@db:5432/mlflow"),
+    ("pip install git+https://ghp_abc123@github.com/o/r.git#egg=r",
+     f"pip install git+https://{REDACTED}@github.com/o/r.git#egg=r"),
+    ("clone https://ghp_a1@github.com/a and https://hf_b2@huggingface.co/b, then ssh://git@github.com/c",
+     f"clone https://{REDACTED}@github.com/a and https://{REDACTED}@huggingface.co/b, then ssh://git@github.com/c"),
+    ("remote=https://ghp_abc123@github.com/x.git?token=zzz",
+     f"remote=https://{REDACTED}@github.com/x.git?token={REDACTED}"),
+    (f"https://{REDACTED}@github.com/x.git", f"https://{REDACTED}@github.com/x.git"),  # masking twice: the same
+]
+NOT_CREDENTIALS = [
+    "ssh://git@github.com/org/repo.git",
+    "git+ssh://git@github.com/org/repo.git",
+    "SSH://deploy@build-host:2222/srv",
+    "sftp://uploader@files.example.com/incoming",
+    "git@github.com:org/repo.git",
+    "user@example.com",
+    "mail first.last+tag@example.co.uk about it",
+    "mailto:team@example.com",
+    "https://registry.npmjs.org/@babel/core",
+    "https://medium.com/@author/post",
+    "https://example.com/path?who=a@b.c#x@y",
+    "see https://example.com and write to ops@example.com",
+    "model@v2 trained with lr=0.1",
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), TOKEN_ONLY_MASKED)
+def test_token_only_url_credentials_masked(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+    assert redact({"remote": text, "list": [text]}, env_secrets=[]) == {"remote": expected, "list": [expected]}
+
+
+@pytest.mark.parametrize("text", NOT_CREDENTIALS)
+def test_user_names_and_addresses_outside_credentials_are_kept(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_ssh_url_password_is_still_masked() -> None:
+    assert redact_text("ssh://deploy:hunter22@host/srv") == f"ssh://deploy:{REDACTED}@host/srv"
+
+
 def test_env_secret_values_masked_inside_strings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-0123456789")
     monkeypatch.setenv("HARMLESS_SETTING", "tok-0123456789-not-a-secret-name")
@@ -193,6 +243,14 @@ def test_redacted_file_text_masks_json_keys_urls_and_env_values(tmp_path: Path,
     # explicit secrets replace the environment's
     assert redacted_file_text(folder / "README.md", env_secrets=[]) == f"db: postgresql://u:{REDACTED}@db/x\n" \
         f"key: {UPLOAD_SECRET}\n"
+
+
+def test_redacted_file_text_masks_token_only_urls(tmp_path: Path) -> None:
+    notes = tmp_path / "README.md"
+    notes.write_text("source: https://ghp_abc123@github.com/org/x.git\nmirror: ssh://git@github.com/org/x.git\n")
+    assert redacted_file_text(notes, env_secrets=[]) == (
+        f"source: https://{REDACTED}@github.com/org/x.git\nmirror: ssh://git@github.com/org/x.git\n"
+    )
 
 
 def test_redacted_file_text_skips_large_and_non_utf8_files(tmp_path: Path) -> None:
