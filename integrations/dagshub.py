@@ -30,10 +30,10 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from tracklink.redact import redacted_upload
-from tracklink.tracker import EnvVar, RunInfo, truthy
+from tracklink.redact import redact_text, redacted_upload, secret_env_values
+from tracklink.tracker import EnvVar, RunInfo, Tracker, truthy
 
-from .mlflow import BOOL_CHOICES, MLflowCallback, _mask_url
+from .mlflow import BOOL_CHOICES, MLflowCallback
 
 __all__ = ["DagsHubCallback", "parse_dagshub_uri"]
 
@@ -73,7 +73,8 @@ def uri_problem(env: Mapping[str, str]) -> str | None:
         return (f"DagsHub needs MLFLOW_TRACKING_URI={EXPECTED}, but it is not set. Did you run "
                 "dagshub.init(repo_owner=..., repo_name=..., mlflow=True)?")
     if parse_dagshub_uri(uri) is None:
-        return (f"MLFLOW_TRACKING_URI={_mask_url(uri)!r} is not a DagsHub MLflow URI; expected {EXPECTED} "
+        shown = redact_text(uri, secret_env_values(Tracker.declared_secret_names()))
+        return (f"MLFLOW_TRACKING_URI={shown!r} is not a DagsHub MLflow URI; expected {EXPECTED} "
                 "(any host, path /<owner>/<repo>.mlflow). Did you run dagshub.init(repo_owner=..., "
                 "repo_name=..., mlflow=True)?")
     return None

@@ -258,10 +258,11 @@ def test_bad_switch_and_uri_credentials_not_echoed(tmp_path: Path, monkeypatch: 
     with pytest.raises(ReportToError, match="HF_DAGSHUB_LOG_ARTIFACTS='sure'"):
         make_trainer(tmp_path / "out", ["dagshub"])
     monkeypatch.delenv("HF_DAGSHUB_LOG_ARTIFACTS")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://user:{TOKEN}@dagshub.com/o/r")
-    with pytest.raises(ValueError, match="not a DagsHub MLflow URI") as info:
-        make_trainer(tmp_path / "out", ["dagshub"])
-    assert TOKEN not in str(info.value)
+    for uri in (f"https://user:{TOKEN}@dagshub.com/o/r", f"https://{TOKEN}@dagshub.com/o/r"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        with pytest.raises(ValueError, match="not a DagsHub MLflow URI") as info:
+            make_trainer(tmp_path / "out", ["dagshub"])
+        assert TOKEN not in str(info.value) and "<redacted>@dagshub.com/o/r" in str(info.value)
 
 
 def test_parse_uri_ready_and_all_resolution() -> None:
