@@ -76,8 +76,29 @@ class TrackerSpec:
 
     # declarations, with the defaults a plain plugin gets (ready, main rank, no SDK)
     @property
+    def sdk_distributions(self) -> tuple[str, ...]:
+        """The distributions that provide the SDK, as declared: one name, or alternatives (a full and a
+        slim build of one SDK, such as ``("mlflow", "mlflow-skinny")``), preferred first."""
+        declared = self._attr("sdk", None)
+        if not declared:
+            return ()
+        return (declared,) if isinstance(declared, str) else tuple(declared)
+
+    def _installed_sdk(self) -> tuple[str, str] | None:
+        """The first declared SDK distribution that is installed, with its version (metadata only)."""
+        for distribution in self.sdk_distributions:
+            version = _installed_version(distribution)
+            if version is not None:
+                return distribution, version
+        return None
+
+    @property
     def sdk(self) -> str | None:
-        return self._attr("sdk", None)
+        """The SDK distribution: the installed one of the declared alternatives, else the preferred one."""
+        installed = self._installed_sdk()
+        if installed is not None:
+            return installed[0]
+        return self.sdk_distributions[0] if self.sdk_distributions else None
 
     @property
     def sdk_min_version(self) -> str | None:
@@ -113,21 +134,23 @@ class TrackerSpec:
 
     @property
     def sdk_version(self) -> str | None:
-        return _installed_version(self.sdk) if self.sdk else None
+        installed = self._installed_sdk()
+        return installed[1] if installed is not None else None
 
     def availability(self) -> str | None:
         """``None`` when the plugin can be used; otherwise what is missing."""
         self.load()
         if self.load_error:
             return f"its plugin failed to load ({self.load_error})"
-        if self.sdk is None:
+        if not self.sdk_distributions:
             return None
-        version = self.sdk_version
-        if version is None:
-            return f"its SDK ({self.sdk}) is not installed"
+        installed = self._installed_sdk()
+        if installed is None:
+            return f"its SDK ({' or '.join(self.sdk_distributions)}) is not installed"
+        distribution, version = installed
         minimum = self.sdk_min_version
         if minimum and version_tuple(version) < version_tuple(minimum):
-            return f"its SDK {self.sdk} {version} is older than the required {minimum}"
+            return f"its SDK {distribution} {version} is older than the required {minimum}"
         return None
 
     def _classmethod(self, name: str, env: Mapping[str, str], default: Any) -> Any:

@@ -3,7 +3,9 @@
 A tracker declares, as class attributes the hub and the CLI read without importing its SDK:
 
 ``name``            its ``report_to`` name;
-``sdk``             the distribution it needs, ``sdk_min_version`` and ``sdk_module`` (the import name);
+``sdk``             the distribution it needs, or a tuple of alternative distributions that each provide
+                    the SDK module (preferred first, e.g. ``("mlflow", "mlflow-skinny")``; any one installed
+                    counts), ``sdk_min_version`` and ``sdk_module`` (the import name);
 ``extra``           the pip extra that installs the SDK (``pip install "tracklink[<extra>]"``);
 ``env_vars``        the environment variables it reads (:class:`EnvVar`: default, meaning, secret or not);
 ``rank_policy``     ``"main"`` (world rank 0, default), ``"local_main"`` (one per node) or ``"all"``;
@@ -265,7 +267,7 @@ class Tracker(TrainerCallback):
     """Base class of tracker plugins (see the module documentation for the contract)."""
 
     name: ClassVar[str] = ""
-    sdk: ClassVar[str | None] = None
+    sdk: ClassVar[str | tuple[str, ...] | None] = None
     sdk_min_version: ClassVar[str | None] = None
     sdk_module: ClassVar[str | None] = None
     extra: ClassVar[str | None] = None
@@ -301,7 +303,9 @@ class Tracker(TrainerCallback):
     def install_hint(cls) -> str:
         if cls.extra:
             return f'pip install "tracklink[{cls.extra}]"'
-        return f"pip install {cls.sdk}" if cls.sdk else "(nothing to install)"
+        if not cls.sdk:
+            return "(nothing to install)"
+        return f"pip install {cls.sdk if isinstance(cls.sdk, str) else cls.sdk[0]}"
 
     @classmethod
     def ready(cls, env: Mapping[str, str]) -> str | None:
@@ -333,7 +337,7 @@ class Tracker(TrainerCallback):
     @classmethod
     def import_sdk(cls, module: str | None = None) -> Any:
         """Import the SDK (or one of its modules), turning a missing one into a clear error."""
-        target = module or cls.sdk_module or cls.sdk
+        target = module or cls.sdk_module or (cls.sdk if isinstance(cls.sdk, str) else None)
         if target is None:
             raise TypeError(f"{cls.__name__} declares no SDK to import")
         try:

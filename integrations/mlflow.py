@@ -87,7 +87,7 @@ class MLflowCallback(Tracker):
     """Logs to MLflow (see the module documentation). Takes no arguments, like transformers'."""
 
     name = "mlflow"
-    sdk = "mlflow"
+    sdk = ("mlflow", "mlflow-skinny")  # the slim build provides the same mlflow module
     sdk_min_version = "2.8"
     sdk_module = "mlflow"
     extra = "mlflow"

@@ -74,12 +74,14 @@ def test_declarations(spec: Any) -> None:
     if spec.source != "builtin":
         return
     assert obj.sdk and obj.extra and obj.sdk_module, "built-in trackers declare their SDK and extra"
+    sdk = obj.sdk if isinstance(obj.sdk, str) else obj.sdk[0]  # the preferred one of alternatives
+    assert isinstance(obj.sdk, str) or (obj.sdk and all(isinstance(d, str) and d for d in obj.sdk)), obj.sdk
     extras = PYPROJECT["project"]["optional-dependencies"]
-    requirement = next((r for r in extras[obj.extra] if re.split(r"[<>=!~\[ ;]", r)[0].lower() == obj.sdk.lower()), None)
-    assert requirement is not None, f"extra [{obj.extra}] does not install {obj.sdk}"
+    requirement = next((r for r in extras[obj.extra] if re.split(r"[<>=!~\[ ;]", r)[0].lower() == sdk.lower()), None)
+    assert requirement is not None, f"extra [{obj.extra}] does not install {sdk}"
     if obj.sdk_min_version:
         assert f">={obj.sdk_min_version}" in requirement, (requirement, obj.sdk_min_version)
-    assert any(re.split(r"[<>=!~\[ ;]", r)[0].lower() == obj.sdk.lower() for r in extras["all"]), "missing from [all]"
+    assert any(re.split(r"[<>=!~\[ ;]", r)[0].lower() == sdk.lower() for r in extras["all"]), "missing from [all]"
     page = ROOT / "docs" / "trackers" / f"{spec.name}.md"
     assert page.is_file(), f"no docs page {page}"
     assert f"{{tracklink-env-vars}} {spec.name}" in page.read_text()
