@@ -38,6 +38,7 @@ INTERVAL_STRATEGIES = ("no", "steps", "epoch")
 SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 TOKEN_COUNTING = ("no", "all", "non_padding")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _fail(name: str, value: Any, accepted: str) -> ValueError:
@@ -93,6 +94,11 @@ class TrainingArguments:
     seed: int = 42
     bf16: bool = False
     fp16: bool = False
+    torch_compile: bool = False
+    torch_compile_backend: str | None = None
+    torch_compile_mode: str | None = None
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: dict[str, Any] | None = None
     use_cpu: bool = False
     dataloader_num_workers: int = 0
     dataloader_drop_last: bool = False
@@ -266,6 +272,7 @@ class TrainingArguments:
             raise ValueError(
                 "TrainingArguments.fp16=True and bf16=True cannot both be set; accepted: at most one of fp16, bf16"
             )
+        self._validate_compile_and_checkpointing()
         if self.include_num_input_tokens_seen is True:
             self.include_num_input_tokens_seen = "all"
         elif self.include_num_input_tokens_seen is False:
@@ -283,6 +290,32 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise _fail(name, value, "None or a string")
+
+    def _validate_compile_and_checkpointing(self) -> None:
+        # the backend name is checked against torch._dynamo by the Trainer (importing it here would
+        # import torch); as in transformers, a backend or mode implies torch_compile=True
+        for name in ("torch_compile", "gradient_checkpointing"):
+            self._check_type(name, (bool,), "True or False")
+        backend = self.torch_compile_backend
+        if backend is not None and (not isinstance(backend, str) or not backend.strip()):
+            raise _fail("torch_compile_backend", backend,
+                        "None ('inductor') or the name of a torch._dynamo backend, e.g. 'inductor', 'aot_eager'")
+        if self.torch_compile_mode not in COMPILE_MODES:
+            raise _fail("torch_compile_mode", self.torch_compile_mode, ", ".join(repr(m) for m in COMPILE_MODES))
+        if (backend is not None or self.torch_compile_mode is not None) and not self.torch_compile:
+            self.torch_compile = True
+        if self.torch_compile and backend is None:
+            self.torch_compile_backend = "inductor"
+        kwargs = self.gradient_checkpointing_kwargs
+        if isinstance(kwargs, str):  # a JSON object, as transformers accepts from the command line
+            try:
+                kwargs = json.loads(kwargs)
+            except ValueError:
+                pass
+        if kwargs is not None and (not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs)):
+            raise _fail("gradient_checkpointing_kwargs", self.gradient_checkpointing_kwargs,
+                        "None or a dict of keyword arguments (or its JSON text), e.g. {'use_reentrant': False}")
+        self.gradient_checkpointing_kwargs = kwargs
 
     def _check_best_model_rules(self) -> None:
         if self.save_strategy == "best":

@@ -46,6 +46,8 @@ from .distributed import (
     wrap_model,
 )
 from .optim import create_optimizer, create_scheduler
+from .precision import SkippedSteps, autocast_context
+from .preparation import ModelCompiler, check_compile_backend, check_gradient_checkpointing, enable_gradient_checkpointing
 
 logger = logging.getLogger("tracklink")
 
@@ -238,6 +240,7 @@ class Trainer:
             model = self.call_model_init()
         self.model = model.to(self.device)
         self.model_wrapped: torch.nn.Module = self.model
+        self._check_model_preparation()
         self.processing_class = processing_class if processing_class is not None else tokenizer
         self.data_collator = data_collator or default_data_collator
         self.train_dataset = train_dataset
@@ -246,6 +249,8 @@ class Trainer:
         self.optimizer, self.lr_scheduler = optimizers
         self._user_optimizers = optimizers
         self.scaler: Any = None
+        self._skipped_steps = SkippedSteps()  # fp16: optimizer steps the scaler skipped
+        self._compiler = ModelCompiler()
         self.current_flos = 0.0
         self._tokens_seen: Any = 0
         self._tokens_seen_base = 0
@@ -318,10 +323,25 @@ class Trainer:
         return model
 
     def _autocast(self) -> Any:
-        if self.args.bf16 or self.args.fp16:
-            dtype = torch.bfloat16 if self.args.bf16 else torch.float16
-            return torch.autocast(device_type=self.device.type, dtype=dtype)
-        return contextlib.nullcontext()
+        return autocast_context(self.device, self.args.bf16, self.args.fp16)
+
+    def _check_model_preparation(self) -> None:
+        """Fail before training when gradient checkpointing or the compile backend cannot work."""
+        if self.args.gradient_checkpointing:
+            check_gradient_checkpointing(unwrap_model(self.model))
+        if self.args.torch_compile:
+            check_compile_backend(self.args.torch_compile_backend or "inductor")
+
+    def _prepare_model(self) -> None:
+        """Before wrapping: turn on gradient checkpointing in the (unwrapped) model."""
+        if self.args.gradient_checkpointing:
+            enable_gradient_checkpointing(unwrap_model(self.model), self.args.gradient_checkpointing_kwargs)
+
+    def _compile_wrapped(self, wrapped: torch.nn.Module) -> torch.nn.Module:
+        """After wrapping: ``torch.compile`` the training model (once per wrapped model object)."""
+        if not self.args.torch_compile:
+            return wrapped
+        return self._compiler(wrapped, self.args.torch_compile_backend, self.args.torch_compile_mode)
 
     def _prepare_inputs(self, inputs: Any) -> Any:
         if isinstance(inputs, Mapping) and self.args.remove_unused_columns:
@@ -485,6 +505,7 @@ class Trainer:
         self.create_optimizer_and_scheduler(max_steps)
         if args.fp16 and self.scaler is None:
             self.scaler = torch.amp.GradScaler(self.device.type)
+        self._skipped_steps.reset()
         self.state = TrainerState(
             stateful_callbacks=self._stateful_objects(),
             is_local_process_zero=self.process.is_local_main,
@@ -500,7 +521,9 @@ class Trainer:
         elif isinstance(trial, Mapping):
             self.state.trial_params = dict(trial)
         self.state.compute_steps(args, max_steps)
+        self._prepare_model()
         self.model_wrapped = wrap_model(self.model, args, self.device)
+        self.model_wrapped = self._compile_wrapped(self.model_wrapped)
 
         epochs_trained, steps_in_epoch_done = 0, 0
         if checkpoint_dir is not None and not (checkpoint_dir / ckpt.STATE_NAME).is_file():
@@ -636,6 +659,8 @@ class Trainer:
         metrics = speed_metrics("train", start_time, num_samples=steps_run * total_batch, num_steps=steps_run)
         metrics["total_flos"] = self.state.total_flos
         metrics["train_loss"] = train_loss
+        if self.scaler is not None:
+            metrics["train_skipped_optimizer_steps"] = self._skipped_steps.total
         metrics.update(handler.final_metrics())
         self.log(metrics)
         self._load_best_model_at_end()
@@ -715,10 +740,7 @@ class Trainer:
         if self.scaler is None:
             self.optimizer.step()
             return True
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return scale <= self.scaler.get_scale()  # fp16 only: a skipped step lowers the scale
+        return self._skipped_steps.step(self.scaler, self.optimizer)
 
     def _current_lr(self) -> float | None:
         try:
@@ -738,6 +760,8 @@ class Trainer:
                 logs["grad_norm"] = float(grad_norm.item()) if isinstance(grad_norm, torch.Tensor) else float(grad_norm)
             if learning_rate is not None:
                 logs["learning_rate"] = learning_rate
+            if self.scaler is not None:
+                logs["skipped_optimizer_steps"] = self._skipped_steps.take_since_log()
             self._total_loss_scalar += loss_scalar
             tr_loss = torch.zeros((), device=tr_loss.device)
             self._globalstep_last_logged = self.state.global_step

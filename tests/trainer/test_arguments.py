@@ -19,6 +19,10 @@ accepted, before any training step):
 - ``save_total_limit`` 0 or negative; ``label_names`` given as a string; ``metric_for_best_model`` not a
   string; ``include_num_input_tokens_seen`` unknown; ``ddp_backend`` unknown; a bool field given a string;
 - ``report_to`` naming an unknown tracker (constructor and reassignment);
+- ``torch_compile``/``gradient_checkpointing`` not a bool, ``torch_compile_mode`` unknown, ``torch_compile_backend``
+  not a name, ``gradient_checkpointing_kwargs`` not a dict (a list, a non-object JSON text, non-string keys);
+  at ``Trainer`` construction: a backend ``torch._dynamo`` does not know, gradient checkpointing for a model
+  without ``gradient_checkpointing_enable``;
 - at ``Trainer`` construction: ``fp16=True`` on CPU; ``eval_strategy="steps"`` without ``eval_dataset``.
 """
 
@@ -61,6 +65,8 @@ EXPECTED_DEFAULTS = {
     "run_name": None, "ignore_data_skip": False, "restore_callback_states_from_checkpoint": False,
     "include_num_input_tokens_seen": "no", "label_names": None, "remove_unused_columns": True,
     "ddp_backend": None, "ddp_find_unused_parameters": None,
+    "torch_compile": False, "torch_compile_backend": None, "torch_compile_mode": None,
+    "gradient_checkpointing": False, "gradient_checkpointing_kwargs": None,
 }
 
 
@@ -136,6 +142,10 @@ INVALID_SINGLE = [
     ("include_num_input_tokens_seen", "maybe"), ("ddp_backend", "tcp"),
     ("bf16", "yes"), ("logging_first_step", 1), ("disable_tqdm", "no"), ("greater_is_better", "true"),
     ("run_name", 5), ("output_dir", ""),
+    ("torch_compile", "yes"), ("torch_compile", 1), ("torch_compile_mode", "fast"), ("torch_compile_mode", 3),
+    ("torch_compile_backend", ""), ("torch_compile_backend", 5), ("gradient_checkpointing", "true"),
+    ("gradient_checkpointing_kwargs", ["use_reentrant"]), ("gradient_checkpointing_kwargs", {1: True}),
+    ("gradient_checkpointing_kwargs", "[1, 2]"), ("gradient_checkpointing_kwargs", "use_reentrant=False"),
 ]
 
 
@@ -241,6 +251,39 @@ def test_eval_strategy_without_eval_dataset_fails_at_construction(tmp_path: Path
     with pytest.raises(ValueError) as info:
         Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset(), callbacks=[FailIfCalled()])
     _assert_names(info.value, "eval_strategy='steps'", "eval_dataset")
+
+
+def test_compile_settings_imply_torch_compile_as_in_transformers() -> None:
+    assert (make().torch_compile, make().torch_compile_backend) == (False, None)
+    assert make(torch_compile=True).torch_compile_backend == "inductor"
+    args = make(torch_compile_mode="reduce-overhead")
+    assert (args.torch_compile, args.torch_compile_backend, args.torch_compile_mode) == (True, "inductor", "reduce-overhead")
+    args = make(torch_compile_backend="aot_eager")
+    assert (args.torch_compile, args.torch_compile_backend) == (True, "aot_eager")
+    for mode in ("default", "max-autotune", "max-autotune-no-cudagraphs"):
+        assert make(torch_compile_mode=mode).torch_compile_mode == mode
+    assert make(gradient_checkpointing_kwargs='{"use_reentrant": false}').gradient_checkpointing_kwargs == {
+        "use_reentrant": False}
+
+
+def test_unknown_compile_backend_fails_at_construction(tmp_path: Path) -> None:
+    args = make(output_dir=str(tmp_path), torch_compile_backend="inductr", use_cpu=True)
+    with pytest.raises(ValueError) as info:
+        Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset(), callbacks=[FailIfCalled()])
+    _assert_names(info.value, "TrainingArguments.torch_compile_backend='inductr'", "accepted", "'inductor'",
+                  "'aot_eager'")
+    assert not any(tmp_path.iterdir())
+
+
+def test_gradient_checkpointing_without_support_fails_at_construction(tmp_path: Path) -> None:
+    args = make(output_dir=str(tmp_path), gradient_checkpointing=True, use_cpu=True)
+    with pytest.raises(ValueError) as info:
+        Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset(), callbacks=[FailIfCalled()])
+    _assert_names(info.value, "gradient_checkpointing=True", "RegressionModel", "gradient_checkpointing_enable")
+    with pytest.raises(ValueError) as info:  # model_init: the model built at construction is checked
+        Trainer(model_init=lambda: RegressionModel(), args=args, train_dataset=RegressionDataset(), callbacks=[FailIfCalled()])
+    _assert_names(info.value, "RegressionModel", "gradient_checkpointing_enable")
+    assert not any(tmp_path.iterdir())
 
 
 def test_report_to_reassigned_after_construction(tmp_path: Path) -> None:

@@ -5,6 +5,10 @@ host-only code that does not) and attribute each call to the step in progress (f
 step n to ``on_step_begin`` of step n + 1). Everything outside that host-only code, in particular the
 trainer's own code, counts.
 
+With bf16 autocast, ``torch.compile`` and gradient checkpointing quiet steps stay free of syncs too; fp16
+adds exactly one per optimizer step, inside ``GradScaler.step`` (it reads the inf/NaN flag to decide whether
+to step), and none of the trainer's own.
+
 Bad behaviours caught: ``loss.item()`` (or ``float(loss)``) every step, a NaN/inf check on the host,
 ``grad_norm.item()`` every step, token counting with ``int(mask.sum())``, a host-side check of the
 gradient-accumulation boundary; the NaN filter not replacing a NaN step loss (the logged loss must be
@@ -20,6 +24,7 @@ from typing import Any
 
 import pytest
 import torch
+from trainer_testlib import CheckpointableClassifier
 
 from helpers import RegressionDataset, RegressionModel, TinyClassifier
 from syncs import counting_syncs
@@ -143,3 +148,50 @@ def test_nan_step_loss_is_filtered_on_the_device(nan_filter: bool, tmp_path: Pat
         assert math.isnan(losses[0]) and math.isfinite(losses[1])
     per_step = counter.per_step()
     assert {n: counter.where(n) for n in (1, 2, 3, 4, 6, 7, 8, 9) if per_step[n]} == {}
+
+
+SPEED_OPTIONS = {
+    "bf16": dict(bf16=True),
+    "compile": dict(torch_compile_backend="aot_eager"),
+    "gradient_checkpointing": dict(gradient_checkpointing=True),
+}
+
+
+def _quiet_step_syncs(option_args: dict[str, Any], tmp_path: Path,
+                      warm_up: bool = False) -> tuple[SyncCounter, dict[int, list[str]]]:
+    """Train 12 steps logging every 4th; the syncing calls of the steps that do not log. With ``warm_up``
+    the counted run is the trainer's second ``train()``, which reuses the model compiled by the first."""
+    counter = SyncCounter()
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", disable_tqdm=True, use_cpu=True,
+                             max_steps=12, per_device_train_batch_size=4, dataloader_drop_last=True,
+                             logging_steps=4, save_strategy="no", max_grad_norm=1.0, learning_rate=0.01,
+                             **option_args)
+    torch.manual_seed(0)
+    trainer = Trainer(model=CheckpointableClassifier(), args=args, train_dataset=TensorItems(length=48),
+                      callbacks=[counter])
+    if warm_up:
+        trainer.train()
+        counter.calls.clear()
+    with counter.patched():
+        trainer.train()
+    assert trainer.state.global_step == 12
+    return counter, {n: counter.where(n) for n in range(1, 13) if n % 4}
+
+
+@pytest.mark.parametrize("option", list(SPEED_OPTIONS))
+def test_no_sync_between_logging_steps_with_speed_options(option: str, tmp_path: Path) -> None:
+    # compiling (the first step) is excluded: with pytest's log capture, torch's structured trace logging
+    # formats the traced graph's metadata then; a compiled step itself reads nothing on the host
+    counter, quiet = _quiet_step_syncs(SPEED_OPTIONS[option], tmp_path, warm_up=option == "compile")
+    assert {n: calls for n, calls in quiet.items() if calls} == {}
+    assert all(counter.per_step()[n] > 0 for n in (4, 8, 12))  # logging steps read the loss
+
+
+def test_fp16_syncs_only_inside_grad_scaler_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One host read per optimizer step, in ``GradScaler.step``; the trainer adds none (test seam: the
+    device check refusing fp16 on CPU is lifted, see tests/trainer/test_acceleration.py)."""
+    monkeypatch.setattr(Trainer, "_check_precision", lambda self: None)
+    _, quiet = _quiet_step_syncs(dict(fp16=True), tmp_path)
+    for step, calls in quiet.items():
+        assert len(calls) == 1, (step, calls)
+        assert calls[0].startswith("item from ") and "/torch/amp/grad_scaler.py:" in calls[0], calls

@@ -118,3 +118,104 @@ def comparable_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``log_history`` without the final summary and without timing keys."""
     body = [entry for entry in history if "train_runtime" not in entry]
     return [{k: v for k, v in entry.items() if not k.endswith(TIMING_SUFFIXES)} for entry in body]
+
+
+class CheckpointableClassifier(nn.Module):
+    """A small MLP classifier with transformers' ``gradient_checkpointing_enable`` hook.
+
+    Once enabled, its hidden block runs under ``torch.utils.checkpoint`` in training, so the block is
+    called again during the backward pass. With ``count_calls``, ``block_calls`` counts the block's calls
+    (off by default: under ``torch.compile`` a changing integer attribute recompiles the model every step).
+    """
+
+    def __init__(self, features: int = 8, hidden: int = 16, classes: int = 2, count_calls: bool = False) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.head = nn.Linear(hidden, classes)
+        self.checkpoint_kwargs: dict[str, Any] | None = None
+        self.count_calls = count_calls
+        self.block_calls = 0
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        self.checkpoint_kwargs = dict(gradient_checkpointing_kwargs or {"use_reentrant": False})
+
+    def _run_block(self, x: torch.Tensor) -> torch.Tensor:
+        if self.count_calls:
+            self.block_calls += 1
+        return self.block(x)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
+        if self.checkpoint_kwargs is not None and self.training:
+            from torch.utils.checkpoint import checkpoint
+
+            hidden = checkpoint(self._run_block, x, **self.checkpoint_kwargs)
+        else:
+            hidden = self._run_block(x)
+        logits = self.head(hidden)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits.float(), labels)
+        return out
+
+
+class OverflowDataset(torch.utils.data.Dataset):
+    """Regression items ``{"x", "labels", "overflow"}``; ``overflow`` is 1 for the indices in ``overflowing``."""
+
+    def __init__(self, length: int = 32, overflowing: Iterable[int] = (), seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(length, 4, generator=generator)
+        # small targets and a zero-initialised model keep the scaled fp16 gradients below fp16's maximum
+        self.y = self.x @ torch.tensor([0.01, -0.02, 0.005, 0.03]) + 0.005
+        self.overflowing = set(overflowing)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"x": self.x[i], "labels": self.y[i], "overflow": int(i in self.overflowing)}
+
+
+class OverflowingRegressor(nn.Module):
+    """Linear regression whose training loss is multiplied by inf when the batch holds an ``overflow``
+    item, so every gradient becomes inf or NaN (on the device; nothing is read on the host).
+
+    ``overflow_flags`` keeps one device flag per training forward; ``output_dtypes`` the dtype of the
+    linear layer's output (float16 under fp16 autocast)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.overflow_flags: list[torch.Tensor] = []
+        self.output_dtypes: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                overflow: torch.Tensor | None = None) -> dict[str, Any]:
+        raw = self.linear(x).squeeze(-1)
+        prediction = raw.float()
+        out: dict[str, Any] = {"logits": prediction}
+        if labels is None:
+            return out
+        loss = nn.functional.mse_loss(prediction, labels.float())
+        if overflow is not None:
+            flag = overflow.any()
+            loss = loss * torch.where(flag, float("inf"), 1.0)
+            if self.training:
+                self.overflow_flags.append(flag)
+                self.output_dtypes.append(raw.dtype)
+        out["loss"] = loss
+        return out
+
+
+class WeightsPerStep(TrainerCallback):
+    """The model's weights at the start of training (key 0) and after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.weights[state.global_step] = weights_of(model)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.weights[state.global_step] = weights_of(model)
