@@ -30,7 +30,7 @@ from .delivery import HF_STYLE, NAMED_STYLE, Call, DeliverySettings, TrackerChan
 from .errors import PluginRegistrationError, TrackerError
 from .events import EVENTS, RESETS
 from .process import RANK_POLICIES, ProcessInfo
-from .state import TrainerControl
+from .state import HUB_STATE_KEY, TrainerControl
 
 logger = logging.getLogger("tracklink")
 
@@ -494,7 +494,7 @@ class CallbackHandler:
         for line in failures.values():
             logger.warning("tracklink: %s", line)
         if failures and state is not None and isinstance(getattr(state, "stateful_callbacks", None), dict):
-            state.stateful_callbacks["TracklinkHub"] = {
+            state.stateful_callbacks[HUB_STATE_KEY] = {
                 "args": {}, "attributes": {"tracker_failures": failures},
             }
         if raise_fatal:

@@ -12,12 +12,30 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 logger = logging.getLogger("tracklink")
 
-__all__ = ["ExportableState", "TrainerControl", "TrainerState", "state_key"]
+__all__ = [
+    "HUB_STATE_KEY",
+    "INTERNAL_STATE_KEYS",
+    "SEARCH_STATE_KEY",
+    "ExportableState",
+    "TrainerControl",
+    "TrainerState",
+    "saved_attributes",
+    "state_key",
+]
+
+# tracklink's own entries in ``TrainerState.stateful_callbacks``. The names are part of the
+# ``trainer_state.json`` format: checkpoints written by earlier versions are read back under them.
+#: The hub's entry: ``{"tracker_failures": {tracker name: summary}}``, written when a tracker failed.
+HUB_STATE_KEY = "TracklinkHub"
+#: The running hyper-parameter search (``SearchContext``): study name, backend, direction, trial.
+SEARCH_STATE_KEY = "TracklinkSearch"
+#: Keys no user callback is stored under, so restoring a checkpoint never reports them as unmatched.
+INTERNAL_STATE_KEYS = frozenset({HUB_STATE_KEY, SEARCH_STATE_KEY})
 
 
 @runtime_checkable
@@ -36,6 +54,22 @@ def state_key(obj: object) -> str:
     """The key under which ``obj``'s exported state is stored (its ``state_key`` or class name)."""
     key = getattr(obj, "state_key", None)
     return key if isinstance(key, str) and key else type(obj).__name__
+
+
+def saved_attributes(state: Any, key: str) -> dict[str, Any]:
+    """A copy of the ``attributes`` of the entry stored under ``key`` in ``state.stateful_callbacks``.
+
+    When several objects shared the key (a list of entries), the first one's. Anything missing or
+    malformed (no ``stateful_callbacks``, no such entry, an entry or ``attributes`` that is not a
+    mapping, an empty list) gives an empty dict, so a hand-edited or foreign ``trainer_state.json``
+    never breaks the reader.
+    """
+    entries = getattr(state, "stateful_callbacks", None)
+    entry = entries.get(key) if isinstance(entries, Mapping) else None
+    if isinstance(entry, list):
+        entry = entry[0] if entry else None
+    attributes = entry.get("attributes") if isinstance(entry, Mapping) else None
+    return dict(attributes) if isinstance(attributes, Mapping) else {}
 
 
 def collect_states(objects: Iterable[object]) -> dict[str, Any]:

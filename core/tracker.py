@@ -49,10 +49,20 @@ from typing import Any, ClassVar
 from .callback import TrainerCallback
 from .errors import TrackerUnavailableError
 from .redact import redact, secret_env_values
+from .state import SEARCH_STATE_KEY, saved_attributes
 
 logger = logging.getLogger("tracklink")
 
-__all__ = ["EnvVar", "RunInfo", "Tracker", "flatten", "hyperparameters", "rewrite_logs", "truthy"]
+__all__ = [
+    "EnvVar",
+    "RunInfo",
+    "Tracker",
+    "declared_environment",
+    "flatten",
+    "hyperparameters",
+    "rewrite_logs",
+    "truthy",
+]
 
 TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 FALSE_VALUES = frozenset({"0", "OFF", "NO", "FALSE", ""})
@@ -453,10 +463,7 @@ class Tracker(TrainerCallback):
     def _identity_in(self, state: Any) -> dict[str, Any] | None:
         """The run identity this tracker saved in a checkpoint's state (the event's snapshot carries the
         restored ``stateful_callbacks``, so no state is shared with the training thread)."""
-        saved = (getattr(state, "stateful_callbacks", None) or {}).get(self.state_key)
-        if isinstance(saved, list):
-            saved = saved[0] if saved else None
-        run = saved.get("attributes", {}).get("run") if isinstance(saved, Mapping) else None
+        run = saved_attributes(state, self.state_key).get("run")
         return dict(run) if isinstance(run, Mapping) else None
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, model: Any = None,
@@ -505,8 +512,7 @@ class Tracker(TrainerCallback):
 
     def _start(self, args: Any, state: Any, model: Any, resume: dict[str, Any] | None) -> None:
         config, args_config, model_config = hyperparameters(args, model)
-        search = (getattr(state, "stateful_callbacks", None) or {}).get("TracklinkSearch")
-        search = dict(search.get("attributes", {})) if isinstance(search, Mapping) else None
+        search = saved_attributes(state, SEARCH_STATE_KEY) or None
         trial_name = getattr(state, "trial_name", None)
         if search and trial_name:
             # a trial is its own run, named after the trial; its hyper-parameters are in the params
@@ -574,6 +580,32 @@ class Tracker(TrainerCallback):
         if key not in self._tl.warned:
             self._tl.warned.add(key)
             logger.warning("tracklink: %s (warned once per key)", message)
+
+
+def declared_environment() -> dict[str, bool]:
+    """Every environment variable a tracker declares, mapped to whether it is a secret.
+
+    Covers the plugins registered in the ``tracklink.trackers`` entry-point group (built-in and
+    third-party) and every loaded :class:`Tracker` subclass (e.g. one only passed in ``callbacks=``).
+    Reads declarations only: plugin modules are loaded, tracker SDKs are not imported, and a plugin
+    that fails to load declares nothing. A name several trackers declare is secret when any says so.
+    """
+    from .registry import discover
+
+    declared: list[Any] = []
+    for spec in discover().values():
+        declared.extend(spec.env_vars)
+    stack: list[type[Tracker]] = [Tracker]
+    while stack:
+        cls = stack.pop()
+        declared.extend(cls.env_vars)
+        stack.extend(cls.__subclasses__())
+    names: dict[str, bool] = {}
+    for var in declared:
+        name = getattr(var, "name", None)
+        if isinstance(name, str) and name:
+            names[name] = names.get(name, False) or bool(getattr(var, "secret", False))
+    return names
 
 
 def close_open_trackers() -> None:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tracklink.state import SEARCH_STATE_KEY
+
 logger = logging.getLogger("tracklink")
 
 __all__ = [
@@ -63,7 +65,7 @@ class TrialInfo:
 
 @dataclass
 class SearchContext:
-    """Identity of the running search; stored in ``state.stateful_callbacks["TracklinkSearch"]`` so
+    """Identity of the running search; stored in ``state.stateful_callbacks`` under ``SEARCH_STATE_KEY`` so
     trackers (``RunInfo.search``) and checkpoints know which search and trial a run belongs to."""
 
     name: str
@@ -71,7 +73,7 @@ class SearchContext:
     direction: Any
     trial: int
     trial_name: str
-    state_key: str = "TracklinkSearch"
+    state_key: str = SEARCH_STATE_KEY
 
     def state(self) -> dict[str, Any]:
         return {
@@ -297,8 +299,9 @@ class TrainerRecipe:
         )
 
 
-#: Environment variables the driver passes on to Ray trial workers, so their trackers are configured
-#: like the driver's (a worker on another machine does not share the driver's environment).
+#: Prefixes of environment variables passed on to Ray trial workers besides the trackers' declared ones:
+#: tracklink's own settings, and the variables the built-in trackers' SDKs read without the tracker
+#: declaring each of them (``MLFLOW_S3_ENDPOINT_URL``, ``WANDB_NOTES``, ...).
 FORWARDED_ENV_PREFIXES = (
     "TRACKLINK_", "MLFLOW_", "WANDB_", "COMET_", "NEPTUNE_", "CLEARML_", "DVC", "CODECARBON_", "AZUREML_",
     "DAGSHUB_", "TENSORBOARD_", "HF_MLFLOW_", "HF_DAGSHUB_", "HF_DVCLIVE_", "DISABLE_MLFLOW_", "FLYTE_",
@@ -306,7 +309,24 @@ FORWARDED_ENV_PREFIXES = (
 
 
 def tracker_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    """The driver's environment variables that Ray trial workers set before building their trainer, read
+    when the search starts (a worker, possibly on another machine, does not share the driver's
+    environment): every variable a tracker declares (``Tracker.env_vars`` of every registered plugin,
+    built-in or third-party, and of loaded tracker classes), so each tracker is configured and
+    authenticated like on the driver, plus those under :data:`FORWARDED_ENV_PREFIXES`.
+
+    Declared secrets are forwarded too (workers need the credentials); only names are ever logged.
+    """
+    from tracklink.tracker import declared_environment
+
+    declared = declared_environment()
+    environment = {k: v for k, v in os.environ.items() if k in declared or k.startswith(FORWARDED_ENV_PREFIXES)}
+    secret = sorted(k for k in environment if declared.get(k))
+    logger.debug(
+        "tracklink: passing %d environment variables to the Ray workers: %s (secrets among them: %s)",
+        len(environment), ", ".join(sorted(environment)) or "none", ", ".join(secret) or "none",
+    )
+    return environment
 
 
 def _ray_trial(config: dict[str, Any], recipe: TrainerRecipe, compute_objective: Any, hp_name: Any,

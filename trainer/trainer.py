@@ -30,7 +30,14 @@ from tracklink.handler import CallbackHandler
 from tracklink.log import ensure_default_logging
 from tracklink.process import ProcessInfo
 from tracklink.redact import redact, secret_env_values
-from tracklink.state import TrainerControl, TrainerState, collect_states, state_key
+from tracklink.state import (
+    HUB_STATE_KEY,
+    INTERNAL_STATE_KEYS,
+    TrainerControl,
+    TrainerState,
+    collect_states,
+    state_key,
+)
 from tracklink.tracker import Tracker, _plain
 
 from . import checkpoint as ckpt
@@ -939,7 +946,7 @@ class Trainer:
         states = collect_states(self._stateful_objects())
         failures = self.callback_handler.tracker_failures()
         if failures:
-            states["TracklinkHub"] = {"args": {}, "attributes": {"tracker_failures": failures}}
+            states[HUB_STATE_KEY] = {"args": {}, "attributes": {"tracker_failures": failures}}
         self.state.stateful_callbacks = states
         barrier()
         if main:
@@ -1011,7 +1018,7 @@ class Trainer:
                 continue
             current = [cb for cb in by_key.get(key, []) if not isinstance(cb, Tracker)]
             if not current:
-                if key not in by_key and key not in ("TracklinkHub", "TracklinkSearch"):
+                if key not in by_key and key not in INTERNAL_STATE_KEYS:
                     unmatched.append(key)
                 continue
             for cb, stored in zip(current, entries):

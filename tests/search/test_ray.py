@@ -102,3 +102,37 @@ def test_trials_stopped_by_the_scheduler_are_marked(local_ray: Any, tmp_path: Pa
     assert len(statuses) == 4 and "success" in statuses
     stopped = [r for r in records if r["kind"] == "metrics" and "train/trial_pruned" in r["metrics"]]
     assert len(stopped) == statuses.count("killed") >= 1, statuses
+
+
+def test_the_trackers_declared_environment_reaches_the_workers(local_ray: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Variables set after Ray started reach a trial worker only if the search forwards them: the installed
+    third-party test plugin's setting outside ``TRACKLINK_*`` and its declared secret do, and the tracker
+    in the worker sees them; the secret's value is in none of Ray's files (results, logs) nor the outputs."""
+    from ray import tune
+    from tracklink_testplugin import OUT_ENV, PROJECT_ENV, SECRET_ENV
+
+    from tracker_doubles import read_records
+    from tracklink.trainer import Trainer, TrainingArguments
+
+    secret = "sk-ray-forwarded-secret-5e0a71"
+    records = tmp_path / "records.jsonl"
+    monkeypatch.setenv(OUT_ENV, str(records))
+    monkeypatch.setenv(PROJECT_ENV, "acme")
+    monkeypatch.setenv(SECRET_ENV, secret)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), report_to="testrecorder", max_steps=4, per_device_train_batch_size=8,
+        logging_steps=2, save_strategy="no", disable_tqdm=True,
+    )
+    trainer = Trainer(model_init=lambda trial=None: RegressionModel(), args=args, train_dataset=RegressionDataset(),
+                      eval_dataset=RegressionDataset(length=16, seed=7))
+    trainer.hyperparameter_search(
+        hp_space=lambda _: {"learning_rate": tune.grid_search([0.1])}, n_trials=1, backend="ray", name="env",
+        resources_per_trial={"cpu": 1},
+    )
+    setups = [r for r in read_records(records) if r["call"] == "setup"]  # training, then the final evaluation
+    assert setups and all(r["project"] == "acme" and r["api_key_set"] is True for r in setups), setups
+    ray_dir = Path("/tmp") / f"tlray-{os.getpid()}"
+    leaked = [str(p) for root in (tmp_path, ray_dir) for p in root.rglob("*")
+              if p.is_file() and not p.is_symlink() and secret.encode() in p.read_bytes()]
+    assert leaked == []

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from tracklink import EarlyStoppingCallback, TrainerControl, TrainerState
-from tracklink.state import collect_states, state_key
+from tracklink.state import (
+    HUB_STATE_KEY,
+    INTERNAL_STATE_KEYS,
+    SEARCH_STATE_KEY,
+    collect_states,
+    saved_attributes,
+    state_key,
+)
 
 EXPECTED_STATE_DEFAULTS: dict[str, Any] = {
     "epoch": 0,
@@ -371,3 +378,49 @@ def test_empty_state_key_falls_back_to_class_name() -> None:
 def test_collect_states_rejects_objects_without_state() -> None:
     with pytest.raises(TypeError, match="state"):
         collect_states([Counter(), object()])
+
+
+def test_internal_state_keys_keep_their_on_disk_names() -> None:
+    """Checkpoints written by earlier versions store tracklink's entries under these names."""
+    assert (HUB_STATE_KEY, SEARCH_STATE_KEY) == ("TracklinkHub", "TracklinkSearch")
+    assert frozenset({"TracklinkHub", "TracklinkSearch"}) == INTERNAL_STATE_KEYS
+
+
+@pytest.mark.parametrize("entries, expected", [
+    ({"TracklinkSearch": {"args": {}, "attributes": {"name": "s", "trial": 2}}}, {"name": "s", "trial": 2}),
+    ({"TracklinkSearch": [{"args": {}, "attributes": {"trial": 1}}, {"attributes": {"trial": 2}}]}, {"trial": 1}),
+    ({}, {}),
+    (None, {}),
+    ("garbage", {}),
+    ({"TracklinkSearch": None}, {}),
+    ({"TracklinkSearch": []}, {}),
+    ({"TracklinkSearch": [None]}, {}),
+    ({"TracklinkSearch": "garbage"}, {}),
+    ({"TracklinkSearch": {"args": {}}}, {}),
+    ({"TracklinkSearch": {"attributes": ["not", "a", "mapping"]}}, {}),
+])
+def test_saved_attributes_tolerates_missing_and_malformed_entries(entries: Any, expected: dict) -> None:
+    state = types.SimpleNamespace(stateful_callbacks=entries)
+    assert saved_attributes(state, SEARCH_STATE_KEY) == expected
+
+
+def test_saved_attributes_is_a_copy_and_reads_objects_without_the_field() -> None:
+    state = TrainerState(stateful_callbacks={HUB_STATE_KEY: {"args": {}, "attributes": {"tracker_failures": {}}}})
+    attributes = saved_attributes(state, HUB_STATE_KEY)
+    attributes["extra"] = 1
+    assert state.stateful_callbacks[HUB_STATE_KEY]["attributes"] == {"tracker_failures": {}}
+    assert saved_attributes(object(), HUB_STATE_KEY) == {}
+
+
+def test_internal_state_keys_are_spelt_in_one_place() -> None:
+    """The package code names tracklink's state entries through the constants only."""
+    root = Path(__file__).resolve().parents[2]
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for package in ("core", "integrations", "trainer")
+        for path in sorted((root / package).rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for key in INTERNAL_STATE_KEYS
+        if (f'"{key}"' in line or f"'{key}'" in line) and path != root / "core" / "state.py"
+    ]
+    assert offenders == []

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 import tracklink
 
-from . import OUT_ENV, SECRET_ENV, record
+from . import OUT_ENV, PROJECT_ENV, SECRET_ENV, record
 
 
 class TestRecorderTracker(tracklink.Tracker):
@@ -21,6 +22,7 @@ class TestRecorderTracker(tracklink.Tracker):
         tracklink.EnvVar(OUT_ENV, None, "JSONL file the plugin appends its records to"),
         tracklink.EnvVar(SECRET_ENV, None, "a fake API key (declared secret; never printed)", secret=True),
         tracklink.EnvVar("TRACKLINK_TESTPLUGIN_MODE", "record", "record or off", choices=("record", "off")),
+        tracklink.EnvVar(PROJECT_ENV, None, "a project name the plugin records at setup"),
     )
 
     @classmethod
@@ -28,8 +30,10 @@ class TestRecorderTracker(tracklink.Tracker):
         return None if env.get(OUT_ENV) else f"{OUT_ENV} is not set"
 
     def setup(self, run: tracklink.RunInfo) -> None:
+        # the secret's value is never recorded, only whether it is set
         record("tracker", call="setup", start_step=run.start_step, params=run.params,
-               thread=threading.current_thread().name)
+               thread=threading.current_thread().name, project=os.environ.get(PROJECT_ENV),
+               api_key_set=bool(os.environ.get(SECRET_ENV)))
 
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
         record("tracker", call="log_metrics", metrics=metrics, step=step, epoch=epoch)
