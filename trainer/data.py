@@ -137,10 +137,14 @@ class IterableDatasetShard(IterableDataset[Any]):
     see the same number of batches (a process running out of batches first would hang the others in
     DDP's gradient all-reduce). Unless ``drop_last``, a short final chunk is completed with samples from
     the start of the stream. ``set_epoch`` is passed on to the dataset (e.g. to reshuffle a stream).
+
+    With ``even_batches=False`` (evaluation) the short final chunk is not completed: each process keeps
+    only the real samples of its slice, so later processes may get a short last batch or none, and batch
+    ``k`` of process ``r`` is batch ``k * num_processes + r`` of a single process reading the stream.
     """
 
     def __init__(self, dataset: Any, batch_size: int, *, num_processes: int, process_index: int,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, even_batches: bool = True) -> None:
         if not 0 <= process_index < num_processes:
             raise ValueError(f"process_index={process_index} is not in [0, {num_processes})")
         self.dataset = dataset
@@ -148,6 +152,7 @@ class IterableDatasetShard(IterableDataset[Any]):
         self.num_processes = num_processes
         self.process_index = process_index
         self.drop_last = drop_last
+        self.even_batches = even_batches
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -158,8 +163,13 @@ class IterableDatasetShard(IterableDataset[Any]):
     def __len__(self) -> int:
         """This process's number of samples (a ``TypeError`` when the stream has no length)."""
         chunk_size = self.batch_size * self.num_processes
-        chunks = len(self.dataset) // chunk_size if self.drop_last else -(-len(self.dataset) // chunk_size)
-        return chunks * self.batch_size
+        total = len(self.dataset)
+        if self.drop_last:
+            return total // chunk_size * self.batch_size
+        if self.even_batches:
+            return -(-total // chunk_size) * self.batch_size
+        rest = total % chunk_size - self.process_index * self.batch_size
+        return total // chunk_size * self.batch_size + min(self.batch_size, max(0, rest))
 
     def __iter__(self) -> Iterator[Any]:
         chunk_size = self.batch_size * self.num_processes
@@ -174,6 +184,9 @@ class IterableDatasetShard(IterableDataset[Any]):
                     first = chunk
                 chunk = []
         if chunk and not self.drop_last:
+            if not self.even_batches:
+                yield from chunk[start:stop]
+                return
             filler = first or list(chunk)
             while len(chunk) < chunk_size:
                 chunk.extend(filler[: chunk_size - len(chunk)])

@@ -382,18 +382,30 @@ class Trainer:
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
         """A sequential DataLoader over ``eval_dataset`` (default: the trainer's; a string names one of the
-        trainer's eval datasets). In distributed runs each process gets a contiguous shard, so gathering
-        the shards in rank order gives the predictions in dataset order."""
+        trainer's eval datasets), built at each evaluation or prediction.
+
+        In distributed runs each process reads a share: a contiguous range of a sized dataset, or, for
+        length-less (iterable) data, every ``world_size``-th batch of the stream
+        (:class:`~tracklink.trainer.data.IterableDatasetShard` without completing the last chunk, so no
+        sample is evaluated twice). The prediction loop gathers the shares back into dataset order.
+        Processes may get different numbers of batches."""
         from torch.utils.data import DataLoader, IterableDataset
+
+        from .data import IterableDatasetShard
 
         dataset = self._eval_dataset(eval_dataset)
         sampler = None
-        if is_distributed() and has_length(dataset) and not isinstance(dataset, IterableDataset):
+        batch_size = self.args.per_device_eval_batch_size
+        if is_distributed():
             world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-            per_rank = math.ceil(len(dataset) / world)
-            sampler = list(range(rank * per_rank, min(len(dataset), (rank + 1) * per_rank)))
+            if has_length(dataset) and not isinstance(dataset, IterableDataset):
+                per_rank = math.ceil(len(dataset) / world)
+                sampler = list(range(rank * per_rank, min(len(dataset), (rank + 1) * per_rank)))
+            else:
+                dataset = IterableDatasetShard(dataset, batch_size, num_processes=world, process_index=rank,
+                                               even_batches=False)
         return DataLoader(
-            dataset, batch_size=self.args.per_device_eval_batch_size, sampler=sampler,
+            dataset, batch_size=batch_size, sampler=sampler,
             collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory and self.device.type == "cuda",
         )
@@ -1119,9 +1131,11 @@ class Trainer:
             return merged
         start = time.time()
         dataloader = self.get_eval_dataloader(dataset)
-        output = self._prediction_loop(dataloader, ignore_keys, metric_key_prefix, self.compute_metrics is not None)
+        output, num_samples = self._prediction_loop(
+            dataloader, ignore_keys, metric_key_prefix, self.compute_metrics is not None,
+        )
         metrics = output.metrics
-        metrics.update(self._speed_metrics(metric_key_prefix, start, dataset))
+        metrics.update(self._speed_metrics(metric_key_prefix, start, dataset, num_samples))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
@@ -1133,15 +1147,15 @@ class Trainer:
         ``on_prediction_step`` per batch and ``on_predict`` (no ``on_log``)."""
         start = time.time()
         dataloader = self.get_eval_dataloader(test_dataset)
-        output = self._prediction_loop(dataloader, ignore_keys, metric_key_prefix, True)
-        output.metrics.update(self._speed_metrics(metric_key_prefix, start, test_dataset))
+        output, num_samples = self._prediction_loop(dataloader, ignore_keys, metric_key_prefix, True)
+        output.metrics.update(self._speed_metrics(metric_key_prefix, start, test_dataset, num_samples))
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
         return output
 
-    def _speed_metrics(self, prefix: str, start: float, dataset: Any) -> dict[str, float]:
-        if not has_length(dataset):
-            return speed_metrics(prefix, start)
-        samples = len(dataset)
+    def _speed_metrics(self, prefix: str, start: float, dataset: Any, num_samples: int) -> dict[str, float]:
+        """Runtime and throughput of the evaluation/prediction begun at ``start``, over the dataset's length,
+        or for length-less data over ``num_samples``, the samples all processes evaluated."""
+        samples = len(dataset) if has_length(dataset) else num_samples
         total_batch = self.args.per_device_eval_batch_size * max(1, self.process.world_size)
         return speed_metrics(prefix, start, samples, math.ceil(samples / total_batch))
 
@@ -1168,51 +1182,72 @@ class Trainer:
 
     def _prediction_loop(
         self, dataloader: Any, ignore_keys: list[str] | None, prefix: str, keep_predictions: bool,
-    ) -> PredictionOutput:
+    ) -> tuple[PredictionOutput, int]:
+        """Run the model over ``dataloader``, firing ``on_prediction_step`` after each batch; returns the
+        output (predictions, labels, prefixed metrics) and the number of samples all processes saw.
+
+        Under torchrun every process's per-batch results are gathered once, after the loop (the loop runs
+        no collective, so processes with different numbers of batches cannot wait on each other), put
+        back in dataset order, and the loss is averaged in that order: N processes report the same
+        loss, metrics and predictions as one process reading the whole dataset.
+        """
+        from .data import IterableDatasetShard
+
         handler = self.callback_handler
         handler.eval_dataloader = dataloader
         model = self.model
         was_training = model.training
         model.eval()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        losses: list[torch.Tensor | None] = []  # per batch, left on the device until the loop ends
+        sizes: list[int] = []
         predictions: list[Any] = []
         labels: list[Any] = []
         try:
             for inputs in dataloader:
                 loss, logits, label = self.prediction_step(model, inputs, ignore_keys)
-                size = self._batch_size(inputs)
-                if loss is not None:
-                    loss_sum = loss_sum + loss.detach().double() * size
-                    count = count + size
-                if keep_predictions:
-                    if logits is not None:
-                        predictions.append(_to_numpy(logits))
-                    if label is not None:
-                        labels.append(_to_numpy(label))
+                sizes.append(self._batch_size(inputs))
+                if loss is not None and not isinstance(loss, torch.Tensor):  # a number from compute_loss
+                    loss = torch.tensor(float(loss), device=self.device)
+                losses.append(None if loss is None else loss.detach().double().mean())
+                predictions.append(_to_numpy(logits) if keep_predictions else None)
+                labels.append(_to_numpy(label) if keep_predictions else None)
                 self.control = handler.on_prediction_step(self.args, self.state, self.control)
         finally:
             if was_training:
                 model.train()
-        loss_sum = sum_across_processes(loss_sum)
-        count = sum_across_processes(count)
-        if is_distributed() and keep_predictions:
-            predictions = [p for part in all_gather_objects(predictions) for p in part]
-            labels = [lbl for part in all_gather_objects(labels) for lbl in part]
-        preds = _concat(predictions) if predictions else None
-        label_ids = _concat(labels) if labels else None
+        present = [value for value in losses if value is not None]
+        values = iter(torch.stack(present).cpu().tolist() if present else [])
+        batches = [
+            (None if value is None else next(values), size, pred, label)
+            for value, size, pred, label in zip(losses, sizes, predictions, labels)
+        ]
+        shares = all_gather_objects(batches)
+        if isinstance(getattr(dataloader, "dataset", None), IterableDatasetShard):
+            # a split stream: batch k of process r is batch k * world_size + r of the whole stream
+            ordered = [share[k] for k in range(max(map(len, shares))) for share in shares if k < len(share)]
+        else:  # contiguous ranges, in rank order
+            ordered = [batch for share in shares for batch in share]
+        loss_sum, loss_count, num_samples = 0.0, 0, 0
+        for value, size, _, _ in ordered:
+            num_samples += size
+            if value is not None:
+                loss_sum += value * size
+                loss_count += size
+        kept = [pred for _, _, pred, _ in ordered if pred is not None]
+        kept_labels = [label for _, _, _, label in ordered if label is not None]
+        preds = _concat(kept) if kept else None
+        label_ids = _concat(kept_labels) if kept_labels else None
         metrics: dict[str, Any] = {}
         if self.compute_metrics is not None and preds is not None and label_ids is not None:
             computed = self.compute_metrics(EvalPrediction(preds, label_ids))
             metrics.update({k: (float(v) if hasattr(v, "__float__") and not isinstance(v, str) else v)
                             for k, v in (computed or {}).items()})
-        total = float(count.item())
-        if total > 0:
-            metrics["loss"] = float(loss_sum.item()) / total
+        if loss_count > 0:
+            metrics["loss"] = loss_sum / loss_count
         prefixed = {
             (k if k.startswith(f"{prefix}_") else f"{prefix}_{k}"): v for k, v in metrics.items()
         }
-        return PredictionOutput(preds, label_ids, prefixed)
+        return PredictionOutput(preds, label_ids, prefixed), num_samples
 
     @staticmethod
     def _batch_size(inputs: Any) -> int:

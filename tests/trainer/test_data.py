@@ -56,3 +56,26 @@ def test_set_epoch_reaches_the_dataset() -> None:
 def test_bad_process_index(index: int) -> None:
     with pytest.raises(ValueError, match=rf"process_index={index} is not in \[0, 2\)"):
         IterableDatasetShard([], 1, num_processes=2, process_index=index)
+
+
+@pytest.mark.parametrize(("length", "batch_size", "world"),
+                         [(22, 4, 2), (24, 4, 2), (7, 2, 3), (3, 4, 2), (1, 1, 4), (13, 3, 4), (0, 2, 2)])
+def test_uneven_shards_hold_each_sample_once_in_single_process_batches(length: int, batch_size: int,
+                                                                        world: int) -> None:
+    """Evaluation's split (``even_batches=False``): no sample is repeated, and taking batch ``k`` of each
+    rank in turn gives the batches one process would read, in order."""
+    data = list(range(length))
+    parts = [IterableDatasetShard(data, batch_size, num_processes=world, process_index=rank, even_batches=False)
+             for rank in range(world)]
+    samples = [list(p) for p in parts]
+    assert sorted(x for s in samples for x in s) == data
+    assert [len(p) for p in parts] == [len(s) for s in samples]
+    batches = [[s[i:i + batch_size] for i in range(0, len(s), batch_size)] for s in samples]
+    interleaved = [b[k] for k in range(max(map(len, batches))) for b in batches if k < len(b)]
+    assert interleaved == [data[i:i + batch_size] for i in range(0, length, batch_size)]
+
+
+def test_uneven_shards_of_a_short_last_chunk() -> None:
+    parts = [list(IterableDatasetShard(list(range(22)), 4, num_processes=3, process_index=rank, even_batches=False))
+             for rank in range(3)]
+    assert parts == [[0, 1, 2, 3, 12, 13, 14, 15], [4, 5, 6, 7, 16, 17, 18, 19], [8, 9, 10, 11, 20, 21]]

@@ -259,3 +259,103 @@ def test_a_stream_is_split_between_the_processes(tmp_path: Path) -> None:
                              [21, 20, 19, 18], [13, 12, 11, 10], [5, 4, 3, 2]]
     assert r1["batches"] == [[4, 5, 6, 7], [12, 13, 14, 15], [20, 21, 0, 1],
                              [17, 16, 15, 14], [9, 8, 7, 6], [1, 0, 21, 20]]
+
+
+EVAL_STREAM_SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, sys.argv[3])
+    from helpers import ClassificationDataset, TinyClassifier
+
+    import tracklink.trainer.trainer as trainer_module
+    from tracklink.trainer import Trainer, TrainingArguments, default_data_collator
+
+    mode, root, rank = sys.argv[1], Path(sys.argv[2]), int(os.environ.get("RANK", "0"))
+    blobs = ClassificationDataset(length=19, seed=4)
+
+
+    class Stream(torch.utils.data.IterableDataset):
+        """19 samples without a length, tagged with their index."""
+
+        def __iter__(self):
+            for i in range(19):
+                yield {**blobs[i], "idx": i}
+
+
+    seen = []
+    def collate(features):
+        seen.append([f.pop("idx") for f in features])
+        return default_data_collator(features)
+
+
+    counted = []
+    real_speed_metrics = trainer_module.speed_metrics
+    def recording_speed_metrics(prefix, start, num_samples=None, num_steps=None):
+        counted.append([prefix, num_samples, num_steps])
+        return real_speed_metrics(prefix, start, num_samples, num_steps)
+    trainer_module.speed_metrics = recording_speed_metrics
+
+
+    def accuracy(prediction):
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean()),
+                "evaluated": int(len(prediction.label_ids))}
+
+
+    torch.manual_seed(11)
+    args = TrainingArguments(output_dir=str(root / mode), report_to="none", disable_tqdm=True,
+                             per_device_eval_batch_size=4, use_cpu=True)
+    trainer = Trainer(model=TinyClassifier(), args=args, eval_dataset=Stream(), data_collator=collate,
+                      compute_metrics=accuracy)
+    metrics = trainer.evaluate()
+    eval_batches = list(seen)
+    predicted = trainer.predict(Stream())
+    Path(root / f"{mode}-rank{rank}.json").write_text(json.dumps({
+        "eval_batches": eval_batches,
+        "metrics": {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))},
+        "test_metrics": {k: v for k, v in predicted.metrics.items() if not k.endswith(("_runtime", "_per_second"))},
+        "speed_keys": sorted(k for k in metrics if k.endswith("_per_second")),
+        "predictions": predicted.predictions.tolist(),
+        "label_ids": predicted.label_ids.tolist(),
+        "counted": counted,
+    }))
+''')
+
+
+def test_a_length_less_eval_stream_is_split_and_gathered(tmp_path: Path) -> None:
+    """Length-less evaluation data under torchrun: each process evaluates every other batch of 4 (19
+    samples: rank 0 gets 3 batches, rank 1 only 2, the short last chunk is not padded), and both report
+    exactly what one process reports: the loss, compute_metrics on all 19 predictions (no duplicates), the
+    predictions in stream order, and the sample count of the speed metrics."""
+    script = tmp_path / "eval_stream_ddp.py"
+    script.write_text(EVAL_STREAM_SCRIPT)
+    torchrun(script, "ddp", tmp_path)
+    tests_dir = Path(__file__).resolve().parent.parent
+    single = subprocess.run(
+        [sys.executable, str(script), "single", str(tmp_path), str(tests_dir)], capture_output=True, text=True,
+        timeout=240, cwd=tmp_path,
+        env={k: v for k, v in {**os.environ, "OMP_NUM_THREADS": "1", "TRACKLINK_LOG_LEVEL": "warning"}.items()
+             if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")},
+    )
+    assert single.returncode == 0, single.stderr[-5000:]
+    one = json.loads((tmp_path / "single-rank0.json").read_text())
+    r0, r1 = (json.loads((tmp_path / f"ddp-rank{r}.json").read_text()) for r in (0, 1))
+
+    assert one["eval_batches"] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18]]
+    assert r0["eval_batches"] == [[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18]]
+    assert r1["eval_batches"] == [[4, 5, 6, 7], [12, 13, 14, 15]]
+
+    assert one["metrics"]["eval_evaluated"] == 19 and one["test_metrics"]["test_evaluated"] == 19
+    for rank in (r0, r1):
+        assert rank["metrics"] == one["metrics"]  # eval_loss, eval_accuracy, eval_evaluated, exactly
+        assert rank["test_metrics"] == one["test_metrics"]
+        assert rank["predictions"] == one["predictions"] and rank["label_ids"] == one["label_ids"]
+        assert rank["speed_keys"] == one["speed_keys"] == ["eval_samples_per_second", "eval_steps_per_second"]
+        # 19 samples each time; steps count batches of all processes (4 x 2 per step), as for sized data
+        assert rank["counted"] == [["eval", 19, 3], ["test", 19, 3]]
+    assert one["counted"] == [["eval", 19, 5], ["test", 19, 5]]
+    from helpers import ClassificationDataset
+
+    assert one["label_ids"] == [int(ClassificationDataset(length=19, seed=4)[i]["labels"]) for i in range(19)]
