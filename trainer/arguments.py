@@ -17,6 +17,8 @@ from typing import Any
 
 from tracklink.resolve import NOT_GIVEN, Resolution, resolve_report_to
 
+from .fsdp import parse_fsdp, parse_fsdp_config
+
 logger = logging.getLogger("tracklink")
 
 __all__ = ["TRANSFORMERS_DIFFERENCES", "TrainingArguments"]
@@ -114,6 +116,8 @@ class TrainingArguments:
     remove_unused_columns: bool = True
     ddp_backend: str | None = None
     ddp_find_unused_parameters: bool | None = None
+    fsdp: Any = None
+    fsdp_config: Any = None
 
     def __post_init__(self) -> None:
         self._validating = True
@@ -286,6 +290,10 @@ class TrainingArguments:
             raise _fail("label_names", self.label_names, "None or a list of input names, e.g. ['labels']")
         if self.ddp_backend is not None and self.ddp_backend not in ("gloo", "nccl", "mpi", "ucc", "xccl"):
             raise _fail("ddp_backend", self.ddp_backend, "None (automatic), 'gloo', 'nccl', 'mpi', 'ucc', 'xccl'")
+        self.fsdp = parse_fsdp(self.fsdp)
+        self.fsdp_config = parse_fsdp_config(self.fsdp_config)
+        if self.fsdp_config and not self.fsdp:
+            logger.warning("TrainingArguments.fsdp_config is set but fsdp is not; the config is ignored")
         for name in ("run_name", "logging_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):

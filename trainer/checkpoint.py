@@ -41,8 +41,10 @@ __all__ = [
     "load_model_weights",
     "load_rng_state",
     "rotate_checkpoints",
+    "save_config",
     "save_model",
     "save_rng_state",
+    "save_weights",
 ]
 
 
@@ -91,9 +93,26 @@ def save_model(model: torch.nn.Module, directory: str | os.PathLike[str]) -> Non
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     save_safetensors(model, str(path / WEIGHTS_NAME))
+    save_config(model, path)
+
+
+def save_config(model: torch.nn.Module, directory: str | os.PathLike[str]) -> None:
+    """Write the model's redacted ``config.json`` (when it has a config)."""
     config = _config_json(model)
     if config is not None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_NAME).write_text(config)
+
+
+def save_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], directory: str | os.PathLike[str]) -> None:
+    """Write already gathered ``weights`` as ``model.safetensors``, and ``model``'s ``config.json``."""
+    from safetensors.torch import save_file
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_config(model, path)
 
 
 def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike[str]) -> None:

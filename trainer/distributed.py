@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from datetime import timedelta
@@ -14,8 +15,11 @@ logger = logging.getLogger("tracklink")
 
 __all__ = [
     "all_gather_objects",
+    "any_process",
     "barrier",
+    "gradient_sync",
     "is_distributed",
+    "launched_by_torchrun",
     "mean_across_processes",
     "pick_device",
     "setup_distributed",
@@ -51,7 +55,9 @@ def setup_distributed(args: Any, device: torch.device) -> bool:
     gloo otherwise.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world_size <= 1 or not dist.is_available():
+    # FSDP needs a process group even for a single process launched by torchrun
+    wanted = world_size > 1 or (bool(getattr(args, "fsdp", None)) and launched_by_torchrun())
+    if not wanted or not dist.is_available():
         return False
     if not dist.is_initialized():
         backend = args.ddp_backend or ("nccl" if device.type == "cuda" else "gloo")
@@ -62,8 +68,19 @@ def setup_distributed(args: Any, device: torch.device) -> bool:
     return dist.get_world_size() > 1
 
 
+def launched_by_torchrun() -> bool:
+    """Whether the rendezvous variables of torchrun (or an equivalent launcher) are set."""
+    return all(os.environ.get(name) for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
 def wrap_model(model: torch.nn.Module, args: Any, device: torch.device) -> torch.nn.Module:
-    """Wrap the model in ``DistributedDataParallel`` when training is distributed."""
+    """Shard the model with FSDP2 when ``args.fsdp`` is set (in place, once), else wrap it in
+    ``DistributedDataParallel`` when training is distributed."""
+    from .fsdp import FsdpPlan, is_sharded, shard_model
+
+    plan = FsdpPlan.from_args(args)
+    if plan is not None:
+        return model if is_sharded(model) else shard_model(model, plan, device)
     if not is_distributed():
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -73,6 +90,18 @@ def wrap_model(model: torch.nn.Module, args: Any, device: torch.device) -> torch
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=bool(args.ddp_find_unused_parameters),
     )
+
+
+def gradient_sync(model: torch.nn.Module, sync: bool) -> Any:
+    """A context for one micro-batch's backward: without ``sync``, gradients accumulate locally (DDP's
+    ``no_sync``; FSDP2's ``set_requires_gradient_sync``) and are reduced with the last micro-batch."""
+    set_sync = getattr(model, "set_requires_gradient_sync", None)
+    if callable(set_sync):
+        set_sync(sync)
+        return contextlib.nullcontext()
+    if not sync and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -99,6 +128,15 @@ def mean_across_processes(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     return sum_across_processes(tensor) / dist.get_world_size()
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on at least one process (a collective; ``flag`` outside distributed runs)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor(1 if flag else 0, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

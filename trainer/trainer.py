@@ -41,12 +41,16 @@ from tracklink.state import (
 from tracklink.tracker import Tracker, _plain
 
 from . import checkpoint as ckpt
+from . import fsdp
 from .arguments import TrainingArguments
 from .data import build_dataloader, default_data_collator, has_length, move_to_device
 from .distributed import (
     all_gather_objects,
+    any_process,
     barrier,
+    gradient_sync,
     is_distributed,
+    launched_by_torchrun,
     setup_distributed,
     sum_across_processes,
     unwrap_model,
@@ -54,7 +58,12 @@ from .distributed import (
 )
 from .optim import create_optimizer, create_scheduler
 from .precision import SkippedSteps, autocast_context
-from .preparation import ModelCompiler, check_compile_backend, check_gradient_checkpointing, enable_gradient_checkpointing
+from .preparation import (
+    ModelCompiler,
+    check_compile_backend,
+    check_gradient_checkpointing,
+    enable_gradient_checkpointing,
+)
 
 logger = logging.getLogger("tracklink")
 
@@ -240,6 +249,9 @@ class Trainer:
         ensure_default_logging(self.process)
         self.device = args.device
         self._check_precision()
+        if args.fsdp:
+            fsdp.check_supported(args, self.process.world_size, launched_by_torchrun(),
+                                 has_user_optimizer=any(o is not None for o in optimizers))
         self.is_distributed = setup_distributed(args, self.device)
         set_seed(args.seed)
         self.model_init = model_init
@@ -248,6 +260,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.model_wrapped: torch.nn.Module = self.model
         self._check_model_preparation()
+        plan = fsdp.FsdpPlan.from_args(args)
+        if plan is not None:
+            fsdp.check_model(self.model, plan)
         self.processing_class = processing_class if processing_class is not None else tokenizer
         self.data_collator = data_collator or default_data_collator
         self.train_dataset = train_dataset
@@ -452,8 +467,6 @@ class Trainer:
             self.model_wrapped = self.model
             self.optimizer, self.lr_scheduler = self._user_optimizers
             self._forward_params = None
-        if checkpoint_dir is not None:
-            ckpt.load_model_weights(unwrap_model(self.model), checkpoint_dir)
         with _sigterm_raises():
             try:
                 return self._inner_train(checkpoint_dir, trial, ignore_keys_for_eval)
@@ -483,9 +496,10 @@ class Trainer:
                 )
             return found
         path = Path(resume)
-        if not (path / ckpt.WEIGHTS_NAME).is_file():
+        if not (path / ckpt.WEIGHTS_NAME).is_file() and not fsdp.is_sharded_checkpoint(path):
             raise ValueError(
-                f"train(resume_from_checkpoint={str(resume)!r}): not a checkpoint directory (no {ckpt.WEIGHTS_NAME}); "
+                f"train(resume_from_checkpoint={str(resume)!r}): not a checkpoint directory (no {ckpt.WEIGHTS_NAME} "
+                f"or {fsdp.MODEL_DIR}/); "
                 "pass a checkpoint-<step>/ path, True for the newest one, or None"
             )
         if not (path / ckpt.STATE_NAME).is_file():
@@ -521,8 +535,15 @@ class Trainer:
                 f"it is {args.max_steps}"
             )
 
+        # wrapping (DDP, or FSDP sharding in place) comes first: the optimizer must hold the sharded parameters
+        self._prepare_model()
+        self.model_wrapped = wrap_model(self.model, args, self.device)
+        self.model_wrapped = self._compile_wrapped(self.model_wrapped)
+        if checkpoint_dir is not None:
+            self._load_model_state(checkpoint_dir)
         self.create_optimizer_and_scheduler(max_steps)
         if args.fp16 and self.scaler is None:
+            # with FSDP the gradients are DTensors, whose inf/NaN check is reduced over all processes
             self.scaler = torch.amp.GradScaler(self.device.type)
         self._skipped_steps.reset()
         self.state = TrainerState(
@@ -540,9 +561,6 @@ class Trainer:
         elif isinstance(trial, Mapping):
             self.state.trial_params = dict(trial)
         self.state.compute_steps(args, max_steps)
-        self._prepare_model()
-        self.model_wrapped = wrap_model(self.model, args, self.device)
-        self.model_wrapped = self._compile_wrapped(self.model_wrapped)
 
         epochs_trained, steps_in_epoch_done = 0, 0
         if checkpoint_dir is not None and not (checkpoint_dir / ckpt.STATE_NAME).is_file():
@@ -583,6 +601,7 @@ class Trainer:
         filter_nan = args.logging_nan_inf_filter
         plateau = isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         distributed = is_distributed()
+        sync_control = (distributed or fsdp.is_sharded(self.model)) and ga > 1
         count_flos = self._counts_flos()
         params = list(model.parameters())  # fixed for the run: zero_grad and clipping reuse the list
         for epoch in range(epochs_trained, num_train_epochs):
@@ -627,9 +646,7 @@ class Trainer:
                     if i == 0:
                         self.control = handler.on_step_begin(args, self.state, self.control)
                     last = i == n - 1
-                    sync_context = model.no_sync if (distributed and not last and hasattr(model, "no_sync")) \
-                        else contextlib.nullcontext
-                    with sync_context():
+                    with gradient_sync(model, last) if sync_control else contextlib.nullcontext():
                         loss_step = self.training_step(model, inputs, n)
                     if filter_nan:
                         replacement = tr_loss / (1 + self.state.global_step - self._globalstep_last_logged)
@@ -934,20 +951,25 @@ class Trainer:
         directory = run_dir / f"{ckpt.PREFIX}-{self.state.global_step}"
         self.store_flos()
         main = self.process.is_world_main
+        sharded = fsdp.is_sharded(self.model)
         if main:
             directory.mkdir(parents=True, exist_ok=True)
             stale = directory / ckpt.STATE_NAME
             if stale.exists():
                 stale.unlink()
-            self.save_model(str(directory), _internal_call=True)
+            if not sharded:
+                self.save_model(str(directory), _internal_call=True)
             if not self.args.save_only_model:
-                torch.save(self.optimizer.state_dict(), directory / ckpt.OPTIMIZER_NAME)
+                if not sharded:
+                    torch.save(self.optimizer.state_dict(), directory / ckpt.OPTIMIZER_NAME)
                 torch.save(self.lr_scheduler.state_dict(), directory / ckpt.SCHEDULER_NAME)
                 if self.scaler is not None:
                     torch.save(self.scaler.state_dict(), directory / ckpt.SCALER_NAME)
             args_json = redact(_plain(self.args.to_dict()), secret_env_values(Tracker.declared_secret_names()))
             (directory / ckpt.ARGS_NAME).write_text(json.dumps(args_json, indent=2, sort_keys=True) + "\n")
         barrier()
+        if sharded:
+            self._save_sharded(directory)
         if not self.args.save_only_model:
             ckpt.save_rng_state(directory, self.process.rank, self.process.world_size)
         best_step = self.state.best_global_step
@@ -971,12 +993,42 @@ class Trainer:
         barrier()
         return directory
 
+    def _save_sharded(self, directory: Path) -> None:
+        """FSDP: every process writes its shards with ``torch.distributed.checkpoint``; the consolidated
+        ``model.safetensors`` is written too with ``save_only_model`` and at the end of training."""
+        final = self.control.should_training_stop or self.state.global_step >= self.state.max_steps
+        if self.args.save_only_model or final:
+            self.save_model(str(directory), _internal_call=True)
+        elif self.process.is_world_main:
+            ckpt.save_config(unwrap_model(self.model), directory)
+        if not self.args.save_only_model:
+            fsdp.save_sharded(self.model, self.optimizer, directory)
+
+    def _load_model_state(self, directory: Path) -> None:
+        """Load a checkpoint's weights: the sharded ``pytorch_model_fsdp_0/`` when present (into a sharded
+        or plain model), else ``model.safetensors``."""
+        if fsdp.is_sharded_checkpoint(directory):
+            fsdp.load_sharded_model(self.model, directory)
+        elif fsdp.is_sharded(self.model):
+            fsdp.load_full_weights(self.model, directory / ckpt.WEIGHTS_NAME)
+        else:
+            ckpt.load_model_weights(unwrap_model(self.model), directory)
+
     def _restore_checkpoint(self, directory: Path, updates_per_epoch: int) -> tuple[int, int]:
         """Load optimizer, scheduler, scaler and ``trainer_state.json`` from a complete checkpoint; returns
         ``(epochs_trained, updates done in the current epoch)``. RNG states are restored by the loop."""
         if not self.args.save_only_model:
             optimizer_file = directory / ckpt.OPTIMIZER_NAME
-            if optimizer_file.is_file():
+            if fsdp.load_sharded_optimizer(self.model, self.optimizer, directory):
+                pass
+            elif optimizer_file.is_file() and fsdp.is_sharded(self.model):
+                raise ValueError(
+                    f"resume_from_checkpoint={str(directory)!r} was saved without FSDP: its {ckpt.OPTIMIZER_NAME} "
+                    f"cannot be loaded into the sharded optimizer of TrainingArguments.fsdp={' '.join(self.args.fsdp)!r}; "
+                    "resume without fsdp, or load only the weights (a directory with model.safetensors and no "
+                    "trainer_state.json starts a fresh optimizer)"
+                )
+            elif optimizer_file.is_file():
                 self.optimizer.load_state_dict(torch.load(optimizer_file, map_location=self.device, weights_only=True))
             scheduler_file = directory / ckpt.SCHEDULER_NAME
             if scheduler_file.is_file():
@@ -1049,9 +1101,9 @@ class Trainer:
         if not (self.args.load_best_model_at_end and best):
             return
         barrier()
-        if Path(best, ckpt.WEIGHTS_NAME).is_file():
+        if Path(best, ckpt.WEIGHTS_NAME).is_file() or fsdp.is_sharded_checkpoint(best):
             logger.info("tracklink: Loading best model from %s (score: %s).", best, self.state.best_metric)
-            ckpt.load_model_weights(unwrap_model(self.model), best)
+            self._load_model_state(Path(best))
         else:
             logger.warning("tracklink: could not load the best model: %s has no %s", best, ckpt.WEIGHTS_NAME)
 
@@ -1069,11 +1121,20 @@ class Trainer:
             shutil.rmtree(path, ignore_errors=True)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Write the (unwrapped) model's weights and config, and the processing class if it can save."""
-        if not self.process.is_world_main:
-            return
+        """Write the (unwrapped) model's weights and config, and the processing class if it can save.
+
+        With FSDP the weights are gathered from every process into one ``model.safetensors``: call it on
+        every process (as in transformers); the world main process writes."""
         target = output_dir or self.args.output_dir
-        ckpt.save_model(unwrap_model(self.model), target)
+        if fsdp.is_sharded(self.model):
+            weights = fsdp.full_state_dict(self.model)
+            if not self.process.is_world_main:
+                return
+            ckpt.save_weights(unwrap_model(self.model), weights, target)
+        elif not self.process.is_world_main:
+            return
+        else:
+            ckpt.save_model(unwrap_model(self.model), target)
         save = getattr(self.processing_class, "save_pretrained", None)
         if callable(save):
             save(target)
@@ -1203,7 +1264,7 @@ class Trainer:
         predictions: list[Any] = []
         labels: list[Any] = []
         try:
-            for inputs in dataloader:
+            for inputs in self._eval_batches(dataloader):
                 loss, logits, label = self.prediction_step(model, inputs, ignore_keys)
                 sizes.append(self._batch_size(inputs))
                 if loss is not None and not isinstance(loss, torch.Tensor):  # a number from compute_loss
@@ -1248,6 +1309,31 @@ class Trainer:
             (k if k.startswith(f"{prefix}_") else f"{prefix}_{k}"): v for k, v in metrics.items()
         }
         return PredictionOutput(preds, label_ids, prefixed), num_samples
+
+    def _eval_batches(self, dataloader: Any) -> Iterator[Any]:
+        """The batches of ``dataloader``. With FSDP every forward is a collective, so the processes agree
+        before each batch whether any still has one, and a process that has run out repeats a forward on
+        its last batch (results discarded) until all have."""
+        if not (fsdp.is_sharded(self.model) and is_distributed()):
+            yield from dataloader
+            return
+        iterator = iter(dataloader)
+        last = None
+        while True:
+            inputs = next(iterator, None)
+            if not any_process(inputs is not None, self.device):
+                return
+            if inputs is None:
+                if last is None:
+                    raise ValueError(
+                        "With TrainingArguments.fsdp every process needs at least one evaluation batch, but this "
+                        f"process (rank {self.process.rank}) got none: the dataset has fewer samples than the "
+                        f"{self.process.world_size} processes"
+                    )
+                self.prediction_step(self.model, last, None)
+                continue
+            last = inputs
+            yield inputs
 
     @staticmethod
     def _batch_size(inputs: Any) -> int:

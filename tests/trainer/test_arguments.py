@@ -67,6 +67,7 @@ EXPECTED_DEFAULTS = {
     "ddp_backend": None, "ddp_find_unused_parameters": None,
     "torch_compile": False, "torch_compile_backend": None, "torch_compile_mode": None,
     "gradient_checkpointing": False, "gradient_checkpointing_kwargs": None,
+    "fsdp": None, "fsdp_config": None,
 }
 
 
