@@ -32,6 +32,7 @@ from trainer_testlib import (
     OverflowDataset,
     OverflowingRegressor,
     Recorder,
+    StopAfterSaveAt,
     WeightsPerStep,
     checkpoint_names,
     checkpoint_weights,
@@ -41,7 +42,6 @@ from trainer_testlib import (
 )
 
 from helpers import ClassificationDataset
-from tracklink import TrainerCallback
 from tracklink.trainer import Trainer, TrainingArguments
 
 TIMING_KEYS = ("_runtime", "_per_second")
@@ -51,15 +51,6 @@ TIMING_KEYS = ("_runtime", "_per_second")
 def fp16_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Test seam: skip the device check that refuses fp16 on CPU, so the GradScaler path runs here."""
     monkeypatch.setattr(Trainer, "_check_precision", lambda self: None)
-
-
-class StopAfterSaveAt(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 # -- fp16: loss scaling and skipped steps ------------------------------------------------------------

@@ -31,6 +31,7 @@ from torch import nn
 from trainer_testlib import (
     Recorder,
     ScriptedEvalModel,
+    StopAfterSaveAt,
     checkpoint_names,
     comparable_history,
     same_weights,
@@ -48,17 +49,6 @@ from helpers import (
 )
 from tracklink import EarlyStoppingCallback, TrainerCallback
 from tracklink.trainer import Trainer, TrainingArguments
-
-
-class StopAfterSaveAt(TrainerCallback):
-    """Stops training right after the checkpoint of step ``n`` was written."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step == self.n:
-            control.should_training_stop = True
 
 
 class Crash(Exception):

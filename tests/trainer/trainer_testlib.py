@@ -219,3 +219,14 @@ class WeightsPerStep(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self.weights[state.global_step] = weights_of(model)
+
+
+class StopAfterSaveAt(TrainerCallback):
+    """Stops training right after the checkpoint of step ``n`` was written."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.n:
+            control.should_training_stop = True
