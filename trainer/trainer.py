@@ -542,9 +542,9 @@ class Trainer:
         if checkpoint_dir is not None:
             self._load_model_state(checkpoint_dir)
         self.create_optimizer_and_scheduler(max_steps)
-        if args.fp16 and self.scaler is None:
-            # with FSDP the gradients are DTensors, whose inf/NaN check is reduced over all processes
-            self.scaler = torch.amp.GradScaler(self.device.type)
+        # a fresh scale for every training (a resume restores the checkpoint's); with FSDP the gradients
+        # are DTensors, whose inf/NaN check is reduced over all processes
+        self.scaler = torch.amp.GradScaler(self.device.type) if args.fp16 else None
         self._skipped_steps.reset()
         self.state = TrainerState(
             stateful_callbacks=self._stateful_objects(),

@@ -121,6 +121,21 @@ def test_fp16_scaler_state_round_trips_through_a_checkpoint(tmp_path: Path) -> N
     assert output.metrics["train_skipped_optimizer_steps"] == 2  # steps 10 and 13, run by this call
 
 
+@pytest.mark.usefixtures("fp16_on_cpu")
+def test_every_training_starts_with_a_fresh_scale(tmp_path: Path) -> None:
+    """A second ``train()`` (model_init: a fresh model, as in a search trial) must not inherit the scale
+    the first one backed off to, and arguments switched to fp16=False drop the scaler."""
+    trainer = fp16_trainer(tmp_path, save_strategy="no")
+    trainer.train()
+    first = trainer.scaler.state_dict()
+    trainer.train()
+    assert trainer.scaler.state_dict() == first and first["scale"] == 65536.0 * 0.5**4
+    trainer.args.fp16 = False
+    trainer.train()
+    assert trainer.scaler is None
+    assert "skipped_optimizer_steps" not in trainer.state.log_history[0]
+
+
 def test_no_skipped_step_keys_without_fp16(tmp_path: Path) -> None:
     trainer = fp16_trainer(tmp_path, fp16=False, save_strategy="no", max_steps=6)
     trainer.train()
