@@ -278,13 +278,19 @@ def save_sharded(model: torch.nn.Module, optimizer: Any, directory: Path) -> Non
     dcp.save({"optimizer": optimizer_state}, storage_writer=_writer(directory / OPTIMIZER_DIR))
 
 
+def _single_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized())
+
+
 def load_sharded_model(model: torch.nn.Module, directory: Path) -> None:
     """Load ``pytorch_model_fsdp_0/`` into a sharded (or plain) model, resharding as needed."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     state = {"model": get_model_state_dict(model)}
-    dcp.load(state, checkpoint_id=str(directory / MODEL_DIR))
+    dcp.load(state, checkpoint_id=str(directory / MODEL_DIR), no_dist=_single_process())
     set_model_state_dict(model, state["model"])
 
 
@@ -296,7 +302,7 @@ def load_sharded_optimizer(model: torch.nn.Module, optimizer: Any, directory: Pa
     if not (directory / OPTIMIZER_DIR / ".metadata").is_file():
         return False
     state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=str(directory / OPTIMIZER_DIR))
+    dcp.load(state, checkpoint_id=str(directory / OPTIMIZER_DIR), no_dist=_single_process())
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
     return True
 

@@ -120,18 +120,29 @@ SCRIPT = textwrap.dedent('''
             return out
 
 
-    def train(name, fsdp="", callbacks=(), resume=None, steps=8, model=TinyClassifier, **extra):
+    def first_is_best():
+        """compute_metrics whose score falls with every evaluation: the first one is the best."""
+        calls = []
+
+        def metrics(prediction):
+            calls.append(prediction)
+            return {"score": -float(len(calls))}
+        return metrics
+
+
+    def train(name, fsdp="", callbacks=(), resume=None, steps=8, model=TinyClassifier, metrics=None, **extra):
         events = Events()
-        args = TrainingArguments(
+        settings = dict(
             output_dir=str(root / name), report_to="none", disable_tqdm=True, max_steps=steps,
             per_device_train_batch_size=4, logging_steps=2, eval_strategy="steps", eval_steps=4,
             save_steps=2, learning_rate=0.05, seed=5, use_cpu=True, fsdp=fsdp, per_device_eval_batch_size=4,
-            fsdp_config={"transformer_layer_cls_to_wrap": ["Linear"]} if fsdp else None, **extra,
+            fsdp_config={"transformer_layer_cls_to_wrap": ["Linear"]} if fsdp else None,
         )
+        args = TrainingArguments(**{**settings, **extra})
         trainer = Trainer(model_init=lambda: model(dropout=0.3), args=args,
                           train_dataset=ClassificationDataset(length=40),
                           eval_dataset=ClassificationDataset(length=13, seed=3),
-                          callbacks=[events, *callbacks])
+                          callbacks=[events, *callbacks], compute_metrics=metrics)
         trainer.train(resume_from_checkpoint=resume)
         # 9 samples in batches of 4: 5 (two batches) on process 0, 4 (one batch) on process 1
         predicted = trainer.predict(ClassificationDataset(length=9, seed=9))
@@ -141,6 +152,7 @@ SCRIPT = textwrap.dedent('''
             "log_history": trainer.state.log_history,
             "global_step": trainer.state.global_step,
             "predictions": predicted.predictions.tolist(),
+            "best_model_checkpoint": trainer.state.best_model_checkpoint,
         }
         if rank == 0:
             weights = load_file(str(root / f"{name}-final" / "model.safetensors"))
@@ -158,6 +170,8 @@ SCRIPT = textwrap.dedent('''
         train("ddp-ga", steps=4, gradient_accumulation_steps=2)
         train("fsdp-ga", fsdp="full_shard", steps=4, gradient_accumulation_steps=2)
         train("only-model", fsdp="full_shard", steps=2, save_only_model=True)
+        train("best", fsdp="full_shard", steps=12, save_steps=4, load_best_model_at_end=True,
+              metric_for_best_model="score", metrics=first_is_best())
         train("compiled", fsdp="full_shard", steps=4, torch_compile_backend="aot_eager")
         count_syncs()
         Trainer._check_precision = lambda self: None  # test seam: fp16 on CPU (the scaler logic is the same)
@@ -247,6 +261,17 @@ def test_fsdp_training_checkpoints_and_exact_resume(tmp_path: Path) -> None:
     assert sorted(state) == sorted(ddp_state) and state["global_step"] == 8
     only_model = {p.name for p in (tmp_path / "only-model" / "checkpoint-2").iterdir()}
     assert "model.safetensors" in only_model and "pytorch_model_fsdp_0" not in only_model
+
+    # load_best_model_at_end reads the best checkpoint's shards (it has no consolidated file)
+    best = Path(run(tmp_path, "best")["best_model_checkpoint"])
+    assert best.name == "checkpoint-4" and not (best / "model.safetensors").exists()
+    from helpers import TinyClassifier
+    from tracklink.trainer.fsdp import load_sharded_model
+
+    reference = TinyClassifier()
+    load_sharded_model(reference, best)  # one process, no process group: DCP reads every shard
+    best_w = weights(tmp_path, "best")
+    assert all(torch.equal(best_w[k], v) for k, v in reference.state_dict().items())
 
     # resume in a new torchrun: the same run as the uninterrupted one
     assert run(tmp_path, "split")["global_step"] == 4
