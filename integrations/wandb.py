@@ -50,7 +50,12 @@ LOG_MODEL_CHOICES = ("end", "checkpoint", "false")
 WATCH_CHOICES = ("gradients", "all", "parameters", "false")
 _DEPRECATED_TRUE = ("true", "1", "yes", "on")
 #: Files of a checkpoint that restore training, not the model: left out of the final-model artifact.
-_TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")
+_TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state", "optimizer_0")
+_SHARDED_MODEL = "pytorch_model_fsdp_0"  # FSDP's model shards, redundant next to a consolidated model.safetensors
+
+
+def _is_sharded(model: Any) -> bool:
+    return any(cls.__name__ == "FSDPModule" for cls in type(model).__mro__)
 
 
 def parse_log_model(value: str | None, *, warn: bool = True) -> str:
@@ -287,9 +292,12 @@ class WandbCallback(Tracker):
 
     def _add_dir(self, artifact: Any, root: Path, *, keep_training_state: bool) -> None:
         with redacted_upload(root) as upload:  # secrets in configs and text files masked
+            consolidated = (upload / "model.safetensors").is_file()
             for path in sorted(p for p in upload.rglob("*") if p.is_file()):
-                if keep_training_state or not path.name.startswith(_TRAINING_STATE):
-                    artifact.add_file(str(path), name=path.relative_to(upload).as_posix())  # copied when added
+                top = path.relative_to(upload).parts[0]
+                if not keep_training_state and (top.startswith(_TRAINING_STATE) or (consolidated and top == _SHARDED_MODEL)):
+                    continue
+                artifact.add_file(str(path), name=path.relative_to(upload).as_posix())  # copied when added
 
     def _log_final_model(self, args: Any, state: Any, model: Any) -> None:
         source = None
@@ -310,6 +318,12 @@ class WandbCallback(Tracker):
             if source is None:
                 if model is None:
                     logger.warning("tracklink: W&B final model not logged: no checkpoint and no model")
+                    return
+                if _is_sharded(model):  # gathering it would need every process, and this runs on one
+                    logger.warning(
+                        "tracklink: W&B final model not logged: the model is sharded by FSDP and no checkpoint "
+                        "holds its consolidated weights; save a checkpoint at the end (save_strategy) to log it"
+                    )
                     return
                 source = Path(tmp, "model")
                 save = getattr(model, "save_pretrained", None)

@@ -178,3 +178,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     if required:
                         raise pytest.UsageError(f"TRACKLINK_REQUIRE_SDKS=1 but SDK {module!r} is missing")
                     item.add_marker(pytest.mark.skip(reason=f"SDK {module!r} is not installed"))
+
+
+@pytest.fixture
+def one_process_group(monkeypatch: pytest.MonkeyPatch) -> object:
+    """The environment of ``torchrun --nproc_per_node 1`` (a process group of one is created by the
+    Trainer, e.g. for FSDP) and the group destroyed afterwards."""
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", str(port))):
+        monkeypatch.setenv(name, value)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()

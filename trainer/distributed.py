@@ -51,8 +51,8 @@ def is_distributed() -> bool:
 def setup_distributed(args: Any, device: torch.device) -> bool:
     """Initialise the default process group when launched by torchrun with more than one process.
 
-    Returns whether training is distributed. The backend is ``args.ddp_backend`` or NCCL on CUDA and
-    gloo otherwise.
+    Returns whether training is distributed. The backend is ``args.ddp_backend`` or NCCL on CUDA (NCCL
+    for CUDA tensors and gloo for CPU tensors with ``fsdp`` ``offload``) and gloo otherwise.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     # FSDP needs a process group even for a single process launched by torchrun
@@ -61,6 +61,9 @@ def setup_distributed(args: Any, device: torch.device) -> bool:
         return False
     if not dist.is_initialized():
         backend = args.ddp_backend or ("nccl" if device.type == "cuda" else "gloo")
+        if backend == "nccl" and "offload" in (getattr(args, "fsdp", None) or []):
+            # offloaded FSDP gradients live on the CPU: their norm and inf checks are reduced over gloo
+            backend = "cuda:nccl,cpu:gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))

@@ -137,6 +137,7 @@ class FsdpPlan:
     offload: bool
     layer_classes: tuple[str, ...]
     min_num_params: int
+    bf16: bool = False
 
     @classmethod
     def from_args(cls, args: Any) -> FsdpPlan | None:
@@ -154,6 +155,7 @@ class FsdpPlan:
             offload="offload" in options,
             layer_classes=tuple(config.get("transformer_layer_cls_to_wrap") or ()),
             min_num_params=int(config.get("min_num_params", 0)),
+            bf16=bool(getattr(args, "bf16", False)),
         )
 
 
@@ -209,7 +211,15 @@ def _mesh(plan: FsdpPlan, device: torch.device) -> Any:
 
 
 def check_model(model: torch.nn.Module, plan: FsdpPlan) -> None:
-    """Raise when ``transformer_layer_cls_to_wrap`` names a class the model does not contain."""
+    """Raise when ``transformer_layer_cls_to_wrap`` names a class the model does not contain, or when the
+    model has a parameter FSDP cannot shard (a scalar)."""
+    scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
+    if scalars:
+        raise ValueError(
+            f"TrainingArguments.fsdp={' '.join(plan_options(plan))!r} cannot shard the scalar parameters "
+            f"{', '.join(map(repr, scalars))} of {type(model).__name__}: FSDP shards along a dimension. Make "
+            "them 1-element vectors (e.g. torch.zeros(1)), or train without fsdp"
+        )
     found = {type(m).__name__ for m in model.modules()}
     missing = sorted(set(plan.layer_classes) - found)
     if missing:
@@ -220,36 +230,51 @@ def check_model(model: torch.nn.Module, plan: FsdpPlan) -> None:
         )
 
 
+def plan_options(plan: FsdpPlan) -> list[str]:
+    """The ``fsdp`` options a plan stands for (for messages)."""
+    strategy = ("hybrid_shard" if plan.reshard_after_forward else "hybrid_shard_zero2") if plan.hybrid else \
+        ("full_shard" if plan.reshard_after_forward else "shard_grad_op")
+    return [strategy, *(["offload"] if plan.offload else [])]
+
+
 def _units(model: torch.nn.Module, plan: FsdpPlan) -> list[torch.nn.Module]:
-    """The submodules sharded as their own units, innermost first (``fully_shard`` needs children first)."""
+    """The submodules sharded as their own units, innermost first (``fully_shard`` needs children first).
+
+    A module holding one name of a tied parameter (an embedding tied to the output head) while the other
+    name lies outside it is not a unit of its own: FSDP keeps a tied parameter in one unit, here the
+    enclosing one (usually the root)."""
+    tied = _tied_groups(model)
+
+    def splits_a_tie(name: str) -> bool:
+        inside = [any(n.startswith(name + ".") for n in group) for group in tied]
+        outside = [any(not n.startswith(name + ".") for n in group) for group in tied]
+        return any(i and o for i, o in zip(inside, outside))
+
+    named = [(name, m) for name, m in model.named_modules() if m is not model]
     classes = set(plan.layer_classes) or set(getattr(model, "_no_split_modules", None) or ())
     if classes:
         check_model(model, plan)
-        return [m for m in model.modules() if m is not model and type(m).__name__ in classes][::-1]
+        return [m for name, m in reversed(named) if type(m).__name__ in classes and not splits_a_tie(name)]
     if not plan.min_num_params:
         return []
     units: list[torch.nn.Module] = []
     covered: set[int] = set()
-
-    def visit(module: torch.nn.Module) -> None:
-        for child in module.children():
-            visit(child)
-        if module is model:
-            return
+    for name, module in reversed(named):  # named_modules is pre-order: reversed, children come first
         own = sum(p.numel() for p in module.parameters() if id(p) not in covered)
-        if own >= plan.min_num_params:
+        if own >= plan.min_num_params and not splits_a_tie(name):
             units.append(module)
             covered.update(id(p) for p in module.parameters())
-
-    visit(model)
     return units
 
 
 def shard_model(model: torch.nn.Module, plan: FsdpPlan, device: torch.device) -> torch.nn.Module:
     """Apply ``fully_shard`` to the chosen layers and the root, in place; returns the model."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+    import torch
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     kwargs: dict[str, Any] = {"mesh": _mesh(plan, device), "reshard_after_forward": plan.reshard_after_forward}
+    if plan.bf16:  # gather parameters in bfloat16 (half the traffic), reduce gradients in float32
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if plan.offload:
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
     for unit in _units(model, plan):
@@ -307,15 +332,20 @@ def load_sharded_optimizer(model: torch.nn.Module, optimizer: Any, directory: Pa
     return True
 
 
+def _tied_groups(model: torch.nn.Module) -> list[list[str]]:
+    """Names under which one parameter is registered more than once (tied embeddings and heads)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
+
+
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The consolidated weights on the CPU of the world main process (``{}`` elsewhere; a collective),
     with tied parameters stored once, under their alphabetically first name (as safetensors does)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    names: dict[int, list[str]] = {}
-    for name, tensor in model.state_dict().items():
-        names.setdefault(id(tensor), []).append(name)
-    tied = {n for group in names.values() if len(group) > 1 for n in sorted(group)[1:]}
+    tied = {n for group in _tied_groups(model) for n in sorted(group)[1:]}
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v.contiguous() for k, v in full.items() if k not in tied}
 
@@ -326,10 +356,7 @@ def load_full_weights(model: torch.nn.Module, weights: Path) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     loaded = load_file(str(weights))
-    groups: dict[int, list[str]] = {}
-    for name, tensor in model.state_dict().items():
-        groups.setdefault(id(tensor), []).append(name)
-    for group in groups.values():  # tied parameters: the file holds one name of each group
+    for group in _tied_groups(model):  # tied parameters: the file holds one name of each group
         present = next((n for n in group if n in loaded), None)
         if present is not None:
             for name in group:

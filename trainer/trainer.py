@@ -257,7 +257,7 @@ class Trainer:
         self.model_init = model_init
         if model is None:
             model = self.call_model_init()
-        self.model = model.to(self.device)
+        self.model = self._place(model)
         self.model_wrapped: torch.nn.Module = self.model
         self._check_model_preparation()
         plan = fsdp.FsdpPlan.from_args(args)
@@ -273,6 +273,7 @@ class Trainer:
         self.scaler: Any = None
         self._skipped_steps = SkippedSteps()  # fp16: optimizer steps the scaler skipped
         self._compiler = ModelCompiler()
+        self._wrapped: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (model, its DDP/FSDP form)
         self.current_flos = 0.0
         self._tokens_seen: Any = 0
         self._tokens_seen_base = 0
@@ -334,6 +335,11 @@ class Trainer:
             )
         if args.bf16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("TrainingArguments.bf16=True, but this CUDA device does not support bfloat16; use fp16")
+
+    def _place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move a new model to the training device; with FSDP it stays where it was built until
+        ``fully_shard`` moves each process's shards there (the whole model may not fit on one device)."""
+        return model if self.args.fsdp else model.to(self.device)
 
     def call_model_init(self, trial: Any = None) -> torch.nn.Module:
         if self.model_init is None:
@@ -463,7 +469,7 @@ class Trainer:
         checkpoint_dir = self._resolve_checkpoint(resume_from_checkpoint)
         if self.model_init is not None:  # a fresh model for every training run, as in transformers
             set_seed(args.seed)
-            self.model = self.call_model_init(trial).to(self.device)
+            self.model = self._place(self.call_model_init(trial))
             self.model_wrapped = self.model
             self.optimizer, self.lr_scheduler = self._user_optimizers
             self._forward_params = None
@@ -537,8 +543,9 @@ class Trainer:
 
         # wrapping (DDP, or FSDP sharding in place) comes first: the optimizer must hold the sharded parameters
         self._prepare_model()
-        self.model_wrapped = wrap_model(self.model, args, self.device)
-        self.model_wrapped = self._compile_wrapped(self.model_wrapped)
+        if self._wrapped is None or self._wrapped[0] is not self.model:  # reused: a DDP wrapper per model
+            self._wrapped = (self.model, wrap_model(self.model, args, self.device))
+        self.model_wrapped = self._compile_wrapped(self._wrapped[1])
         if checkpoint_dir is not None:
             self._load_model_state(checkpoint_dir)
         self.create_optimizer_and_scheduler(max_steps)
@@ -1104,6 +1111,8 @@ class Trainer:
         if Path(best, ckpt.WEIGHTS_NAME).is_file() or fsdp.is_sharded_checkpoint(best):
             logger.info("tracklink: Loading best model from %s (score: %s).", best, self.state.best_metric)
             self._load_model_state(Path(best))
+            if fsdp.is_sharded(self.model) and not Path(best, ckpt.WEIGHTS_NAME).is_file():
+                self.save_model(best, _internal_call=True)  # the final model, consolidated (trackers upload it)
         else:
             logger.warning("tracklink: could not load the best model: %s has no %s", best, ckpt.WEIGHTS_NAME)
 
@@ -1256,6 +1265,8 @@ class Trainer:
 
         handler = self.callback_handler
         handler.eval_dataloader = dataloader
+        if self.args.fsdp and not fsdp.is_sharded(self.model):
+            self.model.to(self.device)  # evaluated before training: not sharded yet, still where it was built
         model = self.model
         was_training = model.training
         model.eval()
@@ -1324,16 +1335,31 @@ class Trainer:
             if not any_process(inputs is not None, self.device):
                 return
             if inputs is None:
-                if last is None:
-                    raise ValueError(
-                        "With TrainingArguments.fsdp every process needs at least one evaluation batch, but this "
-                        f"process (rank {self.process.rank}) got none: the dataset has fewer samples than the "
-                        f"{self.process.world_size} processes"
-                    )
+                if last is None:  # this process's share is empty (the dataset is short)
+                    last = self._padding_batch(dataloader)
                 self.prediction_step(self.model, last, None)
                 continue
             last = inputs
             yield inputs
+
+    def _padding_batch(self, dataloader: Any) -> Any:
+        """A batch of the dataset's first sample, for a process that must join a collective forward but
+        has no evaluation data of its own (its result is discarded)."""
+        from torch.utils.data import IterableDataset
+
+        from .data import IterableDatasetShard
+
+        dataset = dataloader.dataset
+        if isinstance(dataset, IterableDatasetShard):
+            dataset = dataset.dataset
+        if has_length(dataset) and not isinstance(dataset, IterableDataset):
+            sample = dataset[0] if len(dataset) else None
+        else:
+            sample = next(iter(dataset), None)
+        if sample is None:
+            raise ValueError("Trainer.evaluate()/predict() got an empty dataset; with fsdp every process must run "
+                             "the same forwards, so there must be at least one sample")
+        return self.data_collator([sample])
 
     @staticmethod
     def _batch_size(inputs: Any) -> int:

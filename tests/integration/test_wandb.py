@@ -18,14 +18,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from helpers import (
     SECRET_ARG,
     SECRET_ENV,
     SECRET_ENV_VAR,
     SECRETS,
+    RegressionConfig,
     assert_series,
     files_containing,
     make_trainer,
@@ -124,6 +127,51 @@ def test_end_model_without_checkpoints_uses_a_safetensors_save(tmp_path: Path, w
     assert artifact["aliases"] == ["latest", "final_model"] or set(artifact["aliases"]) == {"latest", "final_model"}
     assert set(artifact["files"]) == {"model.safetensors", "config.json", "model_architecture.txt"}
     assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+class VectorRegression(torch.nn.Module):
+    """RegressionModel's task with vector parameters (FSDP cannot shard scalars)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = RegressionConfig()
+        self.linear = torch.nn.Linear(1, 1)
+
+    def forward(self, input_x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
+        y = self.linear(input_x[:, None]).sum(dim=1)  # not a view: FSDP hooks the output
+        out = {"logits": y}
+        if labels is not None:
+            out["loss"] = torch.nn.functional.mse_loss(y, labels)
+        return out
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_fsdp_final_model_is_the_consolidated_one(tmp_path: Path, wandb_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """FSDP (a torchrun group of one): the final model is the last checkpoint's consolidated weights,
+    without the sharded model or optimizer directories."""
+    monkeypatch.setenv("WANDB_LOG_MODEL", "end")
+    trainer = make_trainer(tmp_path / "out", ["wandb"], model=VectorRegression(), fsdp="full_shard", use_cpu=True)
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-20"
+    assert {"pytorch_model_fsdp_0", "optimizer_0", "model.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    (artifact,) = _only_run(wandb_dir).artifacts
+    assert "final_model" in artifact["aliases"]
+    assert {"model.safetensors", "config.json", "trainer_state.json"} <= set(artifact["files"])
+    assert not [f for f in artifact["files"] if f.startswith(("pytorch_model_fsdp_0/", "optimizer_0/"))]
+
+
+@pytest.mark.usefixtures("one_process_group")
+def test_fsdp_without_checkpoints_skips_the_final_model(tmp_path: Path, wandb_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Gathering a sharded model needs every process, and the upload runs on one: it is skipped, said."""
+    monkeypatch.setenv("WANDB_LOG_MODEL", "end")
+    trainer = make_trainer(tmp_path / "out", ["wandb"], model=VectorRegression(), fsdp="full_shard", use_cpu=True,
+                           eval_strategy="no", save_strategy="no", max_steps=4)
+    trainer.train()
+    assert _only_run(wandb_dir).artifacts == []
+    assert "the model is sharded by FSDP" in caplog.text
 
 
 def test_no_secret_reaches_any_wandb_file(tmp_path: Path, wandb_dir: Path,

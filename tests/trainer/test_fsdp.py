@@ -5,6 +5,9 @@ Bad behaviours caught:
 - gradient accumulation with FSDP computing other gradients than DDP's (gradients are reduced once, with
   the last micro-batch: ``set_requires_gradient_sync``);
 - a host-device sync on a step that does not log (FSDP with bf16 and gradient accumulation);
+- tied weights (an embedding and a head sharing one parameter) breaking the consolidated save;
+- a process without evaluation data of its own leaving the others waiting in a forward;
+- gradient checkpointing or bf16 under FSDP training differently from DDP;
 - ``torch_compile`` on top of the sharded model training differently;
 - fp16 processes disagreeing on skipping a step when only one shard of the gradients overflowed;
 - a sharded checkpoint missing its DCP directories, or an intermediate one paying for a consolidated
@@ -40,8 +43,10 @@ SCRIPT = textwrap.dedent('''
     from safetensors.torch import load_file
 
     sys.path.insert(0, sys.argv[3])
+    sys.path.insert(0, str(Path(sys.argv[3]) / "trainer"))
     from helpers import ClassificationDataset, TinyClassifier
     from syncs import counting_syncs
+    from trainer_testlib import CheckpointableClassifier
 
     from tracklink import TrainerCallback
     from tracklink.trainer import Trainer, TrainingArguments
@@ -130,7 +135,26 @@ SCRIPT = textwrap.dedent('''
         return metrics
 
 
-    def train(name, fsdp="", callbacks=(), resume=None, steps=8, model=TinyClassifier, metrics=None, **extra):
+    class TiedClassifier(torch.nn.Module):
+        """A language-model-like head tied to an embedding (one Parameter under two names)."""
+
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(4, 16)
+            self.body = torch.nn.Linear(8, 16)
+            self.head = torch.nn.Linear(16, 4, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, x, labels=None):
+            logits = self.head(torch.tanh(self.body(x)))
+            out = {"logits": logits}
+            if labels is not None:
+                out["loss"] = torch.nn.functional.cross_entropy(logits, labels)
+            return out
+
+
+    def train(name, fsdp="", callbacks=(), resume=None, steps=8, model=None, metrics=None, predict_length=9,
+              **extra):
         events = Events()
         settings = dict(
             output_dir=str(root / name), report_to="none", disable_tqdm=True, max_steps=steps,
@@ -139,13 +163,13 @@ SCRIPT = textwrap.dedent('''
             fsdp_config={"transformer_layer_cls_to_wrap": ["Linear"]} if fsdp else None,
         )
         args = TrainingArguments(**{**settings, **extra})
-        trainer = Trainer(model_init=lambda: model(dropout=0.3), args=args,
+        trainer = Trainer(model_init=model or (lambda: TinyClassifier(dropout=0.3)), args=args,
                           train_dataset=ClassificationDataset(length=40),
                           eval_dataset=ClassificationDataset(length=13, seed=3),
                           callbacks=[events, *callbacks], compute_metrics=metrics)
         trainer.train(resume_from_checkpoint=resume)
         # 9 samples in batches of 4: 5 (two batches) on process 0, 4 (one batch) on process 1
-        predicted = trainer.predict(ClassificationDataset(length=9, seed=9))
+        predicted = trainer.predict(ClassificationDataset(length=predict_length, seed=9))
         trainer.save_model(str(root / f"{name}-final"))
         out = {
             "events": events.names,
@@ -153,6 +177,7 @@ SCRIPT = textwrap.dedent('''
             "global_step": trainer.state.global_step,
             "predictions": predicted.predictions.tolist(),
             "best_model_checkpoint": trainer.state.best_model_checkpoint,
+            "block_calls": getattr(trainer.model, "block_calls", None),
         }
         if rank == 0:
             weights = load_file(str(root / f"{name}-final" / "model.safetensors"))
@@ -174,8 +199,17 @@ SCRIPT = textwrap.dedent('''
               metric_for_best_model="score", metrics=first_is_best())
         train("compiled", fsdp="full_shard", steps=4, torch_compile_backend="aot_eager")
         count_syncs()
+        # one evaluation sample: process 1 has no batch of its own and must still join every forward
+        train("ddp-tied", steps=4, model=TiedClassifier, predict_length=1)
+        train("fsdp-tied", fsdp="full_shard", steps=4, model=TiedClassifier, predict_length=1,
+              fsdp_config={"transformer_layer_cls_to_wrap": ["Linear", "Embedding"]})
+        checkpointable = lambda: CheckpointableClassifier(count_calls=True)  # noqa: E731
+        train("ddp-ckpt", steps=4, model=checkpointable)
+        train("fsdp-gc", fsdp="full_shard", steps=4, model=checkpointable, gradient_checkpointing=True)
+        train("ddp-bf16", steps=4, bf16=True)
+        train("fsdp-bf16", fsdp="full_shard", steps=4, bf16=True)
         Trainer._check_precision = lambda self: None  # test seam: fp16 on CPU (the scaler logic is the same)
-        train("fp16", fsdp="full_shard", steps=4, fp16=True, model=OverflowInOneShard)
+        train("fp16", fsdp="full_shard", steps=4, fp16=True, model=lambda: OverflowInOneShard(dropout=0.3))
     elif mode == "resume":
         train("split", fsdp="full_shard", resume=True)
     elif mode == "resume-plain":  # one process, no FSDP, from the sharded checkpoint at step 4
@@ -238,6 +272,21 @@ def test_fsdp_training_checkpoints_and_exact_resume(tmp_path: Path) -> None:
         logs = [e for e in run(tmp_path, "fp16", r)["log_history"] if "loss" in e]
         assert [(e["step"], e["skipped_optimizer_steps"]) for e in logs] == [(2, 1), (4, 0)]
     assert "scaler.pt" in {p.name for p in (tmp_path / "fp16" / "checkpoint-2").iterdir()}
+    # tied weights: consolidated once, under the name a plain save uses, and equal to DDP's
+    tied_ddp, tied_fsdp = weights(tmp_path, "ddp-tied"), weights(tmp_path, "fsdp-tied")
+    assert tied_fsdp.keys() == tied_ddp.keys() == {"embed.weight", "body.weight", "body.bias"}
+    assert all(torch.allclose(tied_fsdp[k], tied_ddp[k], atol=1e-5) for k in tied_ddp)
+    assert close(losses(run(tmp_path, "fsdp-tied")["log_history"]), losses(run(tmp_path, "ddp-tied")["log_history"]))
+    tied_predictions = [torch.tensor(run(tmp_path, n, r)["predictions"]) for n in ("ddp-tied", "fsdp-tied") for r in (0, 1)]
+    assert all(p.shape == (1, 4) and torch.allclose(p, tied_predictions[0], atol=1e-5) for p in tied_predictions)
+    # gradient checkpointing under FSDP: the block runs again in the backward, the training is the same
+    gc, plain_ckpt = run(tmp_path, "fsdp-gc"), run(tmp_path, "ddp-ckpt")
+    assert close(losses(gc["log_history"]), losses(plain_ckpt["log_history"]))
+    assert gc["block_calls"] > plain_ckpt["block_calls"]
+    # bf16: parameters gathered in bfloat16, gradients reduced in float32; close to DDP with autocast
+    bf16_fsdp, bf16_ddp = losses(run(tmp_path, "fsdp-bf16")["log_history"]), losses(run(tmp_path, "ddp-bf16")["log_history"])
+    assert [x[:2] for x in bf16_fsdp] == [x[:2] for x in bf16_ddp]
+    assert all(abs(x[2] - y[2]) <= 2e-2 * max(1.0, abs(y[2])) for x, y in zip(bf16_fsdp, bf16_ddp))
     assert json.loads((tmp_path / "syncs-rank0.json").read_text()) == []
     assert json.loads((tmp_path / "syncs-rank1.json").read_text()) == []
     predictions = torch.tensor(fsdp["predictions"])
@@ -262,9 +311,12 @@ def test_fsdp_training_checkpoints_and_exact_resume(tmp_path: Path) -> None:
     only_model = {p.name for p in (tmp_path / "only-model" / "checkpoint-2").iterdir()}
     assert "model.safetensors" in only_model and "pytorch_model_fsdp_0" not in only_model
 
-    # load_best_model_at_end reads the best checkpoint's shards (it has no consolidated file)
+    # load_best_model_at_end reads the best checkpoint's shards, then consolidates them there (the final
+    # model, which trackers such as W&B upload)
     best = Path(run(tmp_path, "best")["best_model_checkpoint"])
-    assert best.name == "checkpoint-4" and not (best / "model.safetensors").exists()
+    assert best.name == "checkpoint-4" and not (tmp_path / "best" / "checkpoint-8" / "model.safetensors").exists()
+    from safetensors.torch import load_file
+
     from helpers import TinyClassifier
     from tracklink.trainer.fsdp import load_sharded_model
 
@@ -272,6 +324,8 @@ def test_fsdp_training_checkpoints_and_exact_resume(tmp_path: Path) -> None:
     load_sharded_model(reference, best)  # one process, no process group: DCP reads every shard
     best_w = weights(tmp_path, "best")
     assert all(torch.equal(best_w[k], v) for k, v in reference.state_dict().items())
+    consolidated = load_file(str(best / "model.safetensors"))
+    assert all(torch.equal(consolidated[k], v) for k, v in reference.state_dict().items())
 
     # resume in a new torchrun: the same run as the uninterrupted one
     assert run(tmp_path, "split")["global_step"] == 4
@@ -350,23 +404,6 @@ def test_fsdp_without_torchrun_fails_before_training(tmp_path: Path, monkeypatch
     assert not (tmp_path / "out").exists()
 
 
-@pytest.fixture
-def one_process_group(monkeypatch: pytest.MonkeyPatch) -> object:
-    import socket
-
-    import torch.distributed as dist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                        ("MASTER_PORT", str(port))):
-        monkeypatch.setenv(name, value)
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def test_fsdp_with_user_optimizer_fails(tmp_path: Path, one_process_group: object) -> None:
     model = TinyClassifier()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -393,3 +430,14 @@ def test_fsdp_in_one_torchrun_process(tmp_path: Path, one_process_group: object)
 
     saved = load_file(str(final / "model.safetensors"))
     assert set(saved) == {"net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias"}
+
+
+def test_fsdp_scalar_parameters_fail_at_construction(tmp_path: Path, one_process_group: object) -> None:
+    from helpers import RegressionDataset, RegressionModel
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", max_steps=2, use_cpu=True,
+                             fsdp="full_shard")
+    with pytest.raises(ValueError) as info:
+        Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset())
+    assert "'a', 'b'" in str(info.value) and "1-element vectors" in str(info.value)
+    assert not (tmp_path / "out").exists()
