@@ -6,9 +6,10 @@ objects:
 * a key that names a secret (``hub_token``, ``api_key``, ``AWS_SECRET_ACCESS_KEY``, ``db_password``,
   ``credentials``, ...) has its value replaced by :data:`REDACTED` (token-*ids* such as
   ``pad_token_id`` and special-token strings such as ``eos_token`` are not secrets);
-* credentials inside URLs are masked: the password of ``https://user:pass@host``, the whole user part of
-  ``https://TOKEN@host`` (a lone user part cannot be told from a token, so it is masked too; only the
-  ssh family, ``ssh://git@host``, keeps it: ssh never carries a secret there), and ``?token=...``;
+* credentials inside URLs are masked: the whole user information of ``https://user:pass@host``,
+  ``https://TOKEN@host`` or ``https://TOKEN:x-oauth-basic@host`` (a user name cannot be told from a
+  token), up to the authority's last ``@``; only the ssh family keeps its login name
+  (``ssh://git@host``, ``ssh://deploy:<redacted>@host``); and ``?token=...`` or ``#access_token=...``;
   ``user@host`` outside a URL (an e-mail address, ``git@host:org/repo``) is left alone;
 * the value of every secret environment variable that is set (a tracker's declared secret variables
   and any variable whose name names a secret) is masked wherever it appears in a string.
@@ -49,13 +50,13 @@ _SPECIAL_TOKENS = frozenset(
      "additional_special_tokens", "decoder_start_token"}
 )
 _WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]+)@")
-#: ``scheme://TOKEN@host``: a user part with no password (``https://ghp_...@github.com``)
-_URL_USER_ONLY = re.compile(r"(?P<scheme>(?P<name>[A-Za-z][A-Za-z0-9+.\-]*)://)[^/?#@:\s]+@")
+#: ``scheme://USERINFO@host``: the user information runs to the authority's last ``@`` (a raw ``@`` inside a
+#: password or token does not end it, as in urllib)
+_URL_USERINFO = re.compile(r"(?P<scheme>(?P<name>[A-Za-z][A-Za-z0-9+.\-]*)://)(?P<info>[^/?#\s]*)@")
 #: Schemes whose user part is a login name, never a credential (ssh authenticates by key or prompt).
 _USER_NAME_SCHEMES = frozenset({"ssh", "sftp", "scp", "git+ssh", "ssh+git"})
 _URL_QUERY_SECRET = re.compile(
-    r"(?P<key>[?&](?:[A-Za-z0-9_\-]*(?:token|secret|password|passwd|api_?key|access_?key|signature|sig|"
+    r"(?P<key>[?&#](?:[A-Za-z0-9_\-]*(?:token|secret|password|passwd|api_?key|access_?key|signature|sig|"
     r"auth|key)))=(?P<value>[^&#\s]+)",
     re.IGNORECASE,
 )
@@ -101,11 +102,19 @@ def redact_text(text: str, env_secrets: Iterable[str] = ()) -> str:
     for value in env_secrets:
         if value in text:
             text = text.replace(value, REDACTED)
-    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
-    text = _URL_USER_ONLY.sub(
-        lambda m: m[0] if m["name"].lower() in _USER_NAME_SCHEMES else f"{m['scheme']}{REDACTED}@", text
-    )
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
     return _URL_QUERY_SECRET.sub(lambda m: f"{m['key']}={REDACTED}", text)
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    info = match["info"]
+    if info in ("", REDACTED):
+        return match[0]
+    if match["name"].lower() in _USER_NAME_SCHEMES:  # a login name, and perhaps a password after it
+        user, sep, _ = info.partition(":")
+        return f"{match['scheme']}{user}:{REDACTED}@" if sep else match[0]
+    # any other user part may be a token (https://TOKEN@, TOKEN:x-oauth-basic@, TOKEN:@): all of it goes
+    return f"{match['scheme']}{REDACTED}@"
 
 
 def redact(value: Any, env_secrets: Iterable[str] | None = None) -> Any:

@@ -198,7 +198,7 @@ def test_no_secret_reaches_a_tracker(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert setup["params"]["learning_rate"] == 0.1 and setup["params"]["max_steps"] == 20
     assert setup["params"]["hub_token"] == "<redacted>"
     assert setup["params"]["service_password"] == "<redacted>"
-    assert setup["params"]["database_url"] == "postgresql://trainer:<redacted>@db.internal:5432/runs"
+    assert setup["params"]["database_url"] == "postgresql://<redacted>@db.internal:5432/runs"
     assert setup["name"] == "run-<redacted>"
     raw = next(r for r in records if r["kind"] == "raw_args")
     assert raw["args"]["hub_token"] == "<redacted>" and raw["args"]["learning_rate"] == 0.1

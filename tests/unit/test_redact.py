@@ -73,13 +73,13 @@ def test_secret_values_replaced_in_nested_mappings() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("https://user:hunter2@example.com/path", f"https://user:{REDACTED}@example.com/path"),
-        ("postgresql://bob:s3cret@db:5432/mlflow", f"postgresql://bob:{REDACTED}@db:5432/mlflow"),
-        ("http://:onlypass@host", f"http://:{REDACTED}@host"),
+        ("https://user:hunter2@example.com/path", f"https://{REDACTED}@example.com/path"),
+        ("postgresql://bob:s3cret@db:5432/mlflow", f"postgresql://{REDACTED}@db:5432/mlflow"),
+        ("http://:onlypass@host", f"http://{REDACTED}@host"),
         ("https://h/x?token=abc123&page=2", f"https://h/x?token={REDACTED}&page=2"),
         ("https://h/x?a=1&api_key=zzz#frag", f"https://h/x?a=1&api_key={REDACTED}#frag"),
         ("s3://b/o?X-Amz-Signature=deadbeef&X-Amz-Date=1", f"s3://b/o?X-Amz-Signature={REDACTED}&X-Amz-Date=1"),
-        ("see https://a:b@h1 and https://c:d@h2", f"see https://a:{REDACTED}@h1 and https://c:{REDACTED}@h2"),
+        ("see https://a:b@h1 and https://c:d@h2", f"see https://{REDACTED}@h1 and https://{REDACTED}@h2"),
         ("https://example.com/path?page=2", "https://example.com/path?page=2"),
         ("user@example.com", "user@example.com"),
         ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),
@@ -90,8 +90,9 @@ def test_url_credentials_masked(text: str, expected: str) -> None:
     assert redact({"tracking_uri": text}, env_secrets=[])["tracking_uri"] == expected
 
 
-# Token-only credentials: a URL whose user part has no password is masked whole (it cannot be told from
-# a token); ssh-family URLs keep it (ssh never carries a secret there, and "git" is the convention).
+# Credentials in a URL's user part are masked whole (a user name cannot be told from a token, and tokens
+# go in either place: https://TOKEN@, https://TOKEN:x-oauth-basic@, https://TOKEN:@), up to the
+# authority's last "@"; ssh-family URLs keep the login name (ssh never carries a secret there).
 TOKEN_ONLY_MASKED = [
     ("https://ghp_abc123@github.com/x.git", f"https://{REDACTED}@github.com/x.git"),
     ("https://hf_xxxxxxxxxxxxxxxx@huggingface.co", f"https://{REDACTED}@huggingface.co"),
@@ -107,6 +108,12 @@ TOKEN_ONLY_MASKED = [
     ("remote=https://ghp_abc123@github.com/x.git?token=zzz",
      f"remote=https://{REDACTED}@github.com/x.git?token={REDACTED}"),
     (f"https://{REDACTED}@github.com/x.git", f"https://{REDACTED}@github.com/x.git"),  # masking twice: the same
+    ("https://ghp_SECRET123:x-oauth-basic@github.com/o/r.git", f"https://{REDACTED}@github.com/o/r.git"),
+    ("https://FURYTOKEN:@pypi.fury.io/team/", f"https://{REDACTED}@pypi.fury.io/team/"),
+    ("https://tok@en@host/x", f"https://{REDACTED}@host/x"),  # a raw "@" in the token
+    ("https://user:p@ss@host", f"https://{REDACTED}@host"),
+    ("https://app/callback#access_token=abc123&state=1", f"https://app/callback#access_token={REDACTED}&state=1"),
+    ("ssh://deploy:p@ss@host/srv", f"ssh://deploy:{REDACTED}@host/srv"),
 ]
 NOT_CREDENTIALS = [
     "ssh://git@github.com/org/repo.git",
@@ -179,7 +186,7 @@ def test_user_objects_are_not_mutated(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config == before
     assert config["inner"] is inner and config["items"] is items
     assert out["inner"] is not inner and out["items"] is not items
-    assert out["inner"] == {"password": REDACTED, "uri": f"https://u:{REDACTED}@h", "note": REDACTED}
+    assert out["inner"] == {"password": REDACTED, "uri": f"https://{REDACTED}@h", "note": REDACTED}
 
 
 def test_other_values_pass_through() -> None:
@@ -236,12 +243,12 @@ def test_redacted_file_text_masks_json_keys_urls_and_env_values(tmp_path: Path,
     config = json.loads(redacted_file_text(folder / "config.json"))
     assert config == {"a": 0.5, "service_password": REDACTED, "eos_token": "</s>"}
     readme = redacted_file_text(folder / "README.md")
-    assert readme == f"db: postgresql://u:{REDACTED}@db/x\nkey: {REDACTED}\n"
+    assert readme == f"db: postgresql://{REDACTED}@db/x\nkey: {REDACTED}\n"
     assert redacted_file_text(folder / "trainer_state.json") is None  # nothing to mask
     assert redacted_file_text(folder / "model.safetensors") is None  # binary: left as it is
     assert redacted_file_text(tmp_path / "missing.json") is None
     # explicit secrets replace the environment's
-    assert redacted_file_text(folder / "README.md", env_secrets=[]) == f"db: postgresql://u:{REDACTED}@db/x\n" \
+    assert redacted_file_text(folder / "README.md", env_secrets=[]) == f"db: postgresql://{REDACTED}@db/x\n" \
         f"key: {UPLOAD_SECRET}\n"
 
 
