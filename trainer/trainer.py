@@ -1216,6 +1216,7 @@ class Trainer:
         """Predictions (and metrics when labels are present) for ``test_dataset``; fires
         ``on_prediction_step`` per batch and ``on_predict`` (no ``on_log``)."""
         start = time.time()
+        test_dataset = self._eval_dataset(test_dataset)  # a name of one of the trainer's eval datasets too
         dataloader = self.get_eval_dataloader(test_dataset)
         output, num_samples = self._prediction_loop(dataloader, ignore_keys, metric_key_prefix, True)
         output.metrics.update(self._speed_metrics(metric_key_prefix, start, test_dataset, num_samples))

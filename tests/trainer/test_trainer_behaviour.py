@@ -185,3 +185,17 @@ def test_evaluate_before_training_and_without_an_eval_dataset(tmp_path: Path) ->
     assert recorder.names() == ["on_init_end", "on_prediction_step", "on_log", "on_evaluate"]  # 8 items, batch 8
     with pytest.raises(ValueError, match="needs an eval_dataset"):
         trainer.evaluate()
+
+
+def test_predict_on_a_named_eval_dataset_measures_that_dataset(tmp_path: Path) -> None:
+    """predict("validation") reads the named dataset; its speed metrics count its 19 samples (5 batches of
+    4), not the characters of the name."""
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", disable_tqdm=True,
+                             per_device_eval_batch_size=4)
+    trainer = Trainer(model=RegressionModel(), args=args,
+                      eval_dataset={"validation": RegressionDataset(length=19, seed=1)})
+    output = trainer.predict("validation")
+    assert output.predictions.shape == (19,)
+    # both rates share one runtime: their ratio is samples per step (the name has 10 characters, 3 steps)
+    ratio = output.metrics["test_samples_per_second"] / output.metrics["test_steps_per_second"]
+    assert ratio == pytest.approx(19 / 5, rel=1e-3)
