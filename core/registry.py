@@ -102,7 +102,14 @@ class TrackerSpec:
 
     @property
     def sdk_min_version(self) -> str | None:
-        return self._attr("sdk_min_version", None)
+        """The minimum version of :attr:`sdk` (declared once, or per alternative distribution)."""
+        return self._min_version(self.sdk)
+
+    def _min_version(self, distribution: str | None) -> str | None:
+        declared = self._attr("sdk_min_version", None)
+        if isinstance(declared, Mapping):
+            return declared.get(distribution) if distribution else None
+        return declared
 
     @property
     def extra(self) -> str | None:
@@ -148,7 +155,7 @@ class TrackerSpec:
         if installed is None:
             return f"its SDK ({' or '.join(self.sdk_distributions)}) is not installed"
         distribution, version = installed
-        minimum = self.sdk_min_version
+        minimum = self._min_version(distribution)
         if minimum and version_tuple(version) < version_tuple(minimum):
             return f"its SDK {distribution} {version} is older than the required {minimum}"
         return None

@@ -278,7 +278,7 @@ class Tracker(TrainerCallback):
 
     name: ClassVar[str] = ""
     sdk: ClassVar[str | tuple[str, ...] | None] = None
-    sdk_min_version: ClassVar[str | None] = None
+    sdk_min_version: ClassVar[str | Mapping[str, str] | None] = None  # per distribution: a mapping
     sdk_module: ClassVar[str | None] = None
     extra: ClassVar[str | None] = None
     env_vars: ClassVar[tuple[EnvVar, ...]] = ()

@@ -92,7 +92,7 @@ class NeptuneCallback(Tracker):
     """
 
     name = "neptune"
-    sdk = "neptune"
+    sdk = ("neptune", "neptune-client")  # neptune-client >= 1.0 is the same SDK under its former name
     sdk_min_version = "1.0"
     sdk_module = "neptune"
     extra = "neptune"

@@ -46,8 +46,9 @@ class TensorBoardCallback(Tracker):
     """
 
     name = "tensorboard"
-    sdk = "tensorboard"
-    sdk_min_version = "2.10"
+    # torch's SummaryWriter needs tensorboard (or its nightly build); tensorboardX alone is the fallback
+    sdk = ("tensorboard", "tb-nightly", "tensorboardX")
+    sdk_min_version: ClassVar[dict[str, str]] = {"tensorboard": "2.10", "tb-nightly": "2.10", "tensorboardX": "2.2"}
     sdk_module = "tensorboard"
     extra = "tensorboard"
     env_vars: ClassVar[tuple[EnvVar, ...]] = (

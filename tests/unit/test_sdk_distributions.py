@@ -115,6 +115,30 @@ def test_mlflow_skinny_alone_provides_mlflow(site: Path, monkeypatch: pytest.Mon
         resolve_report_to(["mlflow"], env={})
 
 
+def test_tensorboardx_alone_provides_tensorboard_with_its_own_minimum(site: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TensorBoard tracker falls back to tensorboardX, whose versions are numbered on their own."""
+    hide_distributions(monkeypatch, "tensorboard", "tb-nightly")
+    install_distribution(site, "tensorboardX", "2.1", "tensorboardX")  # first on sys.path: found first
+    spec = discover()["tensorboard"]
+    assert spec.availability() == "its SDK tensorboardX 2.1 is older than the required 2.2"
+    assert spec.sdk_min_version == "2.2"
+    (site / "tensorboardX-2.1.dist-info").rename(site / "tensorboardX-2.6.2.dist-info")
+    (site / "tensorboardX-2.6.2.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tensorboardX\nVersion: 2.6.2\n")
+    assert spec.availability() is None and (spec.sdk, spec.sdk_version) == ("tensorboardX", "2.6.2")
+    assert resolve_report_to(["tensorboard"], env={}).names == ["tensorboard"]
+
+
+def test_neptune_client_provides_neptune(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_distribution(site, "neptune-client", "1.10.0", "neptune")
+    hide_distributions(monkeypatch, "neptune")
+    spec = discover()["neptune"]
+    assert spec.availability() is None and (spec.sdk, spec.sdk_version) == ("neptune-client", "1.10.0")
+    hide_distributions(monkeypatch, "neptune", "neptune-client")
+    assert "neptune or neptune-client" in (spec.availability() or "")
+
+
 def test_tracklink_plugins_with_only_mlflow_skinny_imports_no_sdk(site: Path) -> None:
     """``tracklink plugins`` in a fresh interpreter: the skinny build counts, and mlflow is not imported."""
     install_distribution(site, "mlflow-skinny", "3.1.0", "mlflow")
