@@ -43,7 +43,7 @@ from tracklink.errors import Terminated
 from tracklink.handler import CallbackHandler
 from tracklink.process import ProcessInfo
 from tracklink.resolve import NOT_GIVEN, resolve_report_to
-from tracklink.state import state_key
+from tracklink.state import saved_attributes, state_key
 from tracklink.tracker import Tracker
 
 __all__ = ["TracklinkBridge"]
@@ -90,11 +90,8 @@ class TracklinkBridge(TrainerCallback, ExportableState):
         trackers = {state_key(t): t.state() for t in self.hub.trackers.values() if isinstance(t, Tracker)}
         return {"args": {"report_to": list(self.resolution.names)}, "attributes": {"tracker_states": trackers}}
 
-    def _restore(self, saved: Any) -> None:
-        entries = saved if isinstance(saved, list) else [saved]
-        if not entries or not isinstance(entries[0], dict):
-            return
-        stored = entries[0].get("attributes", {}).get("tracker_states", {})
+    def _restore(self, state: Any) -> None:
+        stored = saved_attributes(state, type(self).__name__).get("tracker_states") or {}
         for tracker in self.hub.trackers.values():
             if isinstance(tracker, Tracker) and state_key(tracker) in stored:
                 tracker.load_state(stored[state_key(tracker)])
@@ -123,9 +120,8 @@ class TracklinkBridge(TrainerCallback, ExportableState):
         self.hub.on_init_end(args, state, control, **self._refs(dict(kwargs)))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
-        if saved is not None and state.global_step > 0:
-            self._restore(saved)
+        if state.global_step > 0:
+            self._restore(state)
         self._training = True
         self._install_sigterm()
         self._forward("on_train_begin", args, state, control, **kwargs)
