@@ -114,12 +114,19 @@ class MLflowCallback(Tracker):
         EnvVar("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7", "Retries of a failed HTTP request.", read_by="sdk"),
         EnvVar("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2", "Exponential backoff factor between retries.",
                read_by="sdk"),
+        EnvVar("DATABRICKS_HOST", None, "Databricks workspace URL, with MLFLOW_TRACKING_URI=databricks.",
+               read_by="sdk"),
+        EnvVar("DATABRICKS_TOKEN", None, "Databricks access token, with MLFLOW_TRACKING_URI=databricks.",
+               secret=True, read_by="sdk"),
         EnvVar("MLFLOW_DISABLE_TELEMETRY", "true", "MLflow usage telemetry; tracklink sets it to true "
                "unless you set it.", read_by="sdk"),
     )
 
     def __init__(self) -> None:
         problems = self.env_problems(os.environ)
+        store = self._store_problem(os.environ)
+        if store:
+            problems.append(store)
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self._log_artifacts = truthy(os.environ.get("HF_MLFLOW_LOG_ARTIFACTS"))
@@ -149,7 +156,26 @@ class MLflowCallback(Tracker):
         uri = (env.get("MLFLOW_TRACKING_URI") or "").strip()
         if uri.startswith("databricks") and not (env.get("DATABRICKS_HOST") and env.get("DATABRICKS_TOKEN")):
             return "MLFLOW_TRACKING_URI points to Databricks but DATABRICKS_HOST/DATABRICKS_TOKEN are not set"
-        return None  # local stores and plain servers need no interaction
+        return cls._store_problem(env)  # otherwise local stores and plain servers need no interaction
+
+    @classmethod
+    def _store_problem(cls, env: Mapping[str, str]) -> str | None:
+        """mlflow-skinny alone has no database support (SQLAlchemy), which MLflow's default local store
+        (``sqlite:///mlflow.db``) and database URIs need; a tracking server or a file store works."""
+        from importlib import metadata
+
+        try:
+            metadata.version("mlflow")
+            return None
+        except metadata.PackageNotFoundError:
+            pass
+        uri = (env.get("MLFLOW_TRACKING_URI") or "").strip()
+        scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if uri else ""
+        if scheme in ("", "sqlite", "postgresql", "mysql", "mssql"):
+            shown = f"MLFLOW_TRACKING_URI={redact_text(uri)!r}" if uri else "MLFLOW_TRACKING_URI is not set"
+            return (f"only mlflow-skinny is installed and {shown}: that store needs the full mlflow "
+                    "(pip install mlflow), or point MLFLOW_TRACKING_URI to a tracking server (http://...)")
+        return None
 
     @classmethod
     def env_problems(cls, env: Mapping[str, str]) -> list[str]:

@@ -164,3 +164,22 @@ def test_tracklink_plugins_with_only_mlflow_skinny_imports_no_sdk(site: Path) ->
     assert row["installed"] is True and row["selected"] is True
     assert (row["sdk"], row["sdk_version"]) == ("mlflow-skinny", "3.1.0")
     assert json.loads(result.stderr.strip().splitlines()[-1]) == [], "the SDK must not be imported"
+
+
+def test_mlflow_skinny_alone_cannot_use_a_database_store(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The skinny build has no SQLAlchemy: MLflow's default sqlite store would fail at the first call."""
+    from tracklink.integrations import MLflowCallback
+
+    install_distribution(site, "mlflow-skinny", "3.1.0", "mlflow")
+    hide_distributions(monkeypatch, "mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    resolution = resolve_report_to("all", env={})
+    assert "mlflow" not in resolution.names
+    assert "only mlflow-skinny is installed and MLFLOW_TRACKING_URI is not set" in resolution.skipped["mlflow"]
+    with pytest.raises(ValueError, match=r"MLFLOW_TRACKING_URI is not set: that store needs the full mlflow"):
+        MLflowCallback()
+    for uri in ("sqlite:///runs.db", "postgresql+psycopg2://db/mlflow"):
+        assert "needs the full mlflow" in (MLflowCallback.ready({"MLFLOW_TRACKING_URI": uri}) or "")
+    assert MLflowCallback.ready({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}) is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    MLflowCallback()  # a tracking server: fine
