@@ -40,6 +40,7 @@ if str(TESTS_DIR / "trainer") not in sys.path:
 
 from trainer_testlib import (  # noqa: E402
     CheckpointableClassifier,
+    LossReadingClassifier,
     OverflowDataset,
     OverflowingRegressor,
     StopAfterSaveAt,
@@ -228,15 +229,8 @@ def train_without_syncs(trainer: Trainer, callback: SyncsAreErrors) -> None:
 def test_sync_debug_mode_catches_a_sync_in_a_step(tmp_path: Path) -> None:
     """The check itself: a model that reads its loss on the host fails in the first step."""
 
-    class Chatty(TinyClassifier):
-        def forward(self, x: torch.Tensor, labels: Any = None) -> dict[str, Any]:
-            out = super().forward(x, labels)
-            if self.training:
-                out["loss"].item()
-            return out
-
     callback = SyncsAreErrors()
-    trainer = quiet_trainer(tmp_path, Chatty(), callback)
+    trainer = quiet_trainer(tmp_path, LossReadingClassifier(), callback)
     with pytest.raises(RuntimeError, match="synchronizing"):
         trainer.train()
     torch.cuda.set_sync_debug_mode("default")

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from trainer_testlib import CheckpointableClassifier
+from trainer_testlib import CheckpointableClassifier, LossReadingClassifier
 
 from helpers import RegressionDataset, RegressionModel, TinyClassifier
 from syncs import counting_syncs
@@ -73,17 +73,10 @@ class TensorItems(torch.utils.data.Dataset):
 def test_counter_sees_a_sync_in_a_training_step(tmp_path: Path) -> None:
     """The counter itself: a model that calls ``loss.item()`` is caught at every step."""
 
-    class Chatty(TinyClassifier):
-        def forward(self, x: torch.Tensor, labels: Any = None) -> dict[str, Any]:
-            out = super().forward(x, labels)
-            if self.training:
-                out["loss"].item()
-            return out
-
     counter = SyncCounter()
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", disable_tqdm=True, max_steps=4,
                              per_device_train_batch_size=4, logging_steps=100, save_strategy="no")
-    trainer = Trainer(model=Chatty(), args=args, train_dataset=TensorItems(), callbacks=[counter])
+    trainer = Trainer(model=LossReadingClassifier(), args=args, train_dataset=TensorItems(), callbacks=[counter])
     with counter.patched():
         trainer.train()
     assert all(counter.per_step()[n] >= 1 for n in range(1, 5))

@@ -230,3 +230,21 @@ class StopAfterSaveAt(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step == self.n:
             control.should_training_stop = True
+
+
+class LossReadingClassifier(nn.Module):
+    """A classifier that reads its training loss on the host (``loss.item()``) in every forward: a host-device
+    sync in every step, which the sync checks must catch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor, labels: Any = None) -> dict[str, Any]:
+        logits = self.net(x)
+        out: dict[str, Any] = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+            if self.training:
+                out["loss"].item()
+        return out
