@@ -112,7 +112,10 @@ class FlyteCallback(Tracker):
             reason = f" (flytekit: {exc})"
         if checkpoint is None:
             mode = getattr(context.execution_state, "mode", None)
-            if mode not in (ExecutionState.Mode.TASK_EXECUTION, ExecutionState.Mode.LOCAL_TASK_EXECUTION):
+            task_modes = (ExecutionState.Mode.TASK_EXECUTION, ExecutionState.Mode.LOCAL_TASK_EXECUTION,
+                          ExecutionState.Mode.DYNAMIC_TASK_EXECUTION,
+                          ExecutionState.Mode.LOCAL_DYNAMIC_TASK_EXECUTION)  # a @dynamic body is a task body too
+            if mode not in task_modes:
                 raise RuntimeError(_NOT_IN_TASK)
             if sync_checkpoints:  # a task on a platform without checkpoints: only the deck can work
                 raise RuntimeError(

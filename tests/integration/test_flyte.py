@@ -238,14 +238,16 @@ def test_outside_a_task_fails_at_construction(tmp_path: Path) -> None:
         FlyteCallback(save_log_history="yes")
 
 
-def test_task_without_checkpoint_support_keeps_only_the_deck() -> None:
-    """A task on a platform that gives it no checkpoint: syncing cannot work, the deck still can."""
+@pytest.mark.parametrize("mode", ["TASK_EXECUTION", "DYNAMIC_TASK_EXECUTION", "LOCAL_DYNAMIC_TASK_EXECUTION"])
+def test_task_without_checkpoint_support_keeps_only_the_deck(mode: str) -> None:
+    """A task (or @dynamic task) on a platform that gives it no checkpoint: syncing cannot work, the deck
+    still can, and the message says so rather than "not inside a task"."""
     from flytekit.core.context_manager import ExecutionState, FlyteContextManager
 
     from tracklink.integrations import FlyteCallback
 
     context = FlyteContextManager.current_context()
-    state = context.new_execution_state().with_params(mode=ExecutionState.Mode.TASK_EXECUTION,
+    state = context.new_execution_state().with_params(mode=getattr(ExecutionState.Mode, mode),
                                                       user_space_params=context.user_space_params)
     with FlyteContextManager.with_context(context.with_execution_state(state)):
         with pytest.raises(RuntimeError, match=r"needs the task's checkpoint.*Checkpointing is not available"):
