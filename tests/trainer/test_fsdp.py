@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent('''
     sys.path.insert(0, str(Path(sys.argv[3]) / "trainer"))
     from helpers import ClassificationDataset, TinyClassifier
     from syncs import counting_syncs
-    from trainer_testlib import CheckpointableClassifier
+    from trainer_testlib import CheckpointableClassifier, StopAfterSaveAt
 
     from tracklink import TrainerCallback
     from tracklink.trainer import Trainer, TrainingArguments
@@ -64,15 +64,6 @@ SCRIPT = textwrap.dedent('''
                 names = object.__getattribute__(self, "names")
                 return lambda *a, **k: names.append(name)
             return object.__getattribute__(self, name)
-
-
-    class StopAfterSaveAt(TrainerCallback):
-        def __init__(self, n):
-            self.n = n
-
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == self.n:
-                control.should_training_stop = True
 
 
     class StepSyncs(TrainerCallback):
