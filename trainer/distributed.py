@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -68,7 +69,18 @@ def setup_distributed(args: Any, device: torch.device) -> bool:
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
         logger.info("tracklink: process group initialised (%s, world size %d)", backend, world_size)
+        # the group tracklink created is torn down before the interpreter is: left to the interpreter's
+        # own shutdown, a backend's threads can abort the process after training has finished
+        atexit.register(_destroy_process_group)
     return dist.get_world_size() > 1
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as exc:  # at exit: never turn a finished run into a failure
+            logger.debug("tracklink: destroying the process group at exit failed: %r", exc)
 
 
 def launched_by_torchrun() -> bool:
