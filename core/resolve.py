@@ -10,7 +10,11 @@ explicit ``None`` means ``"none"``. When the argument is not given, ``TRACKLINK_
 * an explicit name must be known (:class:`UnknownTrackerError`, with a close-match suggestion) and
   installed (:class:`TrackerUnavailableError`, with the install command). It is used even when not
   "ready" (you asked for it), but an environment switch that disables it wins, with a warning.
-* ``"none"`` cannot be combined with names; duplicates are removed, first occurrence kept.
+* aliases: the pip extras' names ``comet`` and ``azureml`` (:data:`ALIASES`) stand for ``comet_ml`` and
+  ``azure_ml`` wherever a tracker is named (``report_to``, ``TRACKLINK_REPORT_TO``, ``TRACKLINK_DISABLE``);
+  the resolution, banners and ``tracklink doctor`` show the canonical name. A plugin registered under an
+  alias's own name wins over the alias.
+* ``"none"`` cannot be combined with names; duplicates are removed (after aliases), first occurrence kept.
 * disabling switches: ``TRACKLINK_DISABLE=name,name`` plus each tracker's own (``WANDB_DISABLED``,
   ``DISABLE_MLFLOW_INTEGRATION``, ``COMET_MODE=DISABLED``, ...).
 * invalid values of the selected trackers' declared environment variables are errors.
@@ -32,13 +36,17 @@ from .registry import TrackerSpec, discover
 
 logger = logging.getLogger("tracklink")
 
-__all__ = ["NOT_GIVEN", "Resolution", "resolve_report_to"]
+__all__ = ["ALIASES", "NOT_GIVEN", "Resolution", "canonical_name", "resolve_report_to"]
 
 ENV_REPORT_TO = "TRACKLINK_REPORT_TO"
 ENV_DISABLE = "TRACKLINK_DISABLE"
 DEFAULT = "all"
-_ALIASES = {"comet": "comet_ml", "azureml": "azure_ml", "tb": "tensorboard", "dvc": "dvclive",
-            "w&b": "wandb", "weights_and_biases": "wandb", "neptune_ai": "neptune", "flytekit": "flyte"}
+#: Accepted alternative names: the pip extras ``[comet]`` and ``[azureml]`` install the trackers
+#: ``comet_ml`` and ``azure_ml`` (transformers' ``report_to`` names), so either name selects them.
+ALIASES: dict[str, str] = {"comet": "comet_ml", "azureml": "azure_ml"}
+#: Names only suggested in the "unknown tracker" error ("Did you mean ...?"), never accepted silently.
+_SUGGESTIONS = {"tb": "tensorboard", "dvc": "dvclive", "w&b": "wandb", "weights_and_biases": "wandb",
+                "neptune_ai": "neptune", "flytekit": "flyte"}
 
 
 class _NotGiven:
@@ -87,13 +95,25 @@ def _tokens(value: Any, origin: str) -> list[str]:
     return list(dict.fromkeys(tokens))
 
 
-def _env_disabled(env: Mapping[str, str]) -> set[str]:
-    return {p.strip().lower() for p in env.get(ENV_DISABLE, "").split(",") if p.strip()}
+def canonical_name(name: str, specs: Mapping[str, Any]) -> str:
+    """``name`` with an alias (:data:`ALIASES`) replaced by its tracker's name; a registered tracker
+    of that very name, or an alias whose tracker is not registered, is left as it is."""
+    target = ALIASES.get(name)
+    return target if target is not None and name not in specs and target in specs else name
+
+
+def _canonical(tokens: list[str], specs: Mapping[str, Any]) -> list[str]:
+    return list(dict.fromkeys(canonical_name(t, specs) for t in tokens))
+
+
+def _env_disabled(env: Mapping[str, str], specs: Mapping[str, Any]) -> set[str]:
+    return {canonical_name(p.strip().lower(), specs) for p in env.get(ENV_DISABLE, "").split(",") if p.strip()}
 
 
 def _unknown(name: str, specs: Mapping[str, TrackerSpec]) -> UnknownTrackerError:
     known = sorted(specs)
-    suggestion = _ALIASES.get(name) if _ALIASES.get(name) in specs else None
+    guess = ALIASES.get(name) or _SUGGESTIONS.get(name)
+    suggestion = guess if guess in specs else None
     if suggestion is None:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         suggestion = close[0] if close else None
@@ -112,7 +132,7 @@ def resolve_report_to(
     if value is NOT_GIVEN:
         raw = env.get(ENV_REPORT_TO, "").strip()
         value, origin = (raw, ENV_REPORT_TO) if raw else (DEFAULT, "report_to")
-    tokens = _tokens(value, origin)
+    tokens = _canonical(_tokens(value, origin), specs)
     if "none" in tokens:
         if len(tokens) > 1:
             raise ReportToError(
@@ -127,7 +147,7 @@ def resolve_report_to(
             if origin != "report_to":
                 error.args = (str(error).replace("report_to names", f"{origin}={value!r} names", 1),)
             raise error
-    disabled_env = _env_disabled(env)
+    disabled_env = _env_disabled(env, specs)
     for name in disabled_env:
         if name not in specs:
             raise ReportToError(f"{ENV_DISABLE} names unknown tracker {name!r}; known: {', '.join(sorted(specs))}")

@@ -6,7 +6,8 @@ Catalogue of bad inputs tried here and the error each must give:
     -------------------------------------------------  ------------------------------------------------------
     "wandbb"                                           UnknownTrackerError (a ValueError), "Did you mean 'wandb'",
                                                        lists the known names
-    "comet"                                            UnknownTrackerError suggesting 'comet_ml' (alias)
+    "tb"                                               UnknownTrackerError suggesting 'tensorboard' (a
+                                                       suggestion only; "comet"/"azureml" are accepted aliases)
     "zzz"                                              UnknownTrackerError without a suggestion, known names listed
     ["tensorboard", "nope"]                            UnknownTrackerError for 'nope'
     "comet_ml" (SDK not installed)                     TrackerUnavailableError, 'pip install "tracklink[comet]"'
@@ -237,8 +238,8 @@ def test_a_disabled_name_needs_no_sdk(specs: dict[str, TrackerSpec]) -> None:
 
 @pytest.mark.parametrize(
     ("value", "suggestion"),
-    [("wandbb", "wandb"), ("comet", "comet_ml"), ("tensorbord", "tensorboard"), ("WANDB_", "wandb"),
-     ("zzz", None)],
+    [("wandbb", "wandb"), ("tb", "tensorboard"), ("tensorbord", "tensorboard"), ("WANDB_", "wandb"),
+     ("flytekit", "flyte"), ("zzz", None)],
 )
 def test_unknown_name(value: str, suggestion: str | None, specs: dict[str, TrackerSpec]) -> None:
     with pytest.raises(UnknownTrackerError) as info:
@@ -391,3 +392,83 @@ def test_unknown_name_from_the_environment_names_the_variable(monkeypatch: pytes
     monkeypatch.setenv("TRACKLINK_REPORT_TO", "tensorbord")
     with pytest.raises(tracklink.UnknownTrackerError, match="TRACKLINK_REPORT_TO='tensorbord' names unknown tracker"):
         tracklink.resolve_report_to()
+
+
+# -- aliases: the extras' names ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def installed_specs(specs: dict[str, TrackerSpec]) -> dict[str, TrackerSpec]:
+    """The fake trackers plus installed ``comet_ml`` and ``azure_ml`` (the ones the extras' names alias)."""
+    specs["comet_ml"] = make_spec("comet_ml", fake_tracker("comet_ml", extra="comet"))
+    specs["azure_ml"] = make_spec("azure_ml", fake_tracker("azure_ml", extra="azureml"))
+    return specs
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("comet", ["comet_ml"]),
+    ("azureml", ["azure_ml"]),
+    ("Comet, AzureML", ["comet_ml", "azure_ml"]),
+    (["comet", "comet_ml", "tensorboard"], ["comet_ml", "tensorboard"]),  # one tracker, named twice
+    ("azure_ml,azureml", ["azure_ml"]),
+])
+def test_extra_names_are_aliases(value: Any, expected: list[str], installed_specs: dict[str, TrackerSpec]) -> None:
+    resolution = resolve(value, installed_specs)
+    assert resolution.names == expected
+    assert resolution.requested == expected
+    assert resolution.banner() == "trackers: " + ", ".join(expected)
+    assert [s.name for s in resolution.selected_specs()] == expected
+    assert "comet" not in resolution.skipped and "azureml" not in resolution.skipped
+
+
+def test_aliases_in_the_environment(installed_specs: dict[str, TrackerSpec]) -> None:
+    assert resolve(NOT_GIVEN, installed_specs, TRACKLINK_REPORT_TO="comet").names == ["comet_ml"]
+    resolution = resolve("comet_ml,azure_ml,tensorboard", installed_specs, TRACKLINK_DISABLE="comet, AZUREML")
+    assert resolution.names == ["tensorboard"]
+    assert resolution.skipped["comet_ml"] == resolution.skipped["azure_ml"] == "disabled by TRACKLINK_DISABLE"
+    everything = resolve("all", installed_specs, TRACKLINK_DISABLE="azureml")
+    assert "azure_ml" not in everything.names and "comet_ml" in everything.names
+    assert everything.skipped["azure_ml"] == "disabled by TRACKLINK_DISABLE"
+
+
+def test_alias_of_a_tracker_whose_sdk_is_missing_names_the_tracker(specs: dict[str, TrackerSpec]) -> None:
+    with pytest.raises(TrackerUnavailableError) as info:
+        resolve("comet", specs)  # the fake comet_ml's SDK is not installed
+    assert "'comet_ml'" in str(info.value) and MISSING_SDK in str(info.value)
+    assert resolve("comet,tensorboard", specs, TRACKLINK_DISABLE="comet").names == ["tensorboard"]
+
+
+def test_alias_without_its_tracker_is_unknown(specs: dict[str, TrackerSpec]) -> None:
+    assert "azure_ml" not in specs
+    with pytest.raises(UnknownTrackerError) as info:
+        resolve("azureml", specs)
+    assert info.value.suggestion is None
+    with pytest.raises(ReportToError, match="TRACKLINK_DISABLE names unknown tracker 'azureml'"):
+        resolve("tensorboard", specs, TRACKLINK_DISABLE="azureml")
+
+
+def test_a_plugin_registered_under_an_alias_name_wins(installed_specs: dict[str, TrackerSpec]) -> None:
+    installed_specs["comet"] = make_spec("comet", fake_tracker("comet"), builtin=False)
+    assert resolve("comet", installed_specs).names == ["comet"]
+    assert resolve("comet,comet_ml", installed_specs).names == ["comet", "comet_ml"]
+
+
+def test_builtin_extras_name_every_tracker_and_its_alias() -> None:
+    """pyproject.toml has an extra under each built-in tracker's report_to name, and one under each alias
+    (the older extra names ``comet`` and ``azureml`` keep working)."""
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    from tracklink.resolve import ALIASES
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    names = set(project["entry-points"]["tracklink.trackers"])
+    assert names <= set(extras), sorted(names - set(extras))
+    for alias, name in ALIASES.items():
+        assert name in names and alias in extras
+        assert sorted(extras[alias]) == sorted(extras[name]), f"[{alias}] and [{name}] install different things"
