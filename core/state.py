@@ -15,12 +15,15 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from .atomic import atomic_write_text
+
 logger = logging.getLogger("tracklink")
 
 __all__ = [
     "HUB_STATE_KEY",
     "INTERNAL_STATE_KEYS",
     "SEARCH_STATE_KEY",
+    "CorruptStateError",
     "ExportableState",
     "TrainerControl",
     "TrainerState",
@@ -89,6 +92,30 @@ def collect_states(objects: Iterable[object]) -> dict[str, Any]:
     return {key: states[0] if len(states) == 1 else states for key, states in grouped.items()}
 
 
+class CorruptStateError(ValueError):
+    """A ``trainer_state.json`` that cannot be read (truncated, empty or not a trainer state)."""
+
+
+def json_fallback(value: Any) -> Any:
+    """``json.dumps(default=...)``: numbers from tensors and NumPy values, ``str()`` for the rest."""
+    item = getattr(value, "item", None)
+    size = getattr(value, "numel", None) or getattr(value, "size", None)
+    count = size() if callable(size) else size
+    if callable(item) and (count is None or count == 1):
+        try:
+            return item()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    logger.warning("tracklink: trainer state holds a %s, which JSON cannot represent; saved as its text",
+                   type(value).__name__)
+    return str(value)
+
+
 @dataclasses.dataclass
 class TrainerState:
     """Progress of a training run; saved as ``trainer_state.json`` in every checkpoint.
@@ -129,22 +156,33 @@ class TrainerState:
             self.stateful_callbacks = collect_states(self.stateful_callbacks)
 
     def to_json_string(self) -> str:
-        """The exact text transformers writes: sorted keys, indent 2, trailing newline."""
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+        """The exact text transformers writes: sorted keys, indent 2, trailing newline.
+
+        Values JSON cannot hold are converted rather than failing the save: one-element tensors and
+        NumPy scalars become numbers, arrays lists, anything else its ``str()`` (with a warning)."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=json_fallback) + "\n"
 
     def save_to_json(self, json_path: str) -> None:
-        """Write the state to ``json_path`` (byte-compatible with transformers)."""
-        with open(json_path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
+        """Write the state to ``json_path`` (byte-compatible with transformers), atomically: the text is
+        serialised first and renamed into place, so a failure never leaves a partial file."""
+        atomic_write_text(json_path, self.to_json_string())
 
     @classmethod
     def load_from_json(cls, json_path: str) -> TrainerState:
         """Read a state written by tracklink or transformers.
 
-        Unknown top-level keys (from a newer format) are dropped with a warning instead of failing.
+        Unknown top-level keys (from a newer format) are dropped with a warning instead of failing. A file
+        that is not a JSON object (truncated, empty, hand-edited) raises :class:`CorruptStateError` naming it.
         """
-        with open(json_path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptStateError(f"{json_path} is not valid JSON ({exc}); the file is truncated or damaged") from None
+        if not isinstance(data, dict) or not isinstance(data.get("global_step", 0), int):
+            raise CorruptStateError(
+                f"{json_path} is not a trainer state (expected a JSON object with an integer global_step)"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -1,0 +1,43 @@
+"""Crash-safe file writes: write to a temporary file beside the target, then rename it into place.
+
+Anything a resume or a tracker reads later (``trainer_state.json``, checkpoint files, run identities)
+goes through here, so a crash or a failing serialiser never leaves a half-written file under the real
+name: either the old file (or none) is there, or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write_text"]
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s directory; when the block succeeds, the file written there
+    is flushed to disk and renamed to ``target``. When the block raises, the temporary file is removed
+    and ``target`` is left as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``target`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(target) as temporary:
+        temporary.write_text(text, encoding=encoding)

@@ -1,0 +1,79 @@
+"""Logged values: what counts as a number, and the plain form a log takes before anyone stores it.
+
+Users log what their code has at hand: Python numbers, one-element tensors (``loss.detach()``), NumPy
+scalars (``np.float32(0.25)``), strings. :func:`plain_logs` turns every one-element tensor or array
+into a Python number (so ``trainer_state.json`` and every tracker get a number), keeps strings, and
+leaves out, with one warning per key, values that are not a single number (a whole tensor, an array).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger("tracklink")
+
+__all__ = ["as_number", "plain_logs"]
+
+_warned: set[str] = set()
+
+
+def _count(value: Any) -> int | None:
+    numel = getattr(value, "numel", None)
+    if callable(numel):
+        return int(numel())
+    size = getattr(value, "size", None)
+    return size if isinstance(size, int) else None
+
+
+def as_number(value: Any) -> float | int | None:
+    """``value`` as a Python number (bools as 0/1), or ``None`` when it is not a single number."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    item = getattr(value, "item", None)
+    if callable(item) and _count(value) in (1, None):
+        try:
+            result = item()
+        except (TypeError, ValueError, RuntimeError):
+            return None
+        if isinstance(result, bool):
+            return int(result)
+        return result if isinstance(result, (int, float)) else None
+    return None
+
+
+def _shape(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return f" of shape {tuple(shape)}" if shape is not None else ""
+
+
+def plain_logs(logs: Mapping[str, Any], where: str = "log()") -> dict[str, Any]:
+    """A copy of ``logs`` with numbers as Python numbers (see the module documentation).
+
+    NaN and infinity stay as they are (logged as NaN, never disguised as 0). Strings, ``None`` and
+    plain containers are kept; tensors and arrays of more than one element are left out with one
+    warning per key naming the value's type and shape and what is accepted.
+    """
+    out: dict[str, Any] = {}
+    for key, value in logs.items():
+        if value is None or isinstance(value, (str, bool, int, float, list, tuple, dict)):
+            out[key] = value
+            continue
+        number = as_number(value)
+        if number is not None:
+            out[key] = number
+            continue
+        if hasattr(value, "item") or hasattr(value, "tolist"):
+            if key not in _warned:
+                _warned.add(key)
+                logger.warning(
+                    "tracklink: %s got %r = %s%s, which is not a single number; left out. Log a number, a "
+                    "one-element tensor or array, or a string (e.g. tensor.mean().item())",
+                    where, key, type(value).__name__, _shape(value),
+                )
+            continue
+        out[key] = value
+    return out
