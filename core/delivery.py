@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import TrackerError
+from .errors import TrackerError, TrackerSetupError
 
 logger = logging.getLogger("tracklink")
 
@@ -231,14 +231,18 @@ class TrackerChannel:
         self._producer_waiting = False
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
         _live_channels.add(self)
 
     @property
     def disabled(self) -> bool:
         return self.disabled_reason is not None
 
-    def submit(self, event: str, namespace: dict[str, Any]) -> None:
-        """Deliver an event (already snapshotted) to the tracker, asynchronously unless inline."""
+    def submit(self, event: str, namespace: dict[str, Any], hold: str | None = None) -> None:
+        """Deliver an event (already snapshotted) to the tracker, asynchronously unless inline.
+
+        ``hold`` names a resource (a checkpoint directory) the event needs until the tracker has
+        handled it: :meth:`holds` is true for it in the meantime."""
         if self.disabled_reason is not None:
             return
         if self.inline:
@@ -246,11 +250,29 @@ class TrackerChannel:
             return
         if self._worker is None:
             self._ensure_worker()
-        if not self._put((event, namespace), self.settings.queue_timeout):
+        if hold is not None:
+            with self._lock:
+                self._held[hold] = self._held.get(hold, 0) + 1
+        if not self._put((event, namespace, hold), self.settings.queue_timeout):
+            self._release(hold)
             self._disable(
                 f"stalled: its queue stayed full ({self.settings.queue_size} events) for "
                 f"{self.settings.queue_timeout:g} s"
             )
+
+    def holds(self, resource: str) -> bool:
+        """Whether a queued event still needs ``resource`` (see :meth:`submit`)."""
+        return resource in self._held
+
+    def _release(self, hold: str | None) -> None:
+        if hold is None:
+            return
+        with self._lock:
+            left = self._held.get(hold, 0) - 1
+            if left > 0:
+                self._held[hold] = left
+            else:
+                self._held.pop(hold, None)
 
     def _put(self, item: Any, timeout: float | None) -> bool:
         """Queue ``item``, waiting (back-pressure) while the queue holds ``queue_size`` items."""
@@ -333,8 +355,11 @@ class TrackerChannel:
                 if isinstance(item, threading.Event):
                     item.set()
                     continue
-                event, namespace = item
-                self._run(event, namespace)
+                event, namespace, hold = item
+                try:
+                    self._run(event, namespace)
+                finally:
+                    self._release(hold)
             finally:
                 self._consumed += 1
                 if self._producer_waiting:
@@ -354,11 +379,20 @@ class TrackerChannel:
 
     def _failed(self, event: str, exc: Exception) -> None:
         self.errors += 1
+        setup_failed = isinstance(exc, TrackerSetupError)
+        cause = exc.error if isinstance(exc, TrackerSetupError) else exc
         if self.first_error is None:
-            self.first_error = f"{event}: {type(exc).__name__}: {exc}"
+            self.first_error = f"{event}: {type(cause).__name__}: {cause}"
         if self.settings.on_error == "raise":
             if self.errors == 1:
-                self._on_fatal(TrackerError(self.name, event, exc))
+                self._on_fatal(TrackerError(self.name, event, cause))
+            return
+        if setup_failed:
+            logger.warning(
+                "tracklink: tracker %r could not set up its run in %s; training continues without it:\n%s",
+                self.name, event, "".join(traceback.format_exception(cause)).rstrip(),
+            )
+            self._disable(f"its run could not be set up: {type(cause).__name__}: {cause}")
             return
         if self.errors == 1:
             logger.warning(

@@ -7,6 +7,7 @@ __all__ = [
     "ReportToError",
     "Terminated",
     "TrackerError",
+    "TrackerSetupError",
     "TrackerUnavailableError",
     "UnknownTrackerError",
 ]
@@ -50,6 +51,17 @@ class TrackerError(RuntimeError):
         super().__init__(f"tracker {tracker!r} failed in {event}: {type(error).__name__}: {error}")
         self.tracker = tracker
         self.event = event
+        self.error = error
+
+
+class TrackerSetupError(RuntimeError):
+    """A tracker could not start (or re-attach to) its run. The hub switches the tracker off at once:
+    its setup is not retried for every later event (a server that does not answer would cost the
+    SDK's whole retry time again and again)."""
+
+    def __init__(self, tracker: str, error: BaseException):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.tracker = tracker
         self.error = error
 
 

@@ -17,6 +17,7 @@ pluggy ``PluginManager``, and adds:
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import types
 from collections.abc import Iterable
@@ -28,7 +29,7 @@ import pluggy
 from . import hookspecs
 from .delivery import HF_STYLE, NAMED_STYLE, Call, DeliverySettings, TrackerChannel, hf_kwargs, snapshot
 from .errors import PluginRegistrationError, TrackerError
-from .events import EVENTS, RESETS
+from .events import EVENTS, EXTRAS, RESETS, STANDARD_ARGS
 from .process import RANK_POLICIES, ProcessInfo
 from .state import HUB_STATE_KEY, TrainerControl
 
@@ -83,6 +84,50 @@ class _Manager(pluggy.PluginManager):
             return dict(_DEFAULT_IMPL_OPTS)
         return opts
 
+    def _verify_hook(self, hook: Any, hookimpl: Any) -> None:
+        # transformers calls callback methods positionally (args, state, control) plus keywords, so their
+        # parameter names are free; a @hookimpl function is called by argument name instead
+        if hookimpl.function is not None and hook.name in _EVENT_SET:
+            if hasattr(hookimpl.function, f"{hookspecs.PROJECT}_impl"):
+                _check_named_impl(hookimpl, hook.name)
+            else:
+                _check_hf_method(hookimpl, hook.name)
+                return
+        super()._verify_hook(hook, hookimpl)
+
+
+def _accepted_args(event: str) -> tuple[str, ...]:
+    return STANDARD_ARGS + EXTRAS.get(event, ())
+
+
+def _check_named_impl(hookimpl: Any, event: str) -> None:
+    unknown = [name for name in hookimpl.argnames if name not in _accepted_args(event)]
+    if unknown:
+        raise PluginRegistrationError(
+            f"plugin {_label(hookimpl.plugin)}: @hookimpl {event}({', '.join(hookimpl.argnames)}) names "
+            f"{', '.join(map(repr, unknown))}, which {event} does not provide; accepted arguments: "
+            f"{', '.join(_accepted_args(event))} (name only the ones you need)"
+        )
+
+
+def _check_hf_method(hookimpl: Any, event: str) -> None:
+    """A transformers-style method must accept what transformers passes: three positional arguments
+    (args, state, control, whatever their names) and the event's keyword arguments."""
+    try:
+        signature = inspect.signature(hookimpl.function)
+    except (TypeError, ValueError):
+        return
+    keywords = {name: None for name in _accepted_args(event)[3:]}
+    try:
+        signature.bind(None, None, None, **keywords)
+    except TypeError as exc:
+        raise PluginRegistrationError(
+            f"plugin {_label(hookimpl.plugin)}: {event}{signature} cannot be called as transformers calls "
+            f"callbacks ({exc}); write it as `def {event}(self, args, state, control, **kwargs)` (the first "
+            "three are passed by position, the rest by keyword: "
+            f"{', '.join(keywords)})"
+        ) from None
+
 
 def _label(plugin: object) -> str:
     if isinstance(plugin, types.ModuleType):
@@ -126,6 +171,7 @@ class _Entry:
     channel: TrackerChannel | None = None
     calls: dict[str, list[Call]] = field(default_factory=dict)
     notify: Any = None  # the tracker's _tracklink_submitted hook, if any
+    holds_checkpoint: Any = None  # the tracker's _tracklink_holds_checkpoint, if any
 
 
 class CallbackHandler:
@@ -240,7 +286,8 @@ class CallbackHandler:
                 logger.info("tracklink: tracker %r replaced by %s", name, _label(plugin))
                 self._unregister(entry)
         entry = _Entry(plugin, self._unique_name(plugin), tracker=name,
-                       notify=getattr(plugin, "_tracklink_submitted", None))
+                       notify=getattr(plugin, "_tracklink_submitted", None),
+                       holds_checkpoint=getattr(plugin, "_tracklink_holds_checkpoint", None))
         run_inline = getattr(plugin, "inline", False) if inline is None else inline
         on_disable = getattr(plugin, "_tracklink_on_disabled", None)
         entry.channel = TrackerChannel(
@@ -326,6 +373,12 @@ class CallbackHandler:
                 entry.channel._failed("final_metrics", exc)
         self._raise_fatal()
         return merged
+
+    def checkpoint_in_use(self, path: str) -> bool:
+        """Whether a tracker has not yet handled the ``on_save`` of checkpoint ``path`` (it uploads it,
+        or still has to record its run identity in it): rotation then keeps the directory for now."""
+        return any(e.channel is not None and not e.channel.disabled and e.channel.holds(str(path))
+                   for e in self._entries)
 
     def trackers_uploading(self) -> bool:
         """Whether some active tracker uploads checkpoints in ``on_save`` (the trainer then waits for
@@ -441,7 +494,12 @@ class CallbackHandler:
                     snap = snapshot({"args": args, "state": state, "control": control, **kwargs})
                 if entry.notify is not None:
                     entry.notify(event)
-                entry.channel.submit(event, snap)
+                hold = None
+                if event == "on_save" and extras.get("checkpoint_dir") and (
+                    entry.holds_checkpoint is None or entry.holds_checkpoint()
+                ):
+                    hold = str(extras["checkpoint_dir"])
+                entry.channel.submit(event, snap, hold)
                 continue
             if style == HF_STYLE:
                 result = function(args, state, control, **kwargs)
@@ -530,6 +588,10 @@ class CallbackHandler:
         try:
             self._pm.register(plugin, entry.name)
             self._pm.check_pending()
+        except PluginRegistrationError:
+            if self._pm.is_registered(plugin):
+                self._pm.unregister(plugin)
+            raise
         except pluggy.PluginValidationError as exc:
             if self._pm.is_registered(plugin):
                 self._pm.unregister(plugin)

@@ -46,10 +46,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .atomic import atomic_write_text
 from .callback import TrainerCallback
-from .errors import TrackerUnavailableError
+from .errors import TrackerSetupError, TrackerUnavailableError
 from .redact import redact, secret_env_values
 from .state import SEARCH_STATE_KEY, saved_attributes
+from .values import as_number
 
 logger = logging.getLogger("tracklink")
 
@@ -70,6 +72,7 @@ SUMMARY_KEYS = frozenset(
     {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
 )
 STATUSES = ("success", "failed", "killed")
+STATE_FILE = "trainer_state.json"
 
 
 def truthy(value: str | None) -> bool:
@@ -201,23 +204,6 @@ def _redacted_name(name: Any) -> str | None:
     from .redact import redact_text
 
     return redact_text(str(name), secret_env_values(Tracker.declared_secret_names()))
-
-
-def _metric_value(value: Any) -> float | int | None:
-    """A number to log, or ``None`` when the value is not numeric."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (int, float)):
-        return value
-    item = getattr(value, "item", None)
-    numel = getattr(value, "numel", None)
-    if callable(item) and (not callable(numel) or numel() == 1):
-        try:
-            result = item()
-        except Exception:
-            return None
-        return result if isinstance(result, (int, float)) else None
-    return None
 
 
 @dataclass
@@ -420,15 +406,30 @@ class Tracker(TrainerCallback):
     def state(self) -> dict[str, Any]:
         """Exported into ``trainer_state.json``: the run identity and the last step logged.
 
-        Called on the training thread at every save; when the run's setup was submitted but has not
-        finished on the worker thread yet (a slow SDK import), it waits for it (up to
-        ``TRACKLINK_DRAIN_TIMEOUT`` seconds) so the checkpoint records the identity.
+        Called on the training thread at every save, and never waits for the tracker: while the run's
+        setup is still going on on the worker thread (a slow SDK import, a server that does not answer),
+        the identity is not known yet and the checkpoint is written without it. The identity goes in
+        when it is known: the worker adds it to that checkpoint's ``trainer_state.json`` when it
+        handles the checkpoint's ``on_save`` (which comes after the setup in its queue).
         """
-        if self._tl.setup_pending:
-            from .delivery import DeliverySettings
-
-            self._tl.setup_done.wait(DeliverySettings.from_env().drain_timeout)
         return {"args": {}, "attributes": {"run": self._tl.identity, "last_step": self._tl.last_step}}
+
+    def _record_identity(self, checkpoint_dir: str, state: Any) -> None:
+        """Add this tracker's run identity to a checkpoint saved before the identity was known."""
+        identity = self._tl.identity
+        if identity is None or saved_attributes(state, self.state_key).get("run") is not None:
+            return
+        path = os.path.join(checkpoint_dir, STATE_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            entry = data.get("stateful_callbacks", {}).get(self.state_key)
+            if not isinstance(entry, dict) or not isinstance(entry.get("attributes"), dict):
+                return
+            entry["attributes"]["run"] = identity
+            atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        except (OSError, ValueError, AttributeError) as exc:
+            logger.debug("tracklink: could not add %s's run identity to %s: %r", self.name, path, exc)
 
     def load_state(self, saved: Mapping[str, Any]) -> None:
         """Remember a run identity so the next ``on_train_begin`` re-attaches to it (for hubs whose
@@ -477,8 +478,15 @@ class Tracker(TrainerCallback):
             self._send(metrics, state)
 
     def on_save(self, args: Any, state: Any, control: Any, checkpoint_dir: Any = None, **kwargs: Any) -> None:
+        if checkpoint_dir:
+            self._record_identity(str(checkpoint_dir), state)
         if checkpoint_dir and self._tl.active and self.uploads_checkpoints:
             self.log_checkpoint(str(checkpoint_dir), state)
+
+    def _tracklink_holds_checkpoint(self) -> bool:
+        """Whether the checkpoint just saved must outlive rotation until this tracker handled its
+        ``on_save`` (it uploads checkpoints, or its run identity is still to be added to it)."""
+        return self.uploads_checkpoints or self._tl.setup_pending
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.close("success")
@@ -539,6 +547,8 @@ class Tracker(TrainerCallback):
             self._tl.active = True
             self._tl.identity = self.run_identity()
             _open_trackers.add(self)
+        except Exception as exc:
+            raise TrackerSetupError(self.name or type(self).__name__, exc) from exc
         finally:
             self._tl.setup_pending = False
             self._tl.setup_done.set()
@@ -555,7 +565,7 @@ class Tracker(TrainerCallback):
         summary: dict[str, float] = {}
         texts: dict[str, str] = {}
         for key, raw in logs.items():
-            value = _metric_value(raw)
+            value = as_number(raw)
             if value is None:
                 if isinstance(raw, str):
                     texts[self.metric_name(key)] = raw

@@ -13,8 +13,10 @@ import inspect
 import json
 import logging
 import math
+import os
 import random
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from tracklink.atomic import atomic_write_text
 from tracklink.callbacks import PrinterCallback, ProgressCallback
 from tracklink.errors import Terminated
 from tracklink.flow import DefaultFlowCallback
@@ -39,6 +42,7 @@ from tracklink.state import (
     state_key,
 )
 from tracklink.tracker import Tracker, _plain
+from tracklink.values import plain_logs
 
 from . import checkpoint as ckpt
 from . import fsdp
@@ -70,9 +74,10 @@ logger = logging.getLogger("tracklink")
 __all__ = ["EvalPrediction", "PredictionOutput", "TrainOutput", "Trainer", "set_seed"]
 
 
-class MissingMetricError(KeyError):
+class MissingMetricError(KeyError, ValueError):
     """``metric_for_best_model`` is not among the evaluation metrics (a ``KeyError``, as in
-    transformers, whose message prints without ``KeyError``'s quoting)."""
+    transformers, whose message prints without ``KeyError``'s quoting; also a ``ValueError``, as every
+    refused argument is when the ``Trainer`` is built)."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -205,6 +210,53 @@ def _to_numpy(value: Any) -> Any:
     return tensor.cpu().numpy()
 
 
+_PLAIN_EVAL_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second")
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """Refuse an ``output_dir`` that cannot hold checkpoints, before any training step: a regular file, a
+    path below a regular file, or a directory that cannot be written (probed with a temporary file, which
+    also catches read-only file systems)."""
+    path = Path(output_dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is" if existing == path else f"is below {str(existing)!r}, which is"
+        raise ValueError(f"TrainingArguments.output_dir={output_dir!r} {where} a regular file; checkpoints need a "
+                         "directory (choose another output_dir)")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ValueError(f"TrainingArguments.output_dir={output_dir!r} is not writable ({exc.strerror}: "
+                         f"{str(existing)!r}); choose a directory you can write to") from None
+
+
+def _check_train_dataset(dataset: Any) -> None:
+    if dataset is not None and has_length(dataset) and len(dataset) == 0:
+        raise ValueError("train_dataset is empty (len() == 0): there is nothing to train on. Pass a dataset with "
+                         "samples, or leave train_dataset=None to only evaluate or predict")
+
+
+def _check_best_metric(args: Any, eval_dataset: Any, compute_metrics: Any, trainer_class: type) -> None:
+    """``metric_for_best_model`` must be a metric some evaluation produces. Without ``compute_metrics`` (and
+    with the stock evaluation loop) evaluations produce only the loss and the speed metrics."""
+    name = args.metric_for_best_model
+    if name is None or compute_metrics is not None or trainer_class.evaluate is not Trainer.evaluate:
+        return
+    key = name if name.startswith("eval_") else f"eval_{name}"
+    names = list(eval_dataset) if isinstance(eval_dataset, Mapping) else [None]
+    produced = [f"eval_{n}_{m}" if n else f"eval_{m}" for n in names for m in _PLAIN_EVAL_METRICS]
+    if key not in produced:
+        raise MissingMetricError(
+            f"TrainingArguments.metric_for_best_model={name!r} (looked up as {key!r}) is not a metric any "
+            f"evaluation produces: without compute_metrics the evaluation metrics are {', '.join(produced)}. "
+            "Set metric_for_best_model to one of them (without or with the 'eval_' prefix), or pass "
+            "compute_metrics that returns it"
+        )
+
+
 class Trainer:
     """Trains, evaluates and predicts with a PyTorch model, firing transformers' training events.
 
@@ -245,6 +297,9 @@ class Trainer:
             )
         if args.load_best_model_at_end and eval_dataset is None:
             raise ValueError("load_best_model_at_end=True needs an eval_dataset")
+        _check_output_dir(args.output_dir)
+        _check_train_dataset(train_dataset)
+        _check_best_metric(args, eval_dataset, compute_metrics, type(self))
         self.process = ProcessInfo.from_env()
         ensure_default_logging(self.process)
         self.device = args.device
@@ -278,6 +333,7 @@ class Trainer:
         self._tokens_seen: Any = 0
         self._tokens_seen_base = 0
         self._forward_params: set[str] | None = None
+        self._dropped_columns: list[str] | None = None  # batch keys remove_unused_columns drops (first batch)
 
         callbacks = list(callbacks or [])
         self._user_callbacks = list(callbacks)
@@ -311,6 +367,9 @@ class Trainer:
         self.control = TrainerControl()
         self._globalstep_last_logged = 0
         self._total_loss_scalar = 0.0
+        self._warned: set[str] = set()
+        self._nonfinite = torch.zeros(())
+        self._batches_since_log = 0
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
     # -- callbacks -------------------------------------------------------------------------------
@@ -375,8 +434,33 @@ class Trainer:
         if isinstance(inputs, Mapping) and self.args.remove_unused_columns:
             accepted = self._accepted_inputs()
             if accepted is not None:
+                if self._dropped_columns is None:
+                    self._check_inputs(inputs, accepted)
                 inputs = {k: v for k, v in inputs.items() if k in accepted}
         return move_to_device(inputs, self.device)
+
+    def _check_inputs(self, batch: Mapping[str, Any], accepted: set[str]) -> None:
+        """On the first batch: name the keys ``remove_unused_columns`` drops, and fail clearly when the
+        model's ``forward`` then lacks a required input (instead of the model's bare ``TypeError``)."""
+        self._dropped_columns = sorted(k for k in batch if k not in accepted)
+        if self._dropped_columns:
+            logger.info("tracklink: remove_unused_columns drops batch keys the model's forward does not take: %s",
+                        ", ".join(self._dropped_columns))
+        try:
+            params = inspect.signature(unwrap_model(self.model).forward).parameters
+        except (TypeError, ValueError):
+            return
+        required = [name for name, p in params.items() if p.default is inspect.Parameter.empty
+                    and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        missing = [name for name in required if name not in batch]
+        if missing:
+            dropped = (f"; remove_unused_columns=True dropped {', '.join(map(repr, self._dropped_columns))} "
+                       "(not parameters of forward)") if self._dropped_columns else ""
+            raise ValueError(
+                f"the model's forward requires {', '.join(map(repr, missing))}, but the batch has only "
+                f"{', '.join(map(repr, batch)) or 'no keys'}{dropped}. Rename the dataset's keys to forward's "
+                "parameters, or set remove_unused_columns=False and take them in forward(**kwargs)"
+            )
 
     def _accepted_inputs(self) -> set[str] | None:
         if self._forward_params is None:
@@ -473,6 +557,7 @@ class Trainer:
             self.model_wrapped = self.model
             self.optimizer, self.lr_scheduler = self._user_optimizers
             self._forward_params = None
+            self._dropped_columns = None
         with _sigterm_raises():
             try:
                 return self._inner_train(checkpoint_dir, trial, ignore_keys_for_eval)
@@ -496,19 +581,40 @@ class Trainer:
         if resume is True:
             found = ckpt.latest_checkpoint(self.args.output_dir)
             if found is None:
+                present = ckpt.checkpoints(self.args.output_dir)
+                detail = (f"; the {len(present)} checkpoint directories there are incomplete or damaged (see the "
+                          "warnings above)") if present else ""
                 raise ValueError(
                     f"train(resume_from_checkpoint=True) found no valid checkpoint in output_dir "
-                    f"{self.args.output_dir!r} (a checkpoint-<step>/ with trainer_state.json)"
+                    f"{self.args.output_dir!r} (a checkpoint-<step>/ with trainer_state.json){detail}"
                 )
             return found
+        if not isinstance(resume, (str, os.PathLike)):
+            raise TypeError(
+                f"train(resume_from_checkpoint={resume!r}): expected a checkpoint directory path, True for the "
+                "newest checkpoint in output_dir, or None"
+            )
         path = Path(resume)
+        if not path.is_dir():
+            raise ValueError(
+                f"train(resume_from_checkpoint={str(resume)!r}): not a checkpoint directory (it does not exist); "
+                f"pass a checkpoint-<step>/ path (with {ckpt.WEIGHTS_NAME}), True for the newest one in output_dir, "
+                "or None"
+            )
         if not (path / ckpt.WEIGHTS_NAME).is_file() and not fsdp.is_sharded_checkpoint(path):
             raise ValueError(
                 f"train(resume_from_checkpoint={str(resume)!r}): not a checkpoint directory (no {ckpt.WEIGHTS_NAME} "
                 f"or {fsdp.MODEL_DIR}/); "
                 "pass a checkpoint-<step>/ path, True for the newest one, or None"
             )
-        if not (path / ckpt.STATE_NAME).is_file():
+        if (path / ckpt.STATE_NAME).is_file():
+            problem = ckpt.checkpoint_problem(path)
+            if problem:
+                raise ckpt.CorruptCheckpointError(
+                    f"train(resume_from_checkpoint={str(resume)!r}): checkpoint {path} is damaged: {problem}. "
+                    "Resume from another checkpoint (True picks the newest intact one)"
+                )
+        else:
             # transformers' behaviour: the weights are loaded and training starts from a fresh state
             logger.warning(
                 "tracklink: resume_from_checkpoint=%r has no %s (an interrupted save, or weights only): "
@@ -522,6 +628,12 @@ class Trainer:
         dataloader = self.get_train_dataloader()
         ga = args.gradient_accumulation_steps
         total_batch = args.per_device_train_batch_size * ga * max(1, self.process.world_size)
+        if has_length(dataloader) and len(dataloader) == 0:
+            raise ValueError(
+                f"the train dataloader has no batch: train_dataset has {len(self.train_dataset)} sample(s), "
+                f"per_device_train_batch_size={args.per_device_train_batch_size} and dataloader_drop_last="
+                f"{args.dataloader_drop_last}; use a smaller batch size or dataloader_drop_last=False"
+            )
         if has_length(dataloader):
             batches_per_epoch = len(dataloader)
             updates_per_epoch = max(math.ceil(batches_per_epoch / ga), 1)
@@ -591,6 +703,8 @@ class Trainer:
         model = self.model_wrapped
         device = self.device
         tr_loss = torch.zeros((), device=device)
+        self._nonfinite = torch.zeros((), device=device)  # losses the NaN/inf filter replaced since the last log
+        self._batches_since_log = 0
         self._total_loss_scalar = 0.0
         self._globalstep_last_logged = self.state.global_step
         start_step = self.state.global_step
@@ -657,12 +771,15 @@ class Trainer:
                         loss_step = self.training_step(model, inputs, n)
                     if filter_nan:
                         replacement = tr_loss / (1 + self.state.global_step - self._globalstep_last_logged)
-                        tr_loss = tr_loss + torch.where(torch.isfinite(loss_step), loss_step, replacement)
+                        finite = torch.isfinite(loss_step)
+                        tr_loss = tr_loss + torch.where(finite, loss_step, replacement)
+                        self._nonfinite = self._nonfinite + (~finite).float()
                     else:
                         tr_loss = tr_loss + loss_step
                     if count_flos:
                         self.current_flos += float(self.floating_point_ops(inputs))
                     batch_index += 1
+                    self._batches_since_log += 1
                     if last:
                         grad_norm = self._clip_gradients(params)
                         self.control = handler.on_pre_optimizer_step(args, self.state, self.control)
@@ -684,6 +801,11 @@ class Trainer:
                     if self.control.should_epoch_stop or self.control.should_training_stop:
                         stop = True
                         break
+            if not saw_batch and self.state.global_step == start_step and epoch == epochs_trained:
+                raise ValueError(
+                    "train_dataset produced no batch: the (length-less) dataset is empty, so there is nothing "
+                    "to train on"
+                )
             if not saw_batch:
                 logger.warning(
                     "tracklink: epoch %d produced no batch (is the train dataset empty?); stopping training",
@@ -695,7 +817,7 @@ class Trainer:
             if self.control.should_training_stop:
                 break
 
-        self._total_loss_scalar += float(sum_across_processes(tr_loss.detach()).item()) / max(1, self.process.world_size)
+        self._total_loss_scalar += self._logged_loss(tr_loss)
         steps_run = self.state.global_step - start_step
         train_loss = self._total_loss_scalar / steps_run if steps_run > 0 else 0.0
         self.store_flos()
@@ -709,6 +831,8 @@ class Trainer:
         self._load_best_model_at_end()
         self._final_checkpoint_cleanup()
         self.control = handler.on_train_end(args, self.state, self.control)
+        if self.process.is_world_main:  # the trackers are drained: checkpoints kept for them can go now
+            self._rotate_checkpoints()
         return TrainOutput(self.state.global_step, train_loss, metrics)
 
     def _next_group(self, iterator: Iterator[Any], size: int) -> list[Any]:
@@ -746,6 +870,8 @@ class Trainer:
                 f"The model did not return a loss (got {keys}). With the default compute_loss the model must "
                 "return a 'loss' when called with labels; check label_names and the dataset keys "
                 f"({', '.join(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__})"
+                + (f"; remove_unused_columns=True dropped {', '.join(map(repr, self._dropped_columns))}"
+                   if self._dropped_columns else "")
             )
         if loss.dim() > 0:
             loss = loss.mean()
@@ -795,7 +921,7 @@ class Trainer:
         self, tr_loss: torch.Tensor, grad_norm: Any, ignore_keys: list[str] | None, learning_rate: float | None,
     ) -> torch.Tensor:
         if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
-            loss_scalar = float(sum_across_processes(tr_loss.detach()).item()) / max(1, self.process.world_size)
+            loss_scalar = self._logged_loss(tr_loss)
             logs: dict[str, float] = {
                 "loss": loss_scalar / (self.state.global_step - self._globalstep_last_logged)
             }
@@ -821,6 +947,36 @@ class Trainer:
                 self.args, self.state, self.control, checkpoint_dir=str(directory)
             )
         return tr_loss
+
+    def _logged_loss(self, tr_loss: torch.Tensor) -> float:
+        """The summed training loss since the last log, over all processes (one host read).
+
+        With ``logging_nan_inf_filter`` a NaN/inf batch loss is replaced by the window's mean, as in
+        transformers; when every batch of the window was non-finite there is nothing to replace it with,
+        and the loss is logged as NaN (never disguised as 0). Either case is warned about once."""
+        world = max(1, self.process.world_size)
+        batches = self._batches_since_log * world
+        totals = sum_across_processes(torch.stack([tr_loss.detach().float(), self._nonfinite]))
+        loss_sum, nonfinite = (float(v) for v in totals.tolist())
+        self._nonfinite = torch.zeros_like(self._nonfinite)
+        self._batches_since_log = 0
+        step = self.state.global_step
+        if nonfinite and nonfinite >= batches:
+            loss_sum = math.nan
+            self._warn_once("nan-loss", f"tracklink: the training loss was NaN/inf for every batch logged at step "
+                                        f"{step}; it is logged as nan. The weights are probably no longer finite")
+        elif nonfinite:
+            self._warn_once("nan-filtered", f"tracklink: {int(nonfinite)} of {batches} batch losses logged at step "
+                                            f"{step} were NaN/inf and were replaced by the mean of the others "
+                                            "(logging_nan_inf_filter=True)")
+        elif not math.isfinite(loss_sum):
+            self._warn_once("nan-loss", f"tracklink: the training loss logged at step {step} is {loss_sum}")
+        return loss_sum / world
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("%s (warned once per run)", message)
 
     def _evaluate(self, ignore_keys: list[str] | None, skip_scheduler: bool = False) -> dict[str, float]:
         metrics = self.evaluate(ignore_keys=ignore_keys)
@@ -965,15 +1121,16 @@ class Trainer:
             if stale.exists():
                 stale.unlink()
             if not sharded:
+                self._warn_nonfinite_weights(directory)
                 self.save_model(str(directory), _internal_call=True)
             if not self.args.save_only_model:
                 if not sharded:
-                    torch.save(self.optimizer.state_dict(), directory / ckpt.OPTIMIZER_NAME)
-                torch.save(self.lr_scheduler.state_dict(), directory / ckpt.SCHEDULER_NAME)
+                    ckpt.save_torch(self.optimizer.state_dict(), directory / ckpt.OPTIMIZER_NAME)
+                ckpt.save_torch(self.lr_scheduler.state_dict(), directory / ckpt.SCHEDULER_NAME)
                 if self.scaler is not None:
-                    torch.save(self.scaler.state_dict(), directory / ckpt.SCALER_NAME)
+                    ckpt.save_torch(self.scaler.state_dict(), directory / ckpt.SCALER_NAME)
             args_json = redact(_plain(self.args.to_dict()), secret_env_values(Tracker.declared_secret_names()))
-            (directory / ckpt.ARGS_NAME).write_text(json.dumps(args_json, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(directory / ckpt.ARGS_NAME, json.dumps(args_json, indent=2, sort_keys=True) + "\n")
         barrier()
         if sharded:
             self._save_sharded(directory)
@@ -992,13 +1149,31 @@ class Trainer:
         barrier()
         if main:
             self.state.save_to_json(str(directory / ckpt.STATE_NAME))
-            handler = self.callback_handler
-            ckpt.rotate_checkpoints(
-                run_dir, self.args.save_total_limit, self.state.best_model_checkpoint,
-                before_delete=handler.wait_for_trackers if handler.trackers_uploading() else None,
-            )
+            self._rotate_checkpoints()
         barrier()
         return directory
+
+    def _warn_nonfinite_weights(self, directory: Path) -> None:
+        """Warn when the weights being checkpointed hold NaN/inf (one host read for all parameters)."""
+        named = [(n, p) for n, p in unwrap_model(self.model).named_parameters() if p.numel()]
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()
+        bad = [name for (name, _), ok in zip(named, finite) if not ok]
+        if bad:
+            logger.warning(
+                "tracklink: %s is saved with NaN/inf weights in %d parameter(s) (%s%s); resuming from it continues "
+                "from broken weights", directory.name, len(bad), ", ".join(bad[:3]), ", ..." if len(bad) > 3 else "",
+            )
+
+    def _rotate_checkpoints(self) -> None:
+        """Delete checkpoints beyond ``save_total_limit``; one a tracker still needs is kept until a later
+        rotation (never waiting for the tracker)."""
+        handler = self.callback_handler
+        ckpt.rotate_checkpoints(
+            self._run_dir(), self.args.save_total_limit, self.state.best_model_checkpoint,
+            in_use=lambda path: handler.checkpoint_in_use(str(path)),
+        )
 
     def _save_sharded(self, directory: Path) -> None:
         """FSDP: every process writes its shards with ``torch.distributed.checkpoint``; the consolidated
@@ -1036,13 +1211,13 @@ class Trainer:
                     "trainer_state.json starts a fresh optimizer)"
                 )
             elif optimizer_file.is_file():
-                self.optimizer.load_state_dict(torch.load(optimizer_file, map_location=self.device, weights_only=True))
+                self.optimizer.load_state_dict(ckpt.load_torch(optimizer_file, map_location=self.device))
             scheduler_file = directory / ckpt.SCHEDULER_NAME
             if scheduler_file.is_file():
-                self.lr_scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
+                self.lr_scheduler.load_state_dict(ckpt.load_torch(scheduler_file))
             scaler_file = directory / ckpt.SCALER_NAME
             if self.scaler is not None and scaler_file.is_file():
-                self.scaler.load_state_dict(torch.load(scaler_file, weights_only=True))
+                self.scaler.load_state_dict(ckpt.load_torch(scaler_file))
         state_file = directory / ckpt.STATE_NAME
         if state_file.is_file():
             loaded = TrainerState.load_from_json(str(state_file))
@@ -1160,7 +1335,14 @@ class Trainer:
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Record ``logs`` (plus ``epoch`` and, when enabled, ``num_input_tokens_seen``) in
-        ``state.log_history`` and fire ``on_log``."""
+        ``state.log_history`` and fire ``on_log``.
+
+        One-element tensors and NumPy scalars are logged as Python numbers (``logs`` is updated in
+        place); tensors or arrays of several elements are left out with a warning, so a checkpoint's
+        ``trainer_state.json`` always holds plain JSON."""
+        cleaned = plain_logs(logs, "Trainer.log()")
+        logs.clear()
+        logs.update(cleaned)
         if self.state.epoch is not None:
             logs["epoch"] = self.state.epoch
         if self.args.include_num_input_tokens_seen != "no":
@@ -1178,13 +1360,17 @@ class Trainer:
         resolution = self.args.report_to_resolution
         active = list(self.callback_handler.trackers)
         logger.info("tracklink: trackers: %s", ", ".join(active) if active else "none")
+        # a plugin that failed to load is always shown (it was meant to be used); one whose SDK is simply
+        # not installed is not (every uninstalled tracker would be listed)
+        broken = {name for name, spec in resolution.specs.items() if spec.load_error}
         skipped = [
             f"{name} ({reason})" for name, reason in resolution.skipped.items()
-            if resolution.specs[name].availability() is None
+            if (name in broken or resolution.specs[name].availability() is None)
             and reason not in ("not named in report_to", "report_to is 'none'")
         ]
         if skipped:
-            logger.info("tracklink: skipped: %s", "; ".join(skipped))
+            logger.log(logging.WARNING if broken & set(resolution.skipped) else logging.INFO,
+                       "tracklink: skipped: %s", "; ".join(skipped))
 
     # -- evaluation and prediction ------------------------------------------------------------------
 
