@@ -9,9 +9,12 @@ looks (also when the output directory is under the working directory), a traceba
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,119 @@ def test_event_files_land_in_logging_dir_under_the_working_directory(tmp_path: P
                   env={"PWD": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((tmp_path / "out" / "runs").rglob("events.out.tfevents.*"))
+
+
+# -- the demo as a person sees it: in a terminal ----------------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+BAR = re.compile(r"\d+%\|[^|\r\n]*\|\s*\d+/\d+ \[[^\]\r\n]*\]")
+MLFLOW_STORE_LINES = ("Creating initial MLflow database tables", "alembic.runtime.migration", "Context impl SQLiteImpl")
+
+
+def run_in_terminal(argv: list[str], cwd: Path, columns: int = 140, timeout: float = 600,
+                    env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``argv`` with stdin, stdout and stderr on a pseudo-terminal ``columns`` wide; everything it
+    wrote (escape sequences and carriage returns included) and its exit status."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    process = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, start_new_session=True,
+        env={**os.environ, "COLUMNS": str(columns), "LINES": "40", "TERM": "xterm-256color",
+             "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every writer closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif process.poll() is not None:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"{argv} did not finish in {timeout} s")
+    finally:
+        os.close(master)
+    return process.wait(30), b"".join(chunks).decode("utf-8", "replace")
+
+
+def glued_lines(output: str) -> list[str]:
+    """Screen lines on which something was written onto a progress bar (before or after it) without a
+    carriage return or newline in between; cursor movements count as separators."""
+    glued = []
+    for segment in re.split(r"[\r\n]", ANSI.sub("\r", output)):
+        for match in BAR.finditer(segment):
+            if segment[:match.start()].strip() or segment[match.end():].strip():
+                glued.append(segment)
+                break
+    return glued
+
+
+def test_glued_lines_detects_a_message_written_onto_the_bar() -> None:
+    bar = " 33%|███▎      | 50/150 [00:01<00:02, 40.20it/s]"
+    assert glued_lines(f"\r{bar}tracklink: deleting older checkpoint x\n") != []
+    assert glued_lines(f"\r{bar}\r{' ' * 60}\rtracklink: deleting older checkpoint x\n\r{bar}") == []
+    assert glued_lines(f"\r{bar}\x1b[A\rnext line\n") == []
+
+
+def test_demo_output_is_readable_in_a_140_column_terminal(tmp_path: Path) -> None:
+    """Messages logged while the progress bar runs go through the bar's writer, on lines of their own; a
+    local MLflow store is created before the bar starts (its table-creation lines never appear mid-run)."""
+    out = tmp_path / "demo-out"
+    code, output = run_in_terminal(
+        [sys.executable, "-m", "tracklink.cli", "demo", "--output-dir", str(out), "--max-steps", "160"], tmp_path,
+    )
+    assert code == 0, output[-5000:]
+    assert "tracklink demo finished: 160 steps" in output
+    assert "deleting older checkpoint" in output  # save_total_limit=2 with 4 checkpoints: a message mid-run
+    assert glued_lines(output) == []
+    bars = [m.start() for m in BAR.finditer(output)]
+    assert bars, "no progress bar was drawn"
+    for line in MLFLOW_STORE_LINES:
+        at = output.rfind(line)
+        assert at < bars[0], f"{line!r} appeared after the progress bar started"
+    if installed("mlflow"):
+        assert "MLflow UI:" in output
+        assert f"sqlite:///{out / 'mlflow.db'}" in output
+
+
+# -- same arguments, same training ---------------------------------------------------------------------
+
+
+def _losses(output_dir: Path) -> tuple[list[tuple[int, float]], str | None]:
+    states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    state = json.loads(states[-1].read_text())
+    losses = [(h["step"], h[key]) for h in state["log_history"] for key in ("loss", "eval_loss") if key in h]
+    best = state["best_model_checkpoint"]
+    return losses, best and Path(best).name
+
+
+def test_demo_twice_with_the_same_arguments_trains_the_same(tmp_path: Path) -> None:
+    """The model is built after the seed is set: a second run in the same process (whose global random
+    state the first run moved on) logs the same losses and picks the same best checkpoint."""
+    import torch
+
+    from tracklink.trainer.demo import run_demo
+
+    results = []
+    for name, unrelated_seed in (("first", 1), ("second", 2)):
+        torch.manual_seed(unrelated_seed)  # whatever ran before the demo must not matter
+        assert run_demo(output_dir=str(tmp_path / name), report_to="none", max_steps=60) == 0
+        results.append(_losses(tmp_path / name))
+    (first, first_best), (second, second_best) = results
+    assert first and first == second
+    assert first_best is not None and first_best == second_best
