@@ -193,6 +193,37 @@ def test_doctor_settings_of_unselected_trackers_are_warnings(fake_specs: Any, ca
     assert any("FAKECLOUD_MODE='sideways'" in w for w in row["warnings"])
 
 
+class FakeComet(Tracker):
+    name = "comet_ml"
+    extra = "comet"
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_doctor_and_plugins_show_the_canonical_name_of_an_alias(how: str, fake_specs: dict[str, TrackerSpec],
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``comet`` (the extra's name) selects ``comet_ml``; what is shown is the tracker's own name."""
+    fake_specs["comet_ml"] = TrackerSpec(name="comet_ml", value="fake:FakeComet", distribution="tracklink",
+                                         distribution_version="0.1.0", obj=FakeComet, _loaded=True)
+    argv: tuple[str, ...] = ("--report-to", "comet,fakeboard") if how == "flag" else ()
+    if how == "env":
+        monkeypatch.setenv("TRACKLINK_REPORT_TO", "comet,fakeboard")
+    code, out = run_main(capsys, "doctor", *argv)
+    assert code == 0, out
+    assert "trackers: fakeboard, comet_ml" in out  # doctor lists in discovery order
+    code, out = run_main(capsys, "doctor", "--json", *argv)
+    report = json.loads(out)
+    assert report["selected"] == ["fakeboard", "comet_ml"]  # rows in discovery order
+    assert {row["name"] for row in report["trackers"]} == {"fakeboard", "fakecloud", "fakemissing", "comet_ml"}
+    code, out = run_main(capsys, "plugins", "--json", *argv)
+    rows = {row["name"]: row for row in json.loads(out)["trackers"]}
+    assert rows["comet_ml"]["selected"] and rows["comet_ml"]["reason"] == "selected by report_to"
+    monkeypatch.setenv("TRACKLINK_DISABLE", "comet")
+    code, out = run_main(capsys, "plugins", "--json", *argv)
+    rows = {row["name"]: row for row in json.loads(out)["trackers"]}
+    assert not rows["comet_ml"]["selected"] and rows["comet_ml"]["reason"] == "disabled by TRACKLINK_DISABLE"
+
+
 # -- with the real test plugin, in a subprocess -----------------------------------------------------------
 
 
