@@ -99,6 +99,10 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
             variables.append(entry)
         row["env"] = variables
         found = spec.env_problems(env) if row["installed"] else []
+        if row["selected"] and not found:
+            # what only a connection attempt can tell (a tracking server that does not answer)
+            check = getattr(spec.load(), "connection_problems", None)
+            found = list(check(env)) if callable(check) else []
         # settings of a tracker that is not selected cannot break this training: warnings only
         row["problems"] = found if row["selected"] else []
         row["warnings"] = [] if row["selected"] else found

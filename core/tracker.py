@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import importlib
 import json
 import logging
@@ -56,6 +57,7 @@ from .values import as_number
 logger = logging.getLogger("tracklink")
 
 __all__ = [
+    "KINDS",
     "EnvVar",
     "RunInfo",
     "Tracker",
@@ -80,12 +82,55 @@ def truthy(value: str | None) -> bool:
     return value is not None and value.strip().upper() in TRUE_VALUES
 
 
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: What an :class:`EnvVar` of each ``kind`` accepts (a non-empty value; an empty one counts as unset).
+KINDS: dict[str, str] = {
+    "int": "a whole number",
+    "number": "a number",
+    "bool": "a boolean: 1, 0, true, false, yes, no, on or off",
+    "url": "an http(s):// URL with a host",
+    "log_level": "a log level (debug, info, warning, error, critical) or its number",
+}
+
+
+def _kind_problem(kind: str, value: str, minimum: float | None) -> str | None:
+    text = value.strip()
+    if kind in ("int", "number"):
+        expected = KINDS[kind] + (f" >= {minimum:g}" if minimum is not None else "")
+        try:
+            number = int(text) if kind == "int" else float(text)
+        except ValueError:
+            return expected
+        if kind == "number" and not math.isfinite(number):
+            return f"a finite number{expected[len(KINDS[kind]):]}"
+        if minimum is not None and number < minimum:
+            return expected
+        return None
+    if kind == "bool":
+        return None if text.upper() in TRUE_VALUES | FALSE_VALUES else KINDS[kind]
+    if kind == "url":
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            return KINDS[kind]
+        return None if parts.scheme.lower() in ("http", "https") and parts.hostname else KINDS[kind]
+    if kind == "log_level":
+        return None if text.lower() in _LOG_LEVELS or text.isdigit() else KINDS[kind]
+    raise ValueError(f"EnvVar kind {kind!r} is unknown; accepted: {', '.join(KINDS)}")
+
+
 @dataclass(frozen=True)
 class EnvVar:
     """An environment variable a tracker reads (declared for ``tracklink doctor`` and the docs).
 
-    ``choices`` lists the accepted values (compared case-insensitively) so a bad value is reported
-    before training starts; ``read_by="sdk"`` marks variables the SDK reads itself.
+    ``choices`` lists the accepted values (compared case-insensitively); ``kind`` (one of :data:`KINDS`:
+    ``int``, ``number``, ``bool``, ``url``, ``log_level``, with an optional ``minimum`` for numbers) says
+    what shape the value must have. Either way a bad value is reported before training starts, also for
+    variables the SDK reads itself (``read_by="sdk"``), whose bad values would otherwise surface as an
+    SDK error that names nothing.
     """
 
     name: str
@@ -94,14 +139,21 @@ class EnvVar:
     secret: bool = False
     choices: tuple[str, ...] | None = None
     read_by: str = "tracklink"
+    kind: str | None = None
+    minimum: float | None = None
 
     def problem(self, env: Mapping[str, str]) -> str | None:
         value = env.get(self.name)
-        if value is None or self.choices is None:
+        if value is None:
             return None
-        if value.strip().lower() not in {c.lower() for c in self.choices}:
+        if self.choices is not None and value.strip().lower() not in {c.lower() for c in self.choices}:
             accepted = ", ".join(c if c else "'' (empty)" for c in self.choices)
             return f"{self.name}={value!r} is not accepted; accepted values: {accepted}"
+        if self.kind is not None and value.strip():
+            expected = _kind_problem(self.kind, value, self.minimum)
+            if expected:
+                shown = "<redacted>" if self.secret else repr(value)
+                return f"{self.name}={shown} is not accepted; expected {expected}"
         return None
 
 
@@ -246,6 +298,8 @@ class _Runtime:
         self.resume: dict[str, Any] | None = None
         self.last_step = 0
         self.warned: set[str] = set()
+        self.names: dict[str, str] = {}  # logged key -> backend metric name
+        self.owners: dict[str, str] = {}  # backend metric name -> the logged key that has it
         self.setup_done = threading.Event()
         self.setup_pending = False
 
@@ -318,6 +372,12 @@ class Tracker(TrainerCallback):
     def env_problems(cls, env: Mapping[str, str]) -> list[str]:
         """Invalid values among the declared environment variables (checked before training)."""
         return [p for p in (var.problem(env) for var in cls.env_vars) if p]
+
+    @classmethod
+    def connection_problems(cls, env: Mapping[str, str]) -> list[str]:
+        """Optional: what only a quick connection attempt can tell (a server that does not answer).
+        ``tracklink doctor`` reports it as a problem; it never stops training."""
+        return []
 
     @staticmethod
     def declared_secret_names() -> set[str]:
@@ -554,10 +614,28 @@ class Tracker(TrainerCallback):
             self._tl.setup_done.set()
 
     def metric_name(self, key: str) -> str:
-        """The backend name of a logged key (style rewrite, then sanitising)."""
-        if self.metric_style == "hf":
-            key = next(iter(rewrite_logs({key: None})))
-        return self.sanitize_metric_name(key)
+        """The backend name of a logged key (style rewrite, then sanitising).
+
+        Two keys must never merge into one backend name (``loss@1`` and ``loss#1`` both sanitise to
+        ``loss_1`` for MLflow): the later key gets a short, stable suffix derived from it, with a warning.
+        """
+        cached = self._tl.names.get(key)
+        if cached is not None:
+            return cached
+        name = next(iter(rewrite_logs({key: None}))) if self.metric_style == "hf" else key
+        name = self.sanitize_metric_name(name)
+        owner = self._tl.owners.get(name)
+        if owner is not None and owner != key:
+            suffix = hashlib.sha1(key.encode()).hexdigest()[:6]
+            unique = self.sanitize_metric_name(f"{name}_{suffix}")
+            if not unique.endswith(suffix):  # cut to the backend's length limit
+                unique = self.sanitize_metric_name(f"{name[: max(1, len(name) - 7)]}_{suffix}")
+            self._warn_once(f"merge:{key}", f"tracker {self.name!r} logs {key!r} as {unique!r}: its name "
+                                            f"{name!r} is already used by {owner!r}")
+            name = unique
+        self._tl.owners[name] = key
+        self._tl.names[key] = name
+        return name
 
     def _send(self, logs: Mapping[str, Any], state: Any) -> None:
         step = int(getattr(state, "global_step", 0) or 0)

@@ -71,9 +71,9 @@ class ClearMLCallback(Tracker):
         EnvVar("CLEARML_LOG_MODEL", None, "Register checkpoints as output models (default: true when this "
                "plugin creates the Task, false when it reuses yours).", choices=BOOLEAN_CHOICES),
         EnvVar("CLEARML_OFFLINE_MODE", None, "1: record the session on disk (CLEARML_CACHE_DIR/offline/<task>) "
-               "for a later Task.import_offline_session().", read_by="sdk"),
+               "for a later Task.import_offline_session().", read_by="sdk", kind="bool"),
         EnvVar("CLEARML_CONFIG_FILE", "~/clearml.conf", "The SDK's configuration file.", read_by="sdk"),
-        EnvVar("CLEARML_API_HOST", None, "URL of the ClearML API server.", read_by="sdk"),
+        EnvVar("CLEARML_API_HOST", None, "URL of the ClearML API server.", read_by="sdk", kind="url"),
         EnvVar("CLEARML_API_ACCESS_KEY", None, "ClearML access key.", secret=True, read_by="sdk"),
         EnvVar("CLEARML_API_SECRET_KEY", None, "ClearML secret key.", secret=True, read_by="sdk"),
     )

@@ -70,7 +70,7 @@ class CodeCarbonCallback(Tracker):
         EnvVar("CODECARBON_CLOUD_REGION", None, "Cloud region, e.g. us-east-1.", read_by="sdk"),
         EnvVar("CODECARBON_LOG_LEVEL", DEFAULT_LOG_LEVEL, "CodeCarbon's log level.",
                choices=("debug", "info", "warning", "error", "critical"), read_by="sdk"),
-        EnvVar("CODECARBON_MEASURE_POWER_SECS", "15", "Seconds between power measurements.", read_by="sdk"),
+        EnvVar("CODECARBON_MEASURE_POWER_SECS", "15", "Seconds between power measurements.", read_by="sdk", kind="number", minimum=0.001),
         EnvVar("CODECARBON_PROJECT_NAME", "codecarbon", "project_name column of emissions.csv.", read_by="sdk"),
         EnvVar("CODECARBON_EXPERIMENT_NAME", "base", "experiment_name of the run.", read_by="sdk"),
         EnvVar("CODECARBON_TRACKING_MODE", "machine", "'machine' (whole machine) or 'process'.",

@@ -113,7 +113,7 @@ class CometCallback(Tracker):
         EnvVar("COMET_PROJECT_NAME", None, "Project of the experiment (default: Uncategorized).", read_by="sdk"),
         EnvVar("COMET_WORKSPACE", None, "Workspace of the experiment.", read_by="sdk"),
         EnvVar("COMET_START_ONLINE", "true", "false/0: offline experiment, a zip in COMET_OFFLINE_DIRECTORY.",
-               read_by="sdk"),
+               read_by="sdk", kind="bool"),
         EnvVar("COMET_EXPERIMENT_KEY", None, "Key of the experiment to create or continue (a resumed training "
                "uses the key stored in its checkpoint).", read_by="sdk"),
         EnvVar("COMET_OFFLINE_DIRECTORY", "./.cometml-runs", "Where offline experiments are archived.",

@@ -102,7 +102,7 @@ class DagsHubCallback(MLflowCallback):
         EnvVar("DAGSHUB_USER_TOKEN", None, "DagsHub token (upload; also makes the tracker ready).",
                secret=True, read_by="sdk"),
         EnvVar("DAGSHUB_CLIENT_HOST", "https://dagshub.com", "DagsHub host of the repository API (read when "
-               "dagshub is imported).", read_by="sdk"),
+               "dagshub is imported).", read_by="sdk", kind="url"),
         *(v for v in MLflowCallback.env_vars if v.name != "MLFLOW_TRACKING_URI"),
     )
 
@@ -134,6 +134,10 @@ class DagsHubCallback(MLflowCallback):
         if branch is not None and branch != branch.strip():
             problems.append(f"BRANCH={branch!r} has surrounding spaces")
         return problems
+
+    @classmethod
+    def _uri_problem(cls, env: Mapping[str, str]) -> str | None:
+        return None  # DagsHub's own URI rule is checked when the tracker is built (see __init__)
 
     def tracking_uri(self, mlflow: Any) -> str:
         return os.environ["MLFLOW_TRACKING_URI"].strip()

@@ -91,10 +91,10 @@ class DVCLiveCallback(Tracker):
         EnvVar(ENV_LOG_MODEL, None,
                "Log models as DVC artifacts: 'all' (every checkpoint), true (the best/last checkpoint at "
                "the end) or false (default).", choices=_LOG_MODEL_CHOICES),
-        EnvVar("DVCLIVE_LOGLEVEL", "WARNING", "DVCLive's log level.", read_by="sdk"),
+        EnvVar("DVCLIVE_LOGLEVEL", "WARNING", "DVCLive's log level.", read_by="sdk", kind="log_level"),
         EnvVar("DVC_STUDIO_TOKEN", None, "DVC Studio token; when set DVCLive sends live updates to Studio.",
                secret=True, read_by="sdk"),
-        EnvVar("DVC_STUDIO_OFFLINE", None, "true: never contact DVC Studio.", read_by="sdk"),
+        EnvVar("DVC_STUDIO_OFFLINE", None, "true: never contact DVC Studio.", read_by="sdk", kind="bool"),
     )
 
     def __init__(self, live: Any = None, log_model: bool | str | None = None, **kwargs: Any) -> None:

@@ -86,7 +86,7 @@ class FlyteCallback(Tracker):
     auto = False
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("FLYTE_SDK_LOGGING_LEVEL", None, "flytekit's log level (a number, e.g. 40 for errors only).",
-               read_by="sdk"),
+               read_by="sdk", kind="int", minimum=0),
     )
 
     def __init__(self, save_log_history: bool = True, sync_checkpoints: bool = True) -> None:

@@ -29,32 +29,39 @@ still fail stay in an in-memory spool that is replayed with the next batch and b
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
+import logging
 import os
 import posixpath
 import re
+import socket
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from tracklink.redact import redact, redact_text, redacted_upload, secret_env_values
 from tracklink.tracker import EnvVar, RunInfo, Tracker, truthy
 
 __all__ = ["MLflowCallback"]
 
+logger = logging.getLogger("tracklink")
+
 BOOL_CHOICES = ("true", "false", "1", "0", "yes", "no", "on", "off")
 TRUNCATION_MARKER = "…[truncated]"
 STATUS = {"success": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
-_BAD_NAME_CHARS = re.compile(r"[^0-9A-Za-z_\-. :/]")
+_BAD_NAME_CHARS = re.compile(r"[^\w\-. :/]")  # MLflow's own rule; \w includes non-ASCII letters
 _RUN_ID = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")
 _MAX_SPOOL = 1_000_000
 SPOOL_RETRY_S = 30.0  # seconds between attempts to replay spooled metrics
 
 
 def sanitize_name(name: str, limit: int = 250) -> str:
-    """A metric/param/tag name MLflow accepts: characters outside letters, digits and ``_ - . space : /``
-    become ``_`` (``:`` too on Windows); a name that is not a unique path (``a//b``, ``/x``, ``./y``) loses
+    """A metric/param/tag name MLflow accepts: characters outside letters (any script: ``精度`` is kept),
+    digits and ``_ - . space : /`` become ``_`` (``:`` too on Windows); a name that is not a unique path (``a//b``, ``/x``, ``./y``) loses
     its slashes; at most ``limit`` characters."""
     clean = _BAD_NAME_CHARS.sub("_", str(name))
     if os.name == "nt":
@@ -72,6 +79,57 @@ def truncate(value: str, limit: int) -> str:
     if len(value) <= limit:
         return value
     return value[: max(0, limit - len(TRUNCATION_MARKER))] + TRUNCATION_MARKER
+
+
+_DATABASE_DRIVERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "sqlite": (("sqlite3",), "(built in)"),
+    "postgresql": (("psycopg2", "psycopg"), "psycopg2-binary"),
+    "mysql": (("MySQLdb", "pymysql"), "pymysql"),
+    "mssql": (("pyodbc", "pymssql"), "pyodbc"),
+}
+
+
+def _scheme(uri: str) -> str:
+    """The scheme of a tracking URI (``postgresql+psycopg2`` -> ``postgresql``); ``""`` for a plain path.
+    A Windows drive letter (``C:\\runs``) is a path, not a scheme."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*):", uri)
+    if not match or (len(match.group(1)) == 1 and os.name == "nt"):
+        return ""
+    return match.group(1).split("+", 1)[0].lower()
+
+
+def _plugin_schemes() -> set[str]:
+    """Tracking-store schemes registered by MLflow plugins (entry-point metadata only)."""
+    from importlib import metadata
+
+    try:
+        return {ep.name.lower() for ep in metadata.entry_points(group="mlflow.tracking_store")}
+    except Exception:
+        return set()
+
+
+def _file_store_problem(uri: str, shown: str, env: Mapping[str, str]) -> str | None:
+    """A local directory store (``./mlruns``, ``file:///runs``): MLflow 3 refuses it unless
+    ``MLFLOW_ALLOW_FILE_STORE`` is true, and it must be a directory that can be created."""
+    from importlib import metadata
+
+    path = uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):] if uri.startswith("file:") else uri
+    if uri.startswith("file:") is False and ":" in uri:
+        return (f"{shown} is neither a URL (scheme://...) nor a usable directory; expected e.g. "
+                "http://127.0.0.1:5000 or sqlite:///mlflow.db")
+    try:
+        major = int(metadata.version("mlflow").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        major = 0
+    if major >= 3 and not truthy(env.get("MLFLOW_ALLOW_FILE_STORE")):
+        return (f"{shown} is a file store, which MLflow {metadata.version('mlflow')} refuses (it would log "
+                "nothing); use sqlite:///mlflow.db or a tracking server, or set MLFLOW_ALLOW_FILE_STORE=true")
+    existing = os.path.abspath(path or ".")
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{shown} lies in or below the regular file {existing!r}; a file store needs a directory"
+    return None
 
 
 def _param_text(value: Any) -> str:
@@ -103,7 +161,7 @@ class MLflowCallback(Tracker):
                "thread instead of reusing it.", choices=BOOL_CHOICES),
         EnvVar("MLFLOW_FLATTEN_PARAMS", "false", "Flatten nested config dicts into a.b.c params "
                "(otherwise they are logged as JSON text).", choices=BOOL_CHOICES),
-        EnvVar("MLFLOW_MAX_LOG_PARAMS", None, "Log at most this many params (digits only)."),
+        EnvVar("MLFLOW_MAX_LOG_PARAMS", None, "Log at most this many params (digits only).", kind="int", minimum=0),
         EnvVar("HF_MLFLOW_LOG_ARTIFACTS", "false", "Upload every checkpoint directory as artifacts "
                "under checkpoint-<step>/.", choices=BOOL_CHOICES),
         EnvVar("DISABLE_MLFLOW_INTEGRATION", "false", "Switch the MLflow tracker off.", choices=BOOL_CHOICES),
@@ -111,11 +169,11 @@ class MLflowCallback(Tracker):
         EnvVar("MLFLOW_TRACKING_PASSWORD", None, "HTTP basic-auth password.", secret=True, read_by="sdk"),
         EnvVar("MLFLOW_TRACKING_TOKEN", None, "Bearer token for the tracking server.", secret=True,
                read_by="sdk"),
-        EnvVar("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7", "Retries of a failed HTTP request.", read_by="sdk"),
+        EnvVar("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7", "Retries of a failed HTTP request.", read_by="sdk", kind="int", minimum=0),
         EnvVar("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2", "Exponential backoff factor between retries.",
-               read_by="sdk"),
+               read_by="sdk", kind="number", minimum=0),
         EnvVar("DATABRICKS_HOST", None, "Databricks workspace URL, with MLFLOW_TRACKING_URI=databricks.",
-               read_by="sdk"),
+               read_by="sdk", kind="url"),
         EnvVar("DATABRICKS_TOKEN", None, "Databricks access token, with MLFLOW_TRACKING_URI=databricks.",
                secret=True, read_by="sdk"),
         EnvVar("MLFLOW_DISABLE_TELEMETRY", "true", "MLflow usage telemetry; tracklink sets it to true "
@@ -199,16 +257,80 @@ class MLflowCallback(Tracker):
         run_id = env.get("MLFLOW_RUN_ID")
         if run_id is not None and run_id.strip() and not _RUN_ID.match(run_id.strip()):
             problems.append(f"MLFLOW_RUN_ID={run_id!r} is not an MLflow run id (letters, digits, _ and -)")
+        uri_problem = cls._uri_problem(env)
+        if uri_problem:
+            problems.append(uri_problem)
         return problems
+
+    @classmethod
+    def _uri_problem(cls, env: Mapping[str, str]) -> str | None:
+        """What can be known about ``MLFLOW_TRACKING_URI`` without contacting anything: a known scheme, a
+        host for a server, a store MLflow accepts, a database driver that is installed."""
+        raw = env.get("MLFLOW_TRACKING_URI")
+        uri = (raw or "").strip()
+        if not uri:
+            return None
+        shown = f"MLFLOW_TRACKING_URI={redact_text(uri, secret_env_values(Tracker.declared_secret_names()))!r}"
+        scheme = _scheme(uri) or (uri.lower() if uri.lower() in ("databricks", "databricks-uc", "uc") else "")
+        if scheme in ("http", "https"):
+            try:
+                parsed = urlsplit(uri)
+                parsed.port  # noqa: B018 - raises on a port that is not a number
+            except ValueError as exc:
+                return f"{shown} is not a valid URL ({exc}); expected {scheme}://HOST[:PORT][/PATH]"
+            if not parsed.hostname:
+                return f"{shown} has no host; expected {scheme}://HOST[:PORT][/PATH], e.g. http://127.0.0.1:5000"
+            return None
+        if scheme in ("", "file"):
+            return _file_store_problem(uri, shown, env)
+        if scheme in _DATABASE_DRIVERS:
+            if scheme == "sqlite":
+                path = uri.split(":", 1)[1].lstrip("/") if uri.startswith("sqlite:///") else ""
+                target = ("/" if uri.startswith("sqlite:////") else "") + path
+                if target and os.path.isdir(target):
+                    return f"{shown} names a directory, not a database file; use sqlite:///PATH/mlflow.db"
+                return None
+            modules, package = _DATABASE_DRIVERS[scheme]
+            if not any(importlib.util.find_spec(m) is not None for m in modules):
+                return (f"{shown} needs a {scheme} driver, which is not installed: pip install {package} "
+                        "(or use sqlite:///mlflow.db or a tracking server)")
+            return None
+        if scheme.startswith("databricks") or scheme in ("uc",) or scheme in _plugin_schemes():
+            return None
+        return (f"{shown} has scheme {scheme!r}, which MLflow does not know; accepted: http(s)://HOST, "
+                "sqlite:///PATH, postgresql://, mysql://, mssql://, databricks, file:PATH (with "
+                "MLFLOW_ALLOW_FILE_STORE=true) or a store registered by an MLflow plugin")
+
+    @classmethod
+    def connection_problems(cls, env: Mapping[str, str], timeout: float = 2.0) -> list[str]:
+        """Whether a tracking server answers at all (a TCP connection within ``timeout`` seconds); used by
+        ``tracklink doctor`` and warned about when the trainer is built."""
+        uri = (env.get("MLFLOW_TRACKING_URI") or "").strip()
+        if _scheme(uri) not in ("http", "https") or cls._uri_problem(env):
+            return []
+        parsed = urlsplit(uri)
+        port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=timeout):
+                return []
+        except OSError as exc:
+            shown = redact_text(uri, secret_env_values(Tracker.declared_secret_names()))
+            return [f"the MLflow tracking server at MLFLOW_TRACKING_URI={shown!r} does not answer "
+                    f"({exc.strerror or exc}); start it, or fix MLFLOW_TRACKING_URI, or leave mlflow out of "
+                    "report_to (DISABLE_MLFLOW_INTEGRATION=true)"]
 
     @property
     def uploads_checkpoints(self) -> bool:
         return self._log_artifacts
 
     def check_args(self, args: Any) -> None:
-        """On the training thread at trainer construction: remember it (see ``_user_run``)."""
+        """On the training thread at trainer construction: remember it (see ``_user_run``), and warn when
+        the tracking server does not answer (training goes on: it never waits for MLflow)."""
         self._owner_thread = threading.get_ident()
         self._construction_run_id = self._fluent_active_run_id() or self._construction_run_id
+        for problem in self.connection_problems(os.environ):
+            logger.warning("tracklink: %s. Training does not wait for it; this run's MLflow data is lost unless "
+                           "the server answers when the run starts", problem)
 
     # -- SDK helpers -------------------------------------------------------------------------
 
@@ -374,10 +496,17 @@ class MLflowCallback(Tracker):
 
         source = run.params if truthy(os.environ.get("MLFLOW_FLATTEN_PARAMS")) else run.config
         out: dict[str, str] = {}
+        owners: dict[str, str] = {}
         for key, value in source.items():
             name = sanitize_name(key)
-            if name not in out:  # two keys sanitised to one name: the first wins
-                out[name] = truncate(_param_text(value), MAX_PARAM_VAL_LENGTH)
+            if name in owners:  # two keys sanitised to one name: keep both, the later one suffixed
+                suffix = hashlib.sha1(str(key).encode()).hexdigest()[:6]
+                unique = sanitize_name(f"{name[:240]}_{suffix}")
+                self._warn_once(f"param:{key}", f"tracker {self.name!r} logs param {key!r} as {unique!r}: "
+                                                f"{name!r} is already used by {owners[name]!r}")
+                name = unique
+            owners[name] = str(key)
+            out[name] = truncate(_param_text(value), MAX_PARAM_VAL_LENGTH)
         limit = (os.environ.get("MLFLOW_MAX_LOG_PARAMS") or "").strip()
         if limit.isdigit() and int(limit) < len(out):
             out = dict(list(out.items())[: int(limit)])

@@ -127,17 +127,17 @@ class WandbCallback(Tracker):
         EnvVar("WANDB_API_KEY", None, "API key (or `wandb login`, which writes ~/.netrc).", secret=True,
                read_by="sdk"),
         EnvVar("WANDB_MODE", "online", "online, offline or disabled; offline writes runs to sync later.",
-               read_by="sdk"),
+               read_by="sdk", choices=("online", "offline", "disabled", "shared", "dryrun", "run")),
         EnvVar("WANDB_DIR", "./wandb", "Directory for run files.", read_by="sdk"),
         EnvVar("WANDB_ENTITY", None, "User or team that owns the run.", read_by="sdk"),
         EnvVar("WANDB_NAME", None, "Run name (TrainingArguments.run_name wins when set).", read_by="sdk"),
         EnvVar("WANDB_RUN_ID", None, "Id of the run to create or resume (a resumed training uses the id "
                "stored in its checkpoint instead).", read_by="sdk"),
         EnvVar("WANDB_RESUME", None, "SDK resume policy for WANDB_RUN_ID (allow, must, never, auto).",
-               read_by="sdk"),
-        EnvVar("WANDB_BASE_URL", "https://api.wandb.ai", "W&B server (self-hosted instances).", read_by="sdk"),
-        EnvVar("WANDB_SILENT", None, "true: no console output from the SDK.", read_by="sdk"),
-        EnvVar("WANDB_CONSOLE", "auto", "off: do not capture stdout/stderr into the run.", read_by="sdk"),
+               read_by="sdk", choices=("allow", "must", "never", "auto")),
+        EnvVar("WANDB_BASE_URL", "https://api.wandb.ai", "W&B server (self-hosted instances).", read_by="sdk", kind="url"),
+        EnvVar("WANDB_SILENT", None, "true: no console output from the SDK.", read_by="sdk", kind="bool"),
+        EnvVar("WANDB_CONSOLE", "auto", "off: do not capture stdout/stderr into the run.", read_by="sdk", choices=("auto", "off", "wrap", "redirect", "wrap_raw", "wrap_emu")),
     )
 
     def __init__(self) -> None:
@@ -168,7 +168,9 @@ class WandbCallback(Tracker):
     @classmethod
     def env_problems(cls, env: Mapping[str, str]) -> list[str]:
         parsers = {"WANDB_LOG_MODEL": parse_log_model, "WANDB_WATCH": parse_watch}
-        problems = [p for var in cls.env_vars if var.name not in parsers and (p := var.problem(env))]
+        # an empty value counts as unset (the SDK's own reading)
+        problems = [p for var in cls.env_vars if var.name not in parsers and (env.get(var.name) or "").strip()
+                    and (p := var.problem(env))]
         for name, parse in parsers.items():
             try:
                 parse(env.get(name), warn=False)
