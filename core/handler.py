@@ -249,7 +249,15 @@ class CallbackHandler:
         """Register a callback: a class (instantiated without arguments), an instance, or a module or
         object with ``@tracklink.hookimpl`` functions. ``Tracker`` instances are registered as trackers.
         """
-        plugin = callback() if isinstance(callback, type) else callback
+        plugin = _instantiate(callback) if isinstance(callback, type) else callback
+        if plugin is None or isinstance(plugin, (str, bytes, int, float, bool, list, tuple, dict)):
+            hint = (f"; to report to the tracker {plugin!r}, use report_to=[{plugin!r}]"
+                    if isinstance(plugin, str) else "")
+            raise PluginRegistrationError(
+                f"callbacks contains {plugin!r} ({type(plugin).__name__}), which is not a callback: pass "
+                f"TrainerCallback classes or instances, Tracker instances, or objects/modules with "
+                f"@tracklink.hookimpl functions{hint}"
+            )
         from .tracker import Tracker
 
         if isinstance(plugin, Tracker):
@@ -656,6 +664,20 @@ class CallbackHandler:
                 steps.append((call[0], call[1], call[2], entry))
             plan[event] = tuple(steps)
         return plan
+
+
+def _instantiate(cls: type) -> Any:
+    """A callback given as a class is built without arguments, as in transformers."""
+    try:
+        inspect.signature(cls).bind()
+    except TypeError as exc:
+        raise PluginRegistrationError(
+            f"callbacks contains the class {cls.__name__}, whose constructor needs arguments ({exc}); a class is "
+            f"built without arguments, so pass an instance instead: {cls.__name__}(...)"
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin): let the call tell
+        pass
+    return cls()
 
 
 def _accept_control(result: Any, entry: _Entry, event: str) -> Any:

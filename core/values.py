@@ -59,6 +59,12 @@ def plain_logs(logs: Mapping[str, Any], where: str = "log()") -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for key, value in logs.items():
+        if not isinstance(key, str):
+            if repr(key) not in _warned:
+                _warned.add(repr(key))
+                logger.warning("tracklink: %s got the key %r (%s); metric names are strings, so it is logged as %r",
+                               where, key, type(key).__name__, str(key))
+            key = str(key)
         if value is None or isinstance(value, (str, bool, int, float, list, tuple, dict)):
             out[key] = value
             continue

@@ -208,8 +208,13 @@ def load_model_weights(model: torch.nn.Module, directory: str | os.PathLike[str]
     problem = _safetensors_problem(path)
     if problem:
         raise CorruptCheckpointError(f"checkpoint {directory}: {path} {problem}")
-    load_safetensors(model, str(path), strict=True, device=str(next(model.parameters()).device)
-                     if any(True for _ in model.parameters()) else "cpu")
+    try:
+        load_safetensors(model, str(path), strict=True, device=str(next(model.parameters()).device)
+                         if any(True for _ in model.parameters()) else "cpu")
+    except RuntimeError as exc:
+        raise ValueError(
+            f"checkpoint {directory}: {path} does not fit this model ({type(model).__name__}): {exc}"
+        ) from None
 
 
 def _rng_file(directory: Path, rank: int, world_size: int) -> Path:

@@ -239,6 +239,15 @@ def _check_train_dataset(dataset: Any) -> None:
                          "samples, or leave train_dataset=None to only evaluate or predict")
 
 
+def _check_eval_dataset(dataset: Any, args: Any) -> None:
+    parts = dataset.items() if isinstance(dataset, Mapping) else [(None, dataset)]
+    for name, part in parts:
+        if part is not None and has_length(part) and len(part) == 0:
+            which = f"eval_dataset[{name!r}]" if name is not None else "eval_dataset"
+            raise ValueError(f"{which} is empty (len() == 0): an evaluation would measure nothing "
+                             f"(eval_strategy={args.eval_strategy!r}). Pass samples, or leave it out")
+
+
 def _check_best_metric(args: Any, eval_dataset: Any, compute_metrics: Any, trainer_class: type) -> None:
     """``metric_for_best_model`` must be a metric some evaluation produces. Without ``compute_metrics`` (and
     with the stock evaluation loop) evaluations produce only the loss and the speed metrics."""
@@ -299,6 +308,7 @@ class Trainer:
             raise ValueError("load_best_model_at_end=True needs an eval_dataset")
         _check_output_dir(args.output_dir)
         _check_train_dataset(train_dataset)
+        _check_eval_dataset(eval_dataset, args)
         _check_best_metric(args, eval_dataset, compute_metrics, type(self))
         self.process = ProcessInfo.from_env()
         ensure_default_logging(self.process)
@@ -602,9 +612,12 @@ class Trainer:
                 "or None"
             )
         if not (path / ckpt.WEIGHTS_NAME).is_file() and not fsdp.is_sharded_checkpoint(path):
+            inside = ckpt.checkpoints(path)
+            hint = (f" (it holds checkpoints: pass {str(inside[-1])!r}, or True for the newest in output_dir)"
+                    if inside else "")
             raise ValueError(
                 f"train(resume_from_checkpoint={str(resume)!r}): not a checkpoint directory (no {ckpt.WEIGHTS_NAME} "
-                f"or {fsdp.MODEL_DIR}/); "
+                f"or {fsdp.MODEL_DIR}/){hint}; "
                 "pass a checkpoint-<step>/ path, True for the newest one, or None"
             )
         if (path / ckpt.STATE_NAME).is_file():

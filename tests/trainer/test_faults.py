@@ -28,7 +28,16 @@ Catalogue of the bad inputs and faults tried here (each has a test below):
 - NaN: a NaN loss at every step (logged as nan, warned once), some NaN losses under
   ``logging_nan_inf_filter`` (replaced, warned once), NaN weights at a save (warned);
 - ``remove_unused_columns`` dropping a key the model's forward requires (the error names the dropped keys);
-- a third-party tracker plugin that fails to import: listed with its error in the start banner's skipped list.
+- a third-party tracker plugin that fails to import: listed with its error in the start banner's skipped list;
+- ``callbacks=`` holding a string (``"wandb"``: the hint says ``report_to``), ``None``, a number, a list, or a
+  callback class whose constructor needs arguments;
+- an empty ``eval_dataset`` (also one entry of a dict of them) with evaluation on;
+- ``Trainer.log`` with keys that are not strings (converted, warned once);
+- ``resume_from_checkpoint`` naming the output directory instead of one of its checkpoints (the error names
+  the newest checkpoint), and a checkpoint of another model (the error names the checkpoint and the keys).
+
+Tracker settings (each SDK's variables, tracking URIs, servers that do not answer) are catalogued in
+``tests/integration/test_tracker_settings.py``.
 """
 
 from __future__ import annotations
@@ -522,3 +531,57 @@ def test_broken_third_party_plugin_is_listed_in_the_banner(tmp_path: Path, monke
     skipped = [r for r in caplog.records if r.getMessage().startswith("tracklink: skipped:")]
     assert skipped and skipped[0].levelno == logging.WARNING
     assert "brokenone (its plugin failed to load (ModuleNotFoundError" in skipped[0].getMessage()
+
+
+# -- more mistakes --------------------------------------------------------------------------------
+
+
+def test_callbacks_that_are_not_callbacks() -> None:
+    for wrong in ("wandb", None, 3, ["x"]):
+        with pytest.raises(tracklink.PluginRegistrationError, match="which is not a callback") as info:
+            tracklink.CallbackHandler([tracklink.DefaultFlowCallback, wrong])
+        if wrong == "wandb":
+            assert "report_to=['wandb']" in str(info.value)
+
+    class NeedsArgs(TrainerCallback):
+        def __init__(self, patience: int) -> None:
+            self.patience = patience
+
+    with pytest.raises(tracklink.PluginRegistrationError, match=r"NeedsArgs, whose constructor needs arguments.*NeedsArgs\(\.\.\.\)"):
+        tracklink.CallbackHandler([tracklink.DefaultFlowCallback, NeedsArgs])
+
+
+def test_empty_eval_dataset_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"eval_dataset is empty"):
+        _build(tmp_path, eval_strategy="steps", eval_steps=5, eval_dataset=RegressionDataset(length=0))
+    with pytest.raises(ValueError, match=r"eval_dataset\['b'\] is empty"):
+        _build(tmp_path, eval_strategy="steps", eval_steps=5,
+               eval_dataset={"a": RegressionDataset(length=4), "b": RegressionDataset(length=0)})
+
+
+def test_non_string_log_keys_become_strings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    trainer = make_trainer(tmp_path / "out", eval_strategy="no", save_strategy="no", max_steps=1)
+    caplog.set_level(logging.WARNING, logger="tracklink")
+    trainer.log({1: 0.5, ("a", 2): 1.0})  # type: ignore[dict-item]
+    assert trainer.state.log_history[-1]["1"] == 0.5 and trainer.state.log_history[-1]["('a', 2)"] == 1.0
+    assert any("metric names are strings" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_from_the_output_dir_itself_suggests_a_checkpoint(trained: Path) -> None:
+    trainer = make_trainer(trained, max_steps=40)
+    with pytest.raises(ValueError, match=r"not a checkpoint directory.*it holds checkpoints: pass .*checkpoint-30"):
+        trainer.train(resume_from_checkpoint=str(trained))
+
+
+def test_checkpoint_of_another_model_names_the_checkpoint(trained: Path, tmp_path: Path) -> None:
+    from torch import nn
+
+    from tracklink.trainer.checkpoint import load_model_weights
+
+    class Other(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(3))
+
+    with pytest.raises(ValueError, match=r"checkpoint-30.*does not fit this model \(Other\)"):
+        load_model_weights(Other(), trained / "checkpoint-30")
