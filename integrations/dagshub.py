@@ -139,6 +139,10 @@ class DagsHubCallback(MLflowCallback):
     def _uri_problem(cls, env: Mapping[str, str]) -> str | None:
         return None  # DagsHub's own URI rule is checked when the tracker is built (see __init__)
 
+    @classmethod
+    def connection_problems(cls, env: Mapping[str, str], timeout: float = 2.0) -> list[str]:
+        return []  # DagsHub's host is a hosted service: no connection attempt when the trainer is built
+
     def tracking_uri(self, mlflow: Any) -> str:
         return os.environ["MLFLOW_TRACKING_URI"].strip()
 
