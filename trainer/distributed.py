@@ -6,6 +6,11 @@ import atexit
 import contextlib
 import logging
 import os
+import sys
+import time
+import types
+import warnings
+import weakref
 from datetime import timedelta
 from typing import Any
 
@@ -67,20 +72,110 @@ def setup_distributed(args: Any, device: torch.device) -> bool:
             backend = "cuda:nccl,cpu:gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        _import_group_defaults()
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
         logger.info("tracklink: process group initialised (%s, world size %d)", backend, world_size)
         # the group tracklink created is torn down before the interpreter is: left to the interpreter's
-        # own shutdown, a backend's threads can abort the process after training has finished
-        atexit.register(_destroy_process_group)
+        # own shutdown, a backend's threads can abort the process after the work has finished
+        if not _created_groups:
+            atexit.register(_destroy_process_groups)
+        _created_groups.append(weakref.ref(dist.group.WORLD))
     return dist.get_world_size() > 1
 
 
-def _destroy_process_group() -> None:
-    if dist.is_initialized():
+# The default groups tracklink created, and the DDP wrappers it made (weak references: tracklink never keeps
+# either alive itself).
+_created_groups: list[weakref.ref[Any]] = []
+_ddp_wrappers: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def _import_group_defaults() -> None:
+    """Import, before the group exists, the torch modules whose functions take ``group=group.WORLD`` as a
+    default argument (bound when the module is imported).
+
+    Imported later (``torch.distributed.fsdp``, which tracklink's FSDP checks import on the first
+    evaluation, imports ``torch.distributed.nn``), ten such defaults hold the live group, so
+    ``destroy_process_group()`` no longer frees it: gloo's worker threads then outlive ``atexit`` and one
+    still releasing the tensors of the last collective, which needs the GIL, aborts the process once the
+    interpreter is finalising ("terminate called without an active exception"). Imported first, the
+    defaults are ``None``, which means the default group.
+    """
+    try:
+        import torch.distributed.nn  # noqa: F401
+    except Exception as exc:  # pragma: no cover - a build without it; the at-exit clean-up still applies
+        logger.debug("tracklink: importing torch.distributed.nn failed: %r", exc)
+
+
+def _destroy_process_groups() -> None:
+    """At exit: destroy the group tracklink created (unless the script did) and drop the last references to
+    it, so that the backend's destructor joins the backend's threads while the interpreter is still intact
+    (the GIL is released meanwhile, so a worker finishing a collective's clean-up can take it)."""
+    for ref in _created_groups:
+        _destroy_process_group(ref)
+
+
+def _destroy_process_group(ref: weakref.ref[Any]) -> None:
+    group = ref()
+    if group is None:
+        return
+    if dist.is_initialized() and dist.group.WORLD is group:
         try:
             dist.destroy_process_group()
         except Exception as exc:  # at exit: never turn a finished run into a failure
             logger.debug("tracklink: destroying the process group at exit failed: %r", exc)
+    try:
+        _release_ddp_wrappers(group)
+        _release_default_arguments(group)
+    except Exception as exc:  # pragma: no cover - best effort at exit
+        logger.debug("tracklink: releasing the references to the process group failed: %r", exc)
+    del group  # normally the last reference: the group and its threads end here
+    if ref() is not None:
+        # still held elsewhere (FSDP's sharded modules hold it too): its threads run on into the interpreter's
+        # shutdown. Releasing the GIL a moment lets a worker that is waiting for it to release the tensors of
+        # the last collective finish now, rather than abort once the interpreter is finalising.
+        logger.debug("tracklink: the process group is still referenced after its destruction; its threads "
+                     "end with the process")
+        time.sleep(0.05)
+
+
+def _release_ddp_wrappers(group: Any) -> None:
+    """Make the DDP wrappers tracklink made (still held by their ``Trainer``) let go of ``group``: the
+    attributes DDP itself leaves out when pickled (its group, and its C++ reducer and logger, which hold the
+    group too). A wrapper is not used after the interpreter starts exiting."""
+    for wrapper in list(_ddp_wrappers):
+        if getattr(wrapper, "process_group", None) is group:
+            for name in ("logger", "reducer", "process_group"):
+                wrapper.__dict__.pop(name, None)
+
+
+def _release_default_arguments(group: Any) -> None:
+    """Reset to ``None`` (the default group) the default arguments of ``torch.distributed`` functions and
+    methods that still hold ``group``: modules imported after ``init_process_group`` bound the live group
+    (``group=group.WORLD``, e.g. ``torch.distributed.optim``'s ``ZeroRedundancyOptimizer``)."""
+    with warnings.catch_warnings():  # deprecated module attributes warn when inspected
+        warnings.simplefilter("ignore")
+        for name, module in list(sys.modules.items()):
+            if module is None or not (name == "torch.distributed" or name.startswith("torch.distributed.")):
+                continue
+            for value in list(vars(module).values()):
+                _release_in(value, name, group)
+
+
+def _release_in(value: Any, module_name: str, group: Any) -> None:
+    if isinstance(value, type) and getattr(value, "__module__", None) == module_name:
+        members = list(vars(value).values())
+    else:
+        members = [value]
+    for member in members:
+        function = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+        if not isinstance(function, types.FunctionType):
+            continue
+        defaults = function.__defaults__
+        if defaults and any(d is group for d in defaults):
+            function.__defaults__ = tuple(None if d is group else d for d in defaults)
+        kwdefaults = function.__kwdefaults__
+        if kwdefaults and any(d is group for d in kwdefaults.values()):
+            function.__kwdefaults__ = {k: (None if d is group else d) for k, d in kwdefaults.items()}
 
 
 def launched_by_torchrun() -> bool:
@@ -100,11 +195,13 @@ def wrap_model(model: torch.nn.Module, args: Any, device: torch.device) -> torch
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(
+    wrapped = DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=bool(args.ddp_find_unused_parameters),
     )
+    _ddp_wrappers.add(wrapped)
+    return wrapped
 
 
 def gradient_sync(model: torch.nn.Module, sync: bool) -> Any:

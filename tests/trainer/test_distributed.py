@@ -7,7 +7,9 @@ Bad behaviours caught:
 - a ``rank_policy="main"`` tracker running (and sending metrics) on rank 1;
 - ``is_world_process_zero``/``is_local_process_zero`` wrong on a rank;
 - logged losses not reduced across ranks (each rank logging its own shard's loss);
-- a distributed resume in a new ``torchrun`` invocation not reproducing the uninterrupted run.
+- a distributed resume in a new ``torchrun`` invocation not reproducing the uninterrupted run;
+- a rank aborting at exit ("terminate called without an active exception") after evaluate()/predict()
+  without train(): gloo threads of a process group that outlived its destruction.
 """
 
 from __future__ import annotations
@@ -359,3 +361,78 @@ def test_a_length_less_eval_stream_is_split_and_gathered(tmp_path: Path) -> None
     from helpers import ClassificationDataset
 
     assert one["label_ids"] == [int(ClassificationDataset(length=19, seed=4)[i]["labels"]) for i in range(19)]
+
+
+EXIT_SCRIPT = textwrap.dedent('''
+    import atexit, json, os, sys
+    from pathlib import Path
+
+    mode, root, rank = sys.argv[1], Path(sys.argv[2]), int(os.environ["RANK"])
+
+
+    def threads():
+        names = []
+        for task in os.listdir("/proc/self/task"):
+            try:
+                names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+            except OSError:
+                pass
+        return names
+
+
+    if os.path.isdir("/proc/self/task"):
+        # registered before the Trainer exists, so it runs after tracklink's own exit handler (LIFO)
+        atexit.register(lambda: Path(root / f"{mode}-exit-rank{rank}.json").write_text(json.dumps(threads())))
+
+    sys.path.insert(0, sys.argv[3])
+    from helpers import ClassificationDataset, TinyClassifier
+
+    from tracklink.trainer import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(root / mode), report_to="none", disable_tqdm=True,
+                             per_device_eval_batch_size=4, use_cpu=True)
+    trainer = Trainer(model=TinyClassifier(), args=args, eval_dataset=ClassificationDataset(length=19, seed=4))
+    if mode == "predict":
+        predicted = trainer.predict(ClassificationDataset(length=11, seed=9))
+        assert predicted.predictions.shape[0] == 11
+    else:
+        metrics = trainer.evaluate()
+        assert "eval_loss" in metrics
+    if mode == "raise":
+        raise RuntimeError("the script failed after evaluating")
+    # exit right after the last collective (the gather of evaluate()/predict()), as an evaluation script does
+''')
+
+
+def test_evaluation_only_runs_exit_cleanly(tmp_path: Path) -> None:
+    """evaluate()/predict() without train() under torchrun: the process group tracklink created is really
+    destroyed at exit, so no gloo thread outlives the atexit handlers. One such thread, still releasing the
+    tensors of the last gather (which needs the GIL) once the interpreter was finalising, aborted a rank
+    with "terminate called without an active exception" in about one run in four: tracklink's FSDP check
+    imported ``torch.distributed.nn``, whose ``group=group.WORLD`` defaults kept the destroyed group alive.
+    A script that raises after evaluating fails with its own error, and exits as cleanly."""
+    script = tmp_path / "exit_ddp.py"
+    script.write_text(EXIT_SCRIPT)
+    tests_dir = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRACKLINK_LOG_LEVEL": "warning"}
+    for attempt, mode in enumerate(("evaluate", "predict", "evaluate", "predict", "raise")):
+        for stale in tmp_path.glob(f"{mode}-exit-rank*.json"):
+            stale.unlink()
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             str(script), mode, str(tmp_path), str(tests_dir)],
+            capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+        )
+        output = f"run {attempt} ({mode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        assert "terminate called" not in result.stderr, output
+        assert "SIGABRT" not in result.stderr, output
+        if mode == "raise":
+            assert result.returncode != 0 and "the script failed after evaluating" in result.stderr, output
+        else:
+            assert result.returncode == 0, output
+        if not Path("/proc/self/task").is_dir():
+            continue
+        for rank in (0, 1):
+            alive = json.loads((tmp_path / f"{mode}-exit-rank{rank}.json").read_text())
+            gloo = [name for name in alive if "gloo" in name]
+            assert not gloo, f"rank {rank}: threads alive at exit: {alive}\n{output}"
