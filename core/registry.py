@@ -137,7 +137,8 @@ class TrackerSpec:
             return str(hint())
         if self.distribution and self.source == "third-party":
             return f"pip install {self.distribution}"
-        return f'pip install "tracklink[{self.name}]"'
+        # extras are written with "-" (pip before 23.3 does not normalize a requested [comet_ml])
+        return f'pip install "tracklink[{self.name.replace("_", "-")}]"'
 
     @property
     def sdk_version(self) -> str | None:

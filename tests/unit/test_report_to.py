@@ -478,3 +478,11 @@ def test_builtin_extras_name_every_tracker_and_its_alias() -> None:
     for alias, name in ALIASES.items():
         assert normalized(name) in names and alias in extras
         assert sorted(extras[alias]) == sorted(extras[normalized(name)]), f"[{alias}] and [{name}] differ"
+
+
+def test_install_hint_of_a_plain_builtin_plugin_names_the_extra_as_written() -> None:
+    class Plain:  # not a Tracker: the hint is derived from the report_to name
+        sdk = MISSING_SDK
+
+    with pytest.raises(TrackerUnavailableError, match=r'pip install "tracklink\[azure-ml\]"'):
+        resolve("azure_ml", {"azure_ml": make_spec("azure_ml", Plain)})
