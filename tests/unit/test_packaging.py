@@ -107,4 +107,5 @@ def test_install_hint_resolves_against_the_installed_tracklink(tmp_path: Path) -
     output = result.stdout + result.stderr
     assert "No matching distribution found for tracklink" not in output
     if result.returncode != 0:  # some SDK of [all] is not installed: pip went on to the extra's packages
-        assert re.search(r"No matching distribution found for \S+ \(from tracklink\[all\]\)", output), output[-3000:]
+        assert "Could not find a version that satisfies the requirement" in output, output[-3000:]
+        assert "(from tracklink[all])" in output, output[-3000:]
