@@ -59,6 +59,7 @@ logger = logging.getLogger("tracklink")
 __all__ = [
     "KINDS",
     "EnvVar",
+    "RunEnd",
     "RunInfo",
     "Tracker",
     "declared_environment",
@@ -260,7 +261,16 @@ def _redacted_name(name: Any) -> str | None:
 
 @dataclass
 class RunInfo:
-    """What a tracker's ``setup`` needs to start or re-attach to a run."""
+    """What a tracker's ``setup`` needs to start or re-attach to a run.
+
+    ``name``, ``project`` (``tracklink.init(project=...)``; ``None`` for the trainer, where each tracker's
+    own variable such as ``WANDB_PROJECT`` applies), ``config`` (the redacted hyper-parameters) and ``params``
+    (the same, flattened), ``resume`` (the identity to re-attach to) and ``start_step``, ``output_dir`` (the
+    run's directory), ``extra`` (this tracker's ``init_kwargs``), ``training`` (``False`` when a standalone
+    evaluation or prediction opened the run). ``args``, ``state`` and ``model`` are the driver's objects
+    where it has them (the trainer's arguments and state; for other loops a :class:`~tracklink.run.RunArgs`
+    and a state holding the step); a tracker should prefer the fields above.
+    """
 
     args: Any
     state: Any
@@ -277,6 +287,8 @@ class RunInfo:
     trial_params: dict[str, Any] | None = None
     search: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    project: str | None = None
+    training: bool = True
 
     @property
     def is_hyper_param_search(self) -> bool:
@@ -286,6 +298,83 @@ class RunInfo:
     def group(self) -> str | None:
         """The search this run is a trial of (its study name), for backends that group runs."""
         return str(self.search["name"]) if self.search and self.search.get("name") else None
+
+
+class RunEnd(str):
+    """How a run ended: the status string itself (``"success"``, ``"failed"`` or ``"killed"``, so a
+    ``finish(self, status)`` written for the status alone keeps working), carrying what a tracker needs
+    at the end so that it never has to handle a training event:
+
+    ``exception`` (what ended a failed or killed run), ``exit_code`` (0, 1, 130 for an interrupt, 128 +
+    signal for a signal), ``step`` and ``epoch`` (the last ones), ``output_dir``, ``last_checkpoint`` (the
+    last checkpoint directory this run saved, or ``None``), ``best_checkpoint`` with ``best_metric`` and
+    ``metric_for_best_model``, ``load_best_model_at_end`` (the final model is the best checkpoint's),
+    ``model`` (the final model object, where the loop has one) and ``log_history`` (the trainer's log
+    history; empty for other loops).
+    """
+
+    exception: BaseException | None
+    exit_code: int
+    step: int
+    epoch: float | None
+    output_dir: str | None
+    last_checkpoint: str | None
+    best_checkpoint: str | None
+    best_metric: float | None
+    metric_for_best_model: str | None
+    load_best_model_at_end: bool
+    model: Any
+    log_history: list[dict[str, Any]]
+
+    def __new__(cls, status: str = "success", **details: Any) -> RunEnd:
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} is invalid; accepted: {', '.join(STATUSES)}")
+        self = super().__new__(cls, status)
+        self.exception = details.pop("exception", None)
+        default_code = 0 if status == "success" else 130 if status == "killed" else 1
+        self.exit_code = int(details.pop("exit_code", None) or exit_code(self.exception, default_code))
+        self.step = int(details.pop("step", 0) or 0)
+        self.epoch = details.pop("epoch", None)
+        self.output_dir = details.pop("output_dir", None)
+        self.last_checkpoint = details.pop("last_checkpoint", None)
+        self.best_checkpoint = details.pop("best_checkpoint", None)
+        self.best_metric = details.pop("best_metric", None)
+        self.metric_for_best_model = details.pop("metric_for_best_model", None)
+        self.load_best_model_at_end = bool(details.pop("load_best_model_at_end", False))
+        self.model = details.pop("model", None)
+        self.log_history = list(details.pop("log_history", None) or [])
+        if details:
+            raise TypeError(f"RunEnd got unknown details {sorted(details)}")
+        return self
+
+    @property
+    def status(self) -> str:
+        return str(self)
+
+    @classmethod
+    def of_training(cls, status: str, args: Any, state: Any, model: Any = None,
+                    exception: BaseException | None = None, last_checkpoint: str | None = None) -> RunEnd:
+        """The end of a run driven by the trainer's events: details read from its arguments and state."""
+        return cls(
+            status, exception=exception, step=getattr(state, "global_step", 0), epoch=getattr(state, "epoch", None),
+            output_dir=getattr(args, "output_dir", None), last_checkpoint=last_checkpoint,
+            best_checkpoint=getattr(state, "best_model_checkpoint", None),
+            best_metric=getattr(state, "best_metric", None),
+            metric_for_best_model=getattr(args, "metric_for_best_model", None),
+            load_best_model_at_end=bool(getattr(args, "load_best_model_at_end", False)),
+            model=model, log_history=getattr(state, "log_history", None),
+        )
+
+
+def exit_code(exception: BaseException | None, default: int = 1) -> int:
+    """The process exit status a run ended by ``exception`` stands for: 128 + the signal for SIGTERM,
+    130 for an interrupt or a search backend stopping the trial, else ``default``."""
+    if exception is None:
+        return default
+    signum = getattr(exception, "signum", None)
+    if isinstance(exception, SystemExit) and isinstance(signum, int):
+        return 128 + signum
+    return 130 if is_killed(exception) else 1
 
 
 class _Runtime:
@@ -298,6 +387,7 @@ class _Runtime:
         self.resume: dict[str, Any] | None = None
         self.last_step = 0
         self.warned: set[str] = set()
+        self.last_checkpoint: str | None = None
         self.names: dict[str, str] = {}  # logged key -> backend metric name
         self.owners: dict[str, str] = {}  # backend metric name -> the logged key that has it
         self.setup_done = threading.Event()
@@ -428,8 +518,10 @@ class Tracker(TrainerCallback):
         """What identifies the run, so a resumed training can re-attach (e.g. ``{"run_id": ...}``)."""
         return None
 
-    def finish(self, status: str) -> None:
-        """Close the run with ``status`` (``success``, ``failed`` or ``killed``)."""
+    def finish(self, end: RunEnd) -> None:
+        """Close the run. ``end`` is the status (``success``, ``failed`` or ``killed``: a ``str``) with what a
+        tracker needs at the end (:class:`RunEnd`: the exception, exit code, last and best checkpoint, final
+        model, ...). Called once, on the tracker's worker thread, by whatever loop drives the run."""
 
     def check_args(self, args: Any) -> None:
         """Optional: validate the training arguments. Called on the training thread when the trainer is
@@ -499,16 +591,16 @@ class Tracker(TrainerCallback):
         run = attributes.get("run")
         self._tl.resume = dict(run) if isinstance(run, Mapping) else None
 
-    def close(self, status: str = "success") -> None:
-        """Close the run once; later calls do nothing."""
-        if status not in STATUSES:
-            raise ValueError(f"status {status!r} is invalid; accepted: {', '.join(STATUSES)}")
+    def close(self, end: str = "success") -> None:
+        """Close the run once with ``end`` (a :class:`RunEnd`, or a bare status); later calls do nothing."""
+        if not isinstance(end, RunEnd):
+            end = RunEnd(end, step=self._tl.last_step, last_checkpoint=self._tl.last_checkpoint)
         with self._tl.lock:
             if not self._tl.active:
                 return
             self._tl.active = False
             _open_trackers.discard(self)
-            self.finish(status)
+            self.finish(end)
 
     # -- event handlers ----------------------------------------------------------------------
 
@@ -539,6 +631,7 @@ class Tracker(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, checkpoint_dir: Any = None, **kwargs: Any) -> None:
         if checkpoint_dir:
+            self._tl.last_checkpoint = str(checkpoint_dir)
             self._record_identity(str(checkpoint_dir), state)
         if checkpoint_dir and self._tl.active and self.uploads_checkpoints:
             self.log_checkpoint(str(checkpoint_dir), state)
@@ -548,12 +641,15 @@ class Tracker(TrainerCallback):
         ``on_save`` (it uploads checkpoints, or its run identity is still to be added to it)."""
         return self.uploads_checkpoints or self._tl.setup_pending
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.close("success")
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.close(RunEnd.of_training("success", args, state, model, last_checkpoint=self._tl.last_checkpoint))
 
-    def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, **kwargs: Any) -> None:
+    def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, model: Any = None,
+                     **kwargs: Any) -> None:
         # interrupted, SIGTERM'd, stopped by a search backend (Ray exits the trial), or pruned (Optuna)
-        self.close("killed" if is_killed(exception) else "failed")
+        status = "killed" if is_killed(exception) else "failed"
+        self.close(RunEnd.of_training(status, args, state, model, exception=exception,
+                                      last_checkpoint=self._tl.last_checkpoint))
 
     def _tracklink_on_disabled(self) -> None:
         self._tl.setup_pending = False
@@ -575,10 +671,10 @@ class Tracker(TrainerCallback):
             if not self._tl.active:
                 # a standalone evaluate()/predict(), or one after train() closed the run: re-attach
                 # to the last run when there was one (a checkpoint's identity is for on_train_begin)
-                self._start(args, state, model, self._tl.identity)
+                self._start(args, state, model, self._tl.identity, training=False)
         return self._tl.active
 
-    def _start(self, args: Any, state: Any, model: Any, resume: dict[str, Any] | None) -> None:
+    def _start(self, args: Any, state: Any, model: Any, resume: dict[str, Any] | None, training: bool = True) -> None:
         config, args_config, model_config = hyperparameters(args, model)
         search = saved_attributes(state, SEARCH_STATE_KEY) or None
         trial_name = getattr(state, "trial_name", None)
@@ -600,6 +696,9 @@ class Tracker(TrainerCallback):
             search=search,
             args_config=args_config,
             model_config=model_config,
+            project=getattr(args, "project", None),
+            extra=dict((getattr(args, "init_kwargs", None) or {}).get(self.name) or {}),
+            training=training,
         )
         self._tl.setup_done.clear()
         try:

@@ -28,7 +28,7 @@ import logging
 import warnings
 from typing import Any, ClassVar
 
-from tracklink.tracker import EnvVar, RunInfo, Tracker, dumps_param
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, dumps_param
 
 __all__ = ["AzureMLCallback"]
 
@@ -125,7 +125,8 @@ class AzureMLCallback(Tracker):
         run_id = getattr(self.azureml_run, "id", None)
         return {"run_id": run_id} if run_id else None
 
-    def finish(self, status: str) -> None:
+    def finish(self, end: RunEnd) -> None:
+        status = end.status
         handle = self.azureml_run
         if handle is None:
             return

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tracklink.redact import redacted_upload
-from tracklink.tracker import FALSE_VALUES, TRUE_VALUES, EnvVar, RunInfo, Tracker, flatten, truthy
+from tracklink.tracker import FALSE_VALUES, TRUE_VALUES, EnvVar, RunEnd, RunInfo, Tracker, flatten, truthy
 
 __all__ = ["ClearMLCallback"]
 
@@ -101,6 +101,7 @@ class ClearMLCallback(Tracker):
     # -- lifecycle --------------------------------------------------------------------------------
 
     def setup(self, run: RunInfo) -> None:
+        self._limit = getattr(run.args, "save_total_limit", None)
         with warnings.catch_warnings():  # the SDK's vendored pyhocon calls deprecated pyparsing names
             warnings.simplefilter("ignore", DeprecationWarning)
             self._setup(run)
@@ -233,16 +234,13 @@ class ClearMLCallback(Tracker):
 
         return not Task.is_offline()  # clearml's offline OutputModel fails (DummyModel has no 'locked')
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._limit = getattr(args, "save_total_limit", None)
-        super().on_train_begin(args, state, control, **kwargs)
-
     def run_identity(self) -> dict[str, Any] | None:
         if self.task is None:
             return None
         return {"task_id": self.task.id, "suffix": self.suffix, "created": self.created}
 
-    def finish(self, status: str) -> None:
+    def finish(self, end: RunEnd) -> None:
+        status = end.status
         task = self.task
         if task is None:
             return

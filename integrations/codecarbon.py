@@ -27,7 +27,7 @@ import sys
 import threading
 from typing import Any, ClassVar
 
-from tracklink.tracker import EnvVar, RunInfo, Tracker
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker
 
 __all__ = ["CodeCarbonCallback"]
 
@@ -85,19 +85,11 @@ class CodeCarbonCallback(Tracker):
         if problems:
             raise ValueError("invalid CodeCarbon settings: " + "; ".join(problems))
         self.tracker: Any = None
-        self._training = False
         self._stopped = True
         self._stop_lock = threading.Lock()
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._training = True
-        try:
-            super().on_train_begin(args, state, control, **kwargs)
-        finally:
-            self._training = False
-
     def setup(self, run: RunInfo) -> None:
-        if not getattr(self, "_training", False):
+        if not run.training:
             # a standalone evaluate()/predict() opens the run lazily: trainings only are measured
             return
         codecarbon = self.import_sdk()
@@ -163,7 +155,7 @@ class CodeCarbonCallback(Tracker):
             "emissions_duration_s": float(data.duration),
         }
 
-    def finish(self, status: str) -> None:
+    def finish(self, end: RunEnd) -> None:
         self._stop()
         self.tracker = None
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tracklink.redact import redacted_upload
-from tracklink.tracker import EnvVar, RunInfo, Tracker
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker
 
 __all__ = ["CometCallback"]
 
@@ -229,15 +229,6 @@ class CometCallback(Tracker):
         for key, value in texts.items() if self._experiment is not None else ():
             self._experiment.log_text(value, step=step, metadata={"name": key})
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        try:
-            output_dir = getattr(args, "output_dir", None)
-            if self._experiment is not None and self._owns and self._log_assets and output_dir \
-                    and Path(output_dir).is_dir():
-                self._log_assets_of(Path(output_dir), int(getattr(state, "global_step", 0) or 0))
-        finally:
-            super().on_train_end(args, state, control, **kwargs)
-
     def _log_assets_of(self, root: Path, step: int) -> None:
         offline = Path(os.environ.get("COMET_OFFLINE_DIRECTORY") or ".cometml-runs").resolve()
         with redacted_upload(root) as upload:  # secrets in configs and text files masked
@@ -250,11 +241,15 @@ class CometCallback(Tracker):
     def run_identity(self) -> dict[str, Any] | None:
         return {"experiment_key": self._experiment.get_key()} if self._experiment is not None else None
 
-    def finish(self, status: str) -> None:
-        experiment, self._experiment = self._experiment, None
+    def finish(self, end: RunEnd) -> None:
+        experiment = self._experiment
         if experiment is None or not self._owns:
+            self._experiment = None
             return
         try:
-            experiment.log_other("status", status)
+            if end == "success" and self._log_assets and end.output_dir and Path(end.output_dir).is_dir():
+                self._log_assets_of(Path(end.output_dir), end.step)
+            experiment.log_other("status", end.status)
         finally:
+            self._experiment = None
             experiment.end()

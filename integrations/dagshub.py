@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from tracklink.redact import redact_text, redacted_upload, secret_env_values
-from tracklink.tracker import EnvVar, RunInfo, Tracker, truthy
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, truthy
 
 from .mlflow import BOOL_CHOICES, MLflowCallback
 
@@ -113,7 +113,6 @@ class DagsHubCallback(MLflowCallback):
         if problem:
             raise ValueError(problem)
         super().__init__()  # validates the other variables
-        self._upload_on_finish = False
         self._output_dir: str | None = None
         self.repo: Any = None
 
@@ -164,10 +163,6 @@ class DagsHubCallback(MLflowCallback):
     def extra_tags(self) -> dict[str, str]:
         return {**super().extra_tags(), "dagshub.model_name": self.model_name}
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._upload_on_finish = truthy(os.environ.get("HF_DAGSHUB_LOG_ARTIFACTS"))
-        super().on_train_end(args, state, control, **kwargs)
-
     def upload_output_dir(self) -> None:
         """Commit ``output_dir`` to the repository directory ``artifacts/`` on ``BRANCH``."""
         token = _token(os.environ)
@@ -199,14 +194,13 @@ class DagsHubCallback(MLflowCallback):
             if staged:
                 dataset.commit(message, versioning="dvc", quiet=True)
 
-    def finish(self, status: str) -> None:
+    def finish(self, end: RunEnd) -> None:
         upload_error: Exception | None = None
-        if status == "success" and self._upload_on_finish:
-            self._upload_on_finish = False
+        if end == "success" and truthy(os.environ.get("HF_DAGSHUB_LOG_ARTIFACTS")):
             try:
                 self.upload_output_dir()
             except Exception as exc:  # the MLflow run is still ended; the error is reported after
                 upload_error = exc
-        super().finish(status)
+        super().finish(end)
         if upload_error is not None:
             raise upload_error

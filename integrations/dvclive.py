@@ -36,7 +36,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tracklink.tracker import EnvVar, RunInfo, Tracker, truthy
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, truthy
 
 __all__ = ["DVCLiveCallback", "dvclive_metric_name"]
 
@@ -122,8 +122,6 @@ class DVCLiveCallback(Tracker):
         self._planned_dir = os.path.abspath(str(live.dir if live is not None else kwargs.get("dir", "dvclive")))
         self.live: Any = live
         self._last_point: dict[str, tuple[int, float]] = {}
-        self._last_checkpoint: str | None = None
-        self._final: tuple[str, str] | None = None
 
     def _check_live_kwargs(self, kwargs: dict[str, Any]) -> None:
         accepted = [p for p in inspect.signature(self.import_sdk().Live.__init__).parameters if p != "self"]
@@ -154,8 +152,6 @@ class DVCLiveCallback(Tracker):
                 kwargs["dir"] = os.path.join(str(kwargs.get("dir", "dvclive")), run.group, str(run.trial_name))
             self.live = self.import_sdk().Live(**kwargs)
         self._last_point.clear()
-        self._last_checkpoint = None
-        self._final = None
         if run.resume:
             _drop_rows_after(Path(self.live.dir), run.start_step)
             if "step" in self.live.summary:
@@ -181,33 +177,29 @@ class DVCLiveCallback(Tracker):
                 live.log_metric(key, value, plot=False)  # metrics.json only
         live.next_step()  # writes metrics.json / dvc.yaml; the next log sets the step again
 
-    def on_save(self, args: Any, state: Any, control: Any, checkpoint_dir: Any = None, **kwargs: Any) -> None:
-        if checkpoint_dir:
-            self._last_checkpoint = str(checkpoint_dir)
-        super().on_save(args, state, control, checkpoint_dir=checkpoint_dir, **kwargs)
-
     def log_checkpoint(self, path: str, state: Any) -> None:
         self.live.log_artifact(path)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.log_model is True and self.is_active:
-            best = getattr(state, "best_model_checkpoint", None)
-            if getattr(args, "load_best_model_at_end", False) and best and os.path.isdir(best):
-                self._final = ("best", best)
-            elif self._last_checkpoint and os.path.isdir(self._last_checkpoint):
-                last_step = _checkpoint_step(self._last_checkpoint)
-                if last_step is not None and last_step != state.global_step:
-                    logger.warning(
-                        "tracklink: dvclive logs the last checkpoint (step %s) as the model; training ended at "
-                        "step %s without a save", last_step, state.global_step,
-                    )
-                self._final = ("last", self._last_checkpoint)
-            else:
+    def _final_model(self, end: RunEnd) -> tuple[str, str] | None:
+        """The checkpoint logged as the model at the end of a successful run (``log_model=True``): the best
+        one when the trainer loaded it at the end, else the last one saved."""
+        best = end.best_checkpoint
+        if end.load_best_model_at_end and best and os.path.isdir(best):
+            return ("best", best)
+        last = end.last_checkpoint
+        if last and os.path.isdir(last):
+            last_step = _checkpoint_step(last)
+            if last_step is not None and last_step != end.step:
                 logger.warning(
-                    "tracklink: dvclive log_model=True, but the trainer wrote no checkpoint in this training; "
-                    "no model logged (set save_strategy to save one)"
+                    "tracklink: dvclive logs the last checkpoint (step %s) as the model; training ended at "
+                    "step %s without a save", last_step, end.step,
                 )
-        super().on_train_end(args, state, control, **kwargs)
+            return ("last", last)
+        logger.warning(
+            "tracklink: dvclive log_model=True, but the trainer wrote no checkpoint in this training; "
+            "no model logged (set save_strategy to save one)"
+        )
+        return None
 
     def run_identity(self) -> dict[str, Any] | None:
         return {"dir": os.path.abspath(self.live.dir)} if self.live is not None else None
@@ -222,16 +214,16 @@ class DVCLiveCallback(Tracker):
             attributes["run"] = {"dir": str(pending.get("dir") or self._planned_dir)}
         return saved
 
-    def finish(self, status: str) -> None:
+    def finish(self, end: RunEnd) -> None:
         live = self.live
         if live is None:
             return
         try:
-            if status == "success" and self._final is not None:
-                name, path = self._final
+            final = self._final_model(end) if end == "success" and self.log_model is True else None
+            if final is not None:
+                name, path = final
                 live.log_artifact(path, name=name, type="model", copy=True)
         finally:
-            self._final = None
             live.end()
             if self._given_live is None:
                 self.live = None

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from tracklink.tracker import EnvVar, RunInfo, Tracker
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker
 
 __all__ = ["FlyteCallback", "log_history_html"]
 
@@ -124,7 +124,6 @@ class FlyteCallback(Tracker):
                 )
         self._context = context
         self.checkpoint: Any = checkpoint if sync_checkpoints else None
-        self._history: list[dict[str, Any]] = []
 
     @classmethod
     def ready(cls, env: Mapping[str, str]) -> str | None:
@@ -146,24 +145,16 @@ class FlyteCallback(Tracker):
             yield
 
     def setup(self, run: RunInfo) -> None:
-        self._history = []
+        pass  # the Deck is rendered at the end, from the run's log history
 
     def log_checkpoint(self, path: str, state: Any) -> None:
         with self._in_task():
             self.checkpoint.save(path)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._history = list(getattr(state, "log_history", []) or [])
-        super().on_train_end(args, state, control, **kwargs)
-
-    def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, **kwargs: Any) -> None:
-        self._history = list(getattr(state, "log_history", []) or [])
-        super().on_exception(args, state, control, exception=exception, **kwargs)
-
-    def finish(self, status: str) -> None:
+    def finish(self, end: RunEnd) -> None:
         if not self.save_log_history:
             return
-        history, self._history = self._history, []
+        history = end.log_history
         from flytekit import Deck
 
         with self._in_task():

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from tracklink.redact import redact, redact_text, redacted_upload, secret_env_values
-from tracklink.tracker import EnvVar, RunInfo, Tracker, truthy
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, truthy
 
 __all__ = ["MLflowCallback"]
 
@@ -577,7 +577,8 @@ class MLflowCallback(Tracker):
             return None
         return {"run_id": self._run_id, "experiment_id": self._experiment_id}
 
-    def finish(self, status: str) -> None:
+    def finish(self, end: RunEnd) -> None:
+        status = end.status
         if self._client is None or not self._run_id:
             return
         try:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tracklink.redact import redacted_upload
-from tracklink.tracker import EnvVar, RunInfo, Tracker
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker
 
 __all__ = ["NeptuneCallback"]
 
@@ -323,7 +323,8 @@ class NeptuneCallback(Tracker):
         return {"run_id": getattr(self._run, "_sys_id", None), "container_id": getattr(self._run, "_id", None),
                 "mode": self._mode}
 
-    def finish(self, status: str) -> None:
+    def finish(self, end: RunEnd) -> None:
+        status = end.status
         handle = self._run
         if handle is None:
             return

@@ -26,7 +26,7 @@ import socket
 from datetime import datetime
 from typing import Any, ClassVar
 
-from tracklink.tracker import EnvVar, RunInfo, Tracker, dumps_param
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, dumps_param
 
 __all__ = ["TensorBoardCallback"]
 
@@ -138,7 +138,7 @@ class TensorBoardCallback(Tracker):
     def run_identity(self) -> dict[str, Any] | None:
         return {"log_dir": self.log_dir} if self.log_dir else None
 
-    def finish(self, status: str) -> None:
+    def finish(self, end: RunEnd) -> None:
         if self.tb_writer is None:
             return
         if self._own_writer:

@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-from tracklink.errors import Terminated
 from tracklink.redact import is_secret_key, redact_text, redacted_upload, secret_env_values
-from tracklink.tracker import EnvVar, RunInfo, Tracker, is_killed, truthy
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, truthy
 
 __all__ = ["WandbCallback"]
 
@@ -146,7 +145,6 @@ class WandbCallback(Tracker):
         self._run: Any = None
         self._owns_run = False
         self._watched: Any = None
-        self._exit_code = 0
         self._last_metrics: dict[str, float] = {}
         self._num_parameters: Any = None
 
@@ -186,7 +184,6 @@ class WandbCallback(Tracker):
 
     def setup(self, run: RunInfo) -> None:
         wandb = self.import_sdk()
-        self._exit_code = 0
         self._last_metrics = {}
         self._num_parameters = run.config.get("model/num_parameters")
         resume_id = (run.resume or {}).get("run_id")
@@ -245,22 +242,6 @@ class WandbCallback(Tracker):
         self._add_dir(artifact, Path(path), keep_training_state=True)
         self._run.log_artifact(artifact, aliases=[f"epoch_{epoch}", f"checkpoint_global_step_{step}"])
 
-    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        try:
-            if self.is_active and self._log_model in ("end", "checkpoint"):
-                self._log_final_model(args, state, model)
-        finally:
-            super().on_train_end(args, state, control, model=model, **kwargs)
-
-    def on_exception(self, args: Any, state: Any, control: Any, exception: Any = None, **kwargs: Any) -> None:
-        if isinstance(exception, Terminated):
-            self._exit_code = 128 + exception.signum
-        elif is_killed(exception):
-            self._exit_code = 130  # interrupted, or stopped by a search backend
-        else:
-            self._exit_code = 1
-        super().on_exception(args, state, control, exception=exception, **kwargs)
-
     def run_identity(self) -> dict[str, Any] | None:
         if self._run is None:
             return None
@@ -268,10 +249,17 @@ class WandbCallback(Tracker):
                     "entity": getattr(self._run, "entity", None)}
         return {k: v for k, v in identity.items() if v}
 
-    def finish(self, status: str) -> None:
-        run, self._run = self._run, None
-        if run is None:
+    def finish(self, end: RunEnd) -> None:
+        if self._run is None:
             return
+        try:
+            if end == "success" and self._log_model in ("end", "checkpoint"):
+                self._log_final_model(end)
+        finally:
+            self._close(end)
+
+    def _close(self, end: RunEnd) -> None:
+        run, self._run = self._run, None
         if self._watched is not None:
             model, self._watched = self._watched, None
             try:
@@ -279,8 +267,7 @@ class WandbCallback(Tracker):
             except Exception as exc:
                 logger.debug("tracklink: wandb unwatch failed: %r", exc)
         if self._owns_run:
-            code = 0 if status == "success" else (self._exit_code or (130 if status == "killed" else 1))
-            run.finish(exit_code=code)
+            run.finish(exit_code=end.exit_code)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -301,20 +288,24 @@ class WandbCallback(Tracker):
                     continue
                 artifact.add_file(str(path), name=path.relative_to(upload).as_posix())  # copied when added
 
-    def _log_final_model(self, args: Any, state: Any, model: Any) -> None:
+    def _log_final_model(self, end: RunEnd) -> None:
         source = None
-        best = getattr(state, "best_model_checkpoint", None)
-        from_best = bool(getattr(args, "load_best_model_at_end", False) and best and Path(best).is_dir())
+        model = end.model
+        best = end.best_checkpoint
+        from_best = bool(end.load_best_model_at_end and best and Path(best).is_dir())
         if from_best:
-            source = Path(best)
+            source = Path(str(best))
         else:
-            last = Path(getattr(args, "output_dir", "") or ".", f"checkpoint-{state.global_step}")
-            if (last / "model.safetensors").is_file():
-                source = last
-        metadata: dict[str, Any] = {"final_model": True, "global_step": int(state.global_step)}
-        if from_best and getattr(state, "best_metric", None) is not None:
-            metric = str(getattr(args, "metric_for_best_model", None) or "loss").removeprefix("eval_")
-            metadata[f"eval/{metric}"] = state.best_metric
+            candidates = [Path(end.last_checkpoint)] if end.last_checkpoint else []
+            candidates.append(Path(end.output_dir or ".", f"checkpoint-{end.step}"))
+            for last in candidates:
+                if last.name == f"checkpoint-{end.step}" and (last / "model.safetensors").is_file():
+                    source = last
+                    break
+        metadata: dict[str, Any] = {"final_model": True, "global_step": end.step}
+        if from_best and end.best_metric is not None:
+            metric = str(end.metric_for_best_model or "loss").removeprefix("eval_")
+            metadata[f"eval/{metric}"] = end.best_metric
         artifact = self._artifact(metadata)
         with tempfile.TemporaryDirectory(prefix="tracklink-wandb-model-") as tmp:
             if source is None:
