@@ -22,10 +22,11 @@ from .flow import DefaultFlowCallback
 from .handler import CallbackHandler
 from .hookspecs import hookimpl, hookspec
 from .state import ExportableState, TrainerControl, TrainerState
-from .tracker import EnvVar, RunInfo, Tracker
+from .tracker import EnvVar, RunEnd, RunInfo, Tracker
 
 if TYPE_CHECKING:
     from .resolve import Resolution, resolve_report_to
+    from .run import Run, init
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,8 @@ __all__ = [
     "ProgressCallback",
     "ReportToError",
     "Resolution",
+    "Run",
+    "RunEnd",
     "RunInfo",
     "Terminated",
     "Tracker",
@@ -51,6 +54,7 @@ __all__ = [
     "UnknownTrackerError",
     "hookimpl",
     "hookspec",
+    "init",
     "resolve_report_to",
 ]
 
@@ -61,4 +65,8 @@ def __getattr__(name: str) -> Any:
         from . import resolve
 
         return getattr(resolve, name)
+    if name in ("init", "Run"):  # the run API resolves report_to: loaded on first use, like it
+        from . import run
+
+        return getattr(run, name)
     raise AttributeError(f"module 'tracklink' has no attribute {name!r}")

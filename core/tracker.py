@@ -417,6 +417,9 @@ class Tracker(TrainerCallback):
     auto: ClassVar[bool] = True
     metric_style: ClassVar[str] = "hf"
     summary_keys: ClassVar[frozenset[str]] = SUMMARY_KEYS
+    #: What this tracker's ``init_kwargs`` (``tracklink.init(init_kwargs={name: {...}})``) are passed to, or
+    #: ``None`` when it takes none (they are then ignored with a warning).
+    init_kwargs_target: ClassVar[str | None] = None
 
     _tl: _Runtime
 
@@ -554,6 +557,11 @@ class Tracker(TrainerCallback):
     def identity(self) -> dict[str, Any] | None:
         """The identity of the current (or last) run."""
         return self._tl.identity
+
+    @property
+    def setup_finished(self) -> bool:
+        """Whether no setup is queued or running (so :attr:`identity` is final for now)."""
+        return not self._tl.setup_pending
 
     def state(self) -> dict[str, Any]:
         """Exported into ``trainer_state.json``: the run identity and the last step logged.
@@ -700,6 +708,8 @@ class Tracker(TrainerCallback):
             extra=dict((getattr(args, "init_kwargs", None) or {}).get(self.name) or {}),
             training=training,
         )
+        if run.extra and self.init_kwargs_target is None:
+            self._warn_once("init_kwargs", f"tracker {self.name!r} takes no init_kwargs; ignored: {sorted(run.extra)}")
         self._tl.setup_done.clear()
         try:
             self.setup(run)

@@ -59,6 +59,7 @@ class ClearMLCallback(Tracker):
     """Reports to a ClearML Task (a new one per training, or your ``Task.current_task()``)."""
 
     name = "clearml"
+    init_kwargs_target = "Task.init() (e.g. tags, output_uri)"
     sdk = "clearml"
     sdk_min_version = "1.14"
     sdk_module = "clearml"
@@ -121,16 +122,16 @@ class ClearMLCallback(Tracker):
             continued = bool(resume) and resume.get("task_id") == task.id
         elif resume.get("task_id"):
             try:
-                task = Task.init(project_name=self._project(), task_name=self._task_name(run),
+                task = Task.init(project_name=self._project(run), task_name=self._task_name(run),
                                  reuse_last_task_id=str(resume["task_id"]), continue_last_task=0, **INIT_SETTINGS)
                 self.created, continued = True, task.id == resume["task_id"]
             except Exception as exc:
                 logger.warning("tracklink: clearml could not continue Task %s (%r); creating a new Task",
                                resume["task_id"], exc)
         if task is None:
-            task = Task.init(project_name=self._project(), task_name=self._task_name(run),
-                             reuse_last_task_id=False, output_uri=True,
-                             tags=[run.group] if run.group else None, **INIT_SETTINGS)
+            settings = {"output_uri": True, "tags": [run.group] if run.group else None, **INIT_SETTINGS, **run.extra}
+            task = Task.init(project_name=self._project(run), task_name=self._task_name(run),
+                             reuse_last_task_id=False, **settings)
             self.created = True
         self.task = task
         self.suffix = str(resume.get("suffix", "")) if continued else self._free_suffix(task)
@@ -148,8 +149,8 @@ class ClearMLCallback(Tracker):
                                        description=description)
 
     @staticmethod
-    def _project() -> str:
-        return os.environ.get("CLEARML_PROJECT") or DEFAULT_PROJECT
+    def _project(run: RunInfo) -> str:
+        return run.project or os.environ.get("CLEARML_PROJECT") or DEFAULT_PROJECT
 
     @staticmethod
     def _task_name(run: RunInfo) -> str:

@@ -99,6 +99,7 @@ class CometCallback(Tracker):
     """Logs to Comet (see the module documentation for what goes where)."""
 
     name = "comet_ml"
+    init_kwargs_target = "comet_ml.ExperimentConfig (e.g. tags, log_code)"
     sdk = "comet-ml"
     sdk_min_version = "3.43.2"
     sdk_module = "comet_ml"
@@ -197,9 +198,9 @@ class CometCallback(Tracker):
                 logger.warning("tracklink: Comet experiment %s is running; logging there instead of resuming %s",
                                running.get_key(), key)
         else:
-            config = comet_ml.ExperimentConfig(name=name, **self._quiet_flags())
+            config = comet_ml.ExperimentConfig(name=name, **{**self._quiet_flags(), **run.extra})
             self._experiment = comet_ml.start(online=self._online, mode=mode, experiment_key=key,
-                                              experiment_config=config)
+                                              project_name=run.project, experiment_config=config)
             self._owns = True
         self._experiment.log_parameters(run.params)
         if run.model is not None and not run.resume:

@@ -145,6 +145,7 @@ class MLflowCallback(Tracker):
     """Logs to MLflow (see the module documentation). Takes no arguments, like transformers'."""
 
     name = "mlflow"
+    init_kwargs_target = "the run: {'tags': {...}} adds tags"
     sdk = ("mlflow", "mlflow-skinny")  # the slim build provides the same mlflow module
     sdk_min_version = "2.8"
     sdk_module = "mlflow"
@@ -200,6 +201,8 @@ class MLflowCallback(Tracker):
         self._retry_at = 0.0
         self._floors: dict[str, int] = {}
         self._start_step = 0
+        self._project: str | None = None
+        self._init_tags: dict[str, str] = {}
 
     # -- declarations ----------------------------------------------------------------------
 
@@ -385,7 +388,7 @@ class MLflowCallback(Tracker):
         from mlflow.entities import LifecycleStage
         from mlflow.exceptions import MlflowException
 
-        name = (os.environ.get("MLFLOW_EXPERIMENT_NAME") or "").strip()
+        name = (self._project or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "").strip()
         if name:
             experiment = self._client.get_experiment_by_name(name)
             if experiment is not None and experiment.lifecycle_stage == LifecycleStage.DELETED:
@@ -414,6 +417,11 @@ class MLflowCallback(Tracker):
         from mlflow.tracking import MlflowClient
 
         self._log_artifacts = truthy(os.environ.get("HF_MLFLOW_LOG_ARTIFACTS"))
+        self._project = run.project
+        unknown = sorted(set(run.extra) - {"tags"})
+        if unknown or not isinstance(run.extra.get("tags", {}), Mapping):
+            raise ValueError(f"init_kwargs for mlflow accept only 'tags' (a dict), got {run.extra!r}")
+        self._init_tags = {str(k): _param_text(v) for k, v in dict(run.extra.get("tags") or {}).items()}
         self._client = MlflowClient(tracking_uri=self.tracking_uri(mlflow))
         self._spool, self._floors, self._start_step, self._retry_at = [], {}, run.start_step, 0.0
         env_run_id = (os.environ.get("MLFLOW_RUN_ID") or "").strip()
@@ -468,11 +476,10 @@ class MLflowCallback(Tracker):
                 self._floors[metric.key] = max(self._floors.get(metric.key, 0), int(metric.step))
 
     def extra_tags(self) -> dict[str, str]:
-        """Tags added to every run: ``MLFLOW_TAGS`` (redacted)."""
+        """Tags added to every run: ``MLFLOW_TAGS`` and ``init_kwargs={"mlflow": {"tags": ...}}`` (redacted)."""
         raw = (os.environ.get("MLFLOW_TAGS") or "").strip()
-        if not raw:
-            return {}
-        tags = redact(json.loads(raw), secret_env_values(Tracker.declared_secret_names()))
+        tags = {**(json.loads(raw) if raw else {}), **getattr(self, "_init_tags", {})}
+        tags = redact(tags, secret_env_values(Tracker.declared_secret_names()))
         return {str(k): _param_text(v) for k, v in tags.items()}
 
     def _log_in_batches(self, field: str, items: list[Any]) -> None:

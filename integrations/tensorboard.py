@@ -46,6 +46,7 @@ class TensorBoardCallback(Tracker):
     """
 
     name = "tensorboard"
+    init_kwargs_target = "the SummaryWriter (e.g. flush_secs, max_queue)"
     # torch's SummaryWriter needs tensorboard (or its nightly build); tensorboardX alone is the fallback
     sdk = ("tensorboard", "tb-nightly", "tensorboardX")
     sdk_min_version: ClassVar[dict[str, str]] = {"tensorboard": "2.10", "tb-nightly": "2.10", "tensorboardX": "2.2"}
@@ -97,7 +98,7 @@ class TensorBoardCallback(Tracker):
             writer_class = self._writer_class()
             # purge_step drops events at or after it: the run continues from the restored step
             purge = run.start_step + 1 if run.resume else None
-            self.tb_writer = writer_class(log_dir=self.log_dir, purge_step=purge)
+            self.tb_writer = writer_class(log_dir=self.log_dir, purge_step=purge, **run.extra)
             self._own_writer = True
         else:
             self.log_dir = getattr(self.tb_writer, "log_dir", None) or getattr(self.tb_writer, "logdir", None)

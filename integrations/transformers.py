@@ -30,19 +30,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import signal
 import sys
-import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from transformers.trainer_callback import ExportableState, TrainerCallback
 
-from tracklink.errors import Terminated
-from tracklink.handler import CallbackHandler
 from tracklink.process import ProcessInfo
 from tracklink.resolve import NOT_GIVEN, resolve_report_to
+from tracklink.run import Run
+from tracklink.signals import SigtermGuard
 from tracklink.state import saved_attributes, state_key
 from tracklink.tracker import Tracker
 
@@ -68,14 +66,11 @@ class TracklinkBridge(TrainerCallback, ExportableState):
     def __init__(self, report_to: Any = NOT_GIVEN, callbacks: list[Any] | None = None) -> None:
         self.resolution = resolve_report_to(report_to)
         self.process = ProcessInfo.from_env()
-        self.hub = CallbackHandler(process=self.process, require_flow=False)
-        for spec in self.resolution.selected_specs():
-            if self.process.allows(spec.rank_policy):
-                self.hub.add_tracker(spec.create(), spec.name, rank_policy=spec.rank_policy, inline=spec.inline)
-        for callback in callbacks or []:
-            self.hub.add_callback(callback)
+        # the run's trackers; the bridge drives them with transformers' events
+        self.run = Run(self.resolution, process=self.process, callbacks=callbacks or [])
+        self.hub = self.run.hub
         self._training = False
-        self._previous_sigterm: Any = None
+        self._sigterm = SigtermGuard()
         self._last_args: Any = None
         self._last_state: Any = None
         _live.add(self)
@@ -123,7 +118,7 @@ class TracklinkBridge(TrainerCallback, ExportableState):
         if state.global_step > 0:
             self._restore(state)
         self._training = True
-        self._install_sigterm()
+        self._sigterm.install()
         self._forward("on_train_begin", args, state, control, **kwargs)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -137,14 +132,14 @@ class TracklinkBridge(TrainerCallback, ExportableState):
         self._refs(dict(kwargs))
         self.hub.on_train_end(args, state, control)
         self._training = False
-        self._restore_sigterm()
+        self._sigterm.restore()
 
     def fail(self, exception: BaseException) -> None:
         """Close the trackers' runs as failed (or killed for an interrupt or SIGTERM) now."""
         if not self._training:
             return
         self._training = False
-        self._restore_sigterm()
+        self._sigterm.restore()
         self.hub.on_exception(self._last_args, self._last_state, None, exception=exception)
 
     @contextlib.contextmanager
@@ -155,21 +150,6 @@ class TracklinkBridge(TrainerCallback, ExportableState):
         except BaseException as exc:
             self.fail(exc)
             raise
-
-    def _install_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            raise Terminated(signum)
-
-        self._previous_sigterm = signal.signal(signal.SIGTERM, handler)
-
-    def _restore_sigterm(self) -> None:
-        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
 
 
 def _make_forwarder(event: str) -> Any:

@@ -110,6 +110,7 @@ class WandbCallback(Tracker):
     """Logs to Weights & Biases (see the module documentation for what goes where)."""
 
     name = "wandb"
+    init_kwargs_target = "wandb.init() (e.g. entity, tags, group, notes)"
     sdk = "wandb"
     sdk_min_version = "0.16"
     sdk_module = "wandb"
@@ -203,7 +204,7 @@ class WandbCallback(Tracker):
             self._watched = run.model
 
     def _init_args(self, run: RunInfo, wandb: Any) -> dict[str, Any]:
-        args: dict[str, Any] = {"project": os.environ.get("WANDB_PROJECT") or "huggingface"}
+        args: dict[str, Any] = {"project": run.project or os.environ.get("WANDB_PROJECT") or "huggingface"}
         if run.is_hyper_param_search and run.trial_name:
             args.update(name=str(run.trial_name), group=run.group or getattr(run.args, "run_name", None) or run.output_dir)
         elif run.name:
@@ -220,7 +221,7 @@ class WandbCallback(Tracker):
                 args["settings"] = wandb.Settings(x_disable_meta=True)
             except Exception:  # SDKs before 0.19 name it _disable_meta
                 args["settings"] = wandb.Settings(_disable_meta=True)
-        return args
+        return {**args, **run.extra}
 
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
         self._run.log({**metrics, "train/global_step": step})

@@ -15,9 +15,7 @@ import logging
 import math
 import os
 import random
-import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,12 +25,13 @@ import torch
 
 from tracklink.atomic import atomic_write_text
 from tracklink.callbacks import PrinterCallback, ProgressCallback
-from tracklink.errors import Terminated
 from tracklink.flow import DefaultFlowCallback
 from tracklink.handler import CallbackHandler
 from tracklink.log import ensure_default_logging
 from tracklink.process import ProcessInfo
 from tracklink.redact import redact, secret_env_values
+from tracklink.run import Run
+from tracklink.signals import SigtermGuard, ignoring_sigterm, restore_sigterm
 from tracklink.state import (
     HUB_STATE_KEY,
     INTERNAL_STATE_KEYS,
@@ -133,24 +132,6 @@ def speed_metrics(prefix: str, start: float, num_samples: int | None = None, num
         if num_steps is not None:
             metrics[f"{prefix}_steps_per_second"] = round(num_steps / runtime, 3)
     return metrics
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """Within ``train()``, turn SIGTERM into a :class:`Terminated` exception in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the flush short
-        raise Terminated(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _loss_of(outputs: Any) -> Any:
@@ -355,14 +336,10 @@ class Trainer:
             [DefaultFlowCallback], self.model, self.processing_class, self.optimizer, self.lr_scheduler,
             process=self.process,
         )
+        # the run's trackers live in this hub: the trainer drives them with its events
         user_tracker_names = {cb.name for cb in callbacks if isinstance(cb, Tracker)}
-        resolution = args.report_to_resolution
-        for spec in resolution.selected_specs():
-            if spec.name in user_tracker_names or not self.process.allows(spec.rank_policy):
-                continue  # never built on a rank its policy excludes
-            self.callback_handler.add_tracker(
-                spec.create(), spec.name, rank_policy=spec.rank_policy, inline=spec.inline
-            )
+        self.run = Run(args.report_to_resolution, hub=self.callback_handler, process=self.process,
+                       skip=user_tracker_names)
         for callback in callbacks:
             self.callback_handler.add_callback(callback)
         disable_tqdm = args.disable_tqdm
@@ -568,21 +545,17 @@ class Trainer:
             self.optimizer, self.lr_scheduler = self._user_optimizers
             self._forward_params = None
             self._dropped_columns = None
-        with _sigterm_raises():
+        with SigtermGuard():
             try:
                 return self._inner_train(checkpoint_dir, trial, ignore_keys_for_eval)
             except BaseException as exc:
-                signal_guard = (
-                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                    if threading.current_thread() is threading.main_thread() else None
-                )
+                previous = ignoring_sigterm()
                 try:
                     self.control = self.callback_handler.on_exception(
                         self.args, self.state, self.control, exception=exc
                     )
                 finally:
-                    if signal_guard is not None:
-                        signal.signal(signal.SIGTERM, signal_guard)
+                    restore_sigterm(previous)
                 raise
 
     def _resolve_checkpoint(self, resume: str | bool | None) -> Path | None:
@@ -725,7 +698,7 @@ class Trainer:
         learning_rate: float | None = None
         start_time = time.time()
         if self.state.is_world_process_zero:
-            self._print_banner()
+            self.run.log_banner()
         model.zero_grad(set_to_none=True)
 
         self.control = handler.on_train_begin(args, self.state, self.control)
@@ -1031,7 +1004,7 @@ class Trainer:
             raise ValueError("hyperparameter_search needs an eval_dataset: the objective comes from evaluations")
         name = search.choose_backend(backend)
         run = search.run_optuna if name == "optuna" else search.run_ray
-        with _sigterm_raises():  # between trials too: the backend then records the trial as failed
+        with SigtermGuard():  # between trials too: the backend then records the trial as failed
             return run(self, hp_space, compute_objective, n_trials, direction, hp_name, **kwargs)
 
     def _run_trial(self, info: Any, params: Any, compute_objective: Any, context: Any) -> Any:
@@ -1368,22 +1341,6 @@ class Trainer:
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
-
-    def _print_banner(self) -> None:
-        resolution = self.args.report_to_resolution
-        active = list(self.callback_handler.trackers)
-        logger.info("tracklink: trackers: %s", ", ".join(active) if active else "none")
-        # a plugin that failed to load is always shown (it was meant to be used); one whose SDK is simply
-        # not installed is not (every uninstalled tracker would be listed)
-        broken = {name for name, spec in resolution.specs.items() if spec.load_error}
-        skipped = [
-            f"{name} ({reason})" for name, reason in resolution.skipped.items()
-            if (name in broken or resolution.specs[name].availability() is None)
-            and reason not in ("not named in report_to", "report_to is 'none'")
-        ]
-        if skipped:
-            logger.log(logging.WARNING if broken & set(resolution.skipped) else logging.INFO,
-                       "tracklink: skipped: %s", "; ".join(skipped))
 
     # -- evaluation and prediction ------------------------------------------------------------------
 
