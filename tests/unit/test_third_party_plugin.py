@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import tracklink
 from tracklink import CallbackHandler, DefaultFlowCallback, TrainerControl, TrainerState, resolve_report_to
 from tracklink.registry import discover
 
@@ -125,15 +126,13 @@ def test_receives_events_through_the_handler(tmp_path: Path, monkeypatch: pytest
     records = read_jsonl(out)
     tracker = [r for r in records if r["source"] == "tracker"]
     hooks = [r for r in records if r["source"] == "hooks"]
-    assert [r["call"] for r in tracker] == [
-        "setup", "on_step_end", "on_step_end", "on_step_end", "log_metrics", "on_evaluate", "log_summary",
-        "finish"]
+    # the tracker implements only the contract: it sees the calls, never the training events
+    assert [r["call"] for r in tracker] == ["setup", "log_metrics", "log_summary", "finish"]
     assert tracker[0]["thread"] == "tracklink-testrecorder"  # delivered on the tracker's worker thread
-    assert [r["step"] for r in tracker[1:4]] == [1, 2, 3]
-    assert tracker[4]["metrics"] == {"train/loss": 0.25, "train/learning_rate": 0.1, "train/epoch": 1.0}
-    assert tracker[4]["step"] == 3
-    assert tracker[6]["metrics"] == {"train/train_runtime": 1.5, "train/train_loss": 0.3}
-    assert tracker[-1]["status"] == "success"
+    assert tracker[1]["metrics"] == {"train/loss": 0.25, "train/learning_rate": 0.1, "train/epoch": 1.0}
+    assert tracker[1]["step"] == 3
+    assert tracker[2]["metrics"] == {"train/train_runtime": 1.5, "train/train_loss": 0.3}
+    assert tracker[-1]["status"] == "success" and tracker[-1]["exit_code"] == 0 and tracker[-1]["step"] == 3
     params = tracker[0]["params"]
     assert params["learning_rate"] == 0.1 and params["hub_token"] == "<redacted>"
     assert [r["call"] for r in hooks] == ["on_train_begin", "on_step_end", "on_step_end", "on_step_end", "on_log",
@@ -143,3 +142,44 @@ def test_receives_events_through_the_handler(tmp_path: Path, monkeypatch: pytest
     text = out.read_text()
     assert SECRET not in text and "hf_abcdefghijklmnop" not in text
     assert handler.tracker_failures() == {}
+
+
+class LegacyTracker(tracklink.Tracker):
+    """A tracker written against the earlier contract: it overrides training events and takes ``finish``'s
+    argument as a bare status. It keeps working: the events still reach it, and the status it gets is a
+    plain string for it (``RunEnd`` is a ``str``)."""
+
+    name = "legacy"
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def _record(self, **fields: Any) -> None:
+        with self.out.open("a") as f:
+            f.write(json.dumps(fields) + "\n")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._record(call="on_step_end", step=state.global_step)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
+        self._record(call="on_evaluate", metrics=metrics)
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        self._record(call="log_metrics", step=step)
+
+    def finish(self, status: str) -> None:
+        self._record(call="finish", status=status, is_str=isinstance(status, str), equal=status == "failed")
+
+
+def test_a_tracker_written_for_the_earlier_contract_keeps_working(tmp_path: Path) -> None:
+    from helpers import make_trainer, raise_at
+
+    out = tmp_path / "legacy.jsonl"
+    trainer = make_trainer(tmp_path / "run", callbacks=[LegacyTracker(out), raise_at(7, RuntimeError("boom"))], eval_strategy="steps",
+                           eval_steps=5, logging_steps=5)
+    with pytest.raises(RuntimeError):
+        trainer.train()
+    records = read_jsonl(out)
+    assert [r["call"] for r in records] == ["on_step_end"] * 5 + ["log_metrics", "log_metrics", "on_evaluate"] + [
+        "on_step_end"] * 2 + ["finish"]
+    assert records[-1] == {"call": "finish", "status": "failed", "is_str": True, "equal": True}

@@ -13,7 +13,8 @@ from . import OUT_ENV, PROJECT_ENV, SECRET_ENV, record
 
 
 class TestRecorderTracker(tracklink.Tracker):
-    """Records ``setup``, ``log_metrics``, ``log_summary``, ``finish`` and a few raw events."""
+    """Records every call of the tracker contract; it handles no training event itself (the contract is
+    the same whichever loop drives the run)."""
 
     __test__ = False  # not a pytest test class
 
@@ -32,23 +33,25 @@ class TestRecorderTracker(tracklink.Tracker):
     def setup(self, run: tracklink.RunInfo) -> None:
         # the secret's value is never recorded, only whether it is set
         record("tracker", call="setup", start_step=run.start_step, params=run.params,
-               thread=threading.current_thread().name, project=os.environ.get(PROJECT_ENV),
+               thread=threading.current_thread().name, project=run.project or os.environ.get(PROJECT_ENV),
                api_key_set=bool(os.environ.get(SECRET_ENV)))
 
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
         record("tracker", call="log_metrics", metrics=metrics, step=step, epoch=epoch)
 
+    def log_text(self, texts: dict[str, str], step: int) -> None:
+        record("tracker", call="log_text", texts=texts, step=step)
+
     def log_summary(self, metrics: dict[str, float], step: int) -> None:
         record("tracker", call="log_summary", metrics=metrics, step=step)
+
+    def log_checkpoint(self, path: str, state: Any) -> None:
+        record("tracker", call="log_checkpoint", path=path, step=getattr(state, "global_step", None))
 
     def run_identity(self) -> dict[str, Any]:
         return {"run_id": "testrecorder-run"}
 
-    def finish(self, status: str) -> None:
-        record("tracker", call="finish", status=status)
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        record("tracker", call="on_step_end", step=state.global_step)
-
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
-        record("tracker", call="on_evaluate", step=state.global_step, metrics=metrics)
+    def finish(self, end: tracklink.RunEnd) -> None:
+        record("tracker", call="finish", status=end.status, exit_code=end.exit_code, step=end.step,
+               last_checkpoint=end.last_checkpoint,
+               exception=type(end.exception).__name__ if end.exception is not None else None)

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tracklink import EnvVar, RunInfo, Tracker
+from tracklink import EnvVar, RunEnd, RunInfo, Tracker
 
 
 class JsonlTracker(Tracker):
@@ -57,6 +57,6 @@ class JsonlTracker(Tracker):
     def run_identity(self) -> dict[str, Any] | None:
         return {"run_id": self.run_id}
 
-    def finish(self, status: str) -> None:
-        self._write({"type": "end", "status": status})
+    def finish(self, end: RunEnd) -> None:
+        self._write({"type": "end", "status": end.status, "exit_code": end.exit_code})
         self._file.close()
