@@ -20,6 +20,12 @@ def env_table_rows(name: str) -> list[list[str]]:
     for var in getattr(obj, "env_vars", ()):
         default = "—" if var.default is None else f"`{var.default}`"
         accepted = f" Accepted: {', '.join(f'`{c}`' for c in var.choices)}." if var.choices else ""
+        kind = getattr(var, "kind", None)
+        if kind:
+            from tracklink.tracker import KINDS
+
+            minimum = getattr(var, "minimum", None)
+            accepted += f" Accepted: {KINDS[kind]}" + (f" >= {minimum:g}" if minimum is not None else "") + "."
         rows.append([f"`{var.name}`", default, var.read_by, "yes" if var.secret else "", var.help + accepted])
     return rows
 
