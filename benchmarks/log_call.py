@@ -81,9 +81,10 @@ def run_accelerate(root: Path, steps: int, width: int) -> dict[str, float]:
 
 
 def run_sdk(root: Path, steps: int, width: int) -> dict[str, float]:
+    from torch.utils.tensorboard import SummaryWriter
+
     import mlflow
     import wandb
-    from torch.utils.tensorboard import SummaryWriter
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'sdk-mlflow.db'}")
     mlflow.start_run()
