@@ -15,7 +15,6 @@ exit and on SIGTERM (the trainer turns SIGTERM into ``on_exception``).
 
 from __future__ import annotations
 
-import atexit
 import copy
 import logging
 import os
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import TrackerError, TrackerSetupError
+from .redact import current_secrets, redacted_copy
+from .shutdown import on_exit
 
 logger = logging.getLogger("tracklink")
 
@@ -104,10 +105,7 @@ def _tracker_args(args: Any) -> Any:
     cached = _redacted_args.get(id(args))
     if cached is not None and cached[0] is args:
         return cached[1]
-    from .redact import redacted_copy, secret_env_values
-    from .tracker import Tracker
-
-    clone = redacted_copy(args, secret_env_values(Tracker.declared_secret_names()))
+    clone = redacted_copy(args, current_secrets())
     if len(_redacted_args) > 16:
         _redacted_args.clear()
     _redacted_args[id(args)] = (args, clone)
@@ -426,11 +424,13 @@ def drain_all(timeout: float | None = None) -> None:
             logger.debug("tracklink: draining %r failed: %r", channel.name, exc)
 
 
-def _at_exit() -> None:
-    drain_all(60.0)
-    from .tracker import close_open_trackers
+def _drain_at_exit() -> None:
+    """At interpreter exit: drain every queue within ``TRACKLINK_DRAIN_TIMEOUT`` (as at the end of training)."""
+    try:
+        timeout = DeliverySettings.from_env().drain_timeout
+    except ValueError:  # an invalid setting was reported when training started
+        timeout = DeliverySettings.drain_timeout
+    drain_all(timeout)
 
-    close_open_trackers()
 
-
-atexit.register(_at_exit)
+on_exit("drain", _drain_at_exit)

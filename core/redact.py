@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "REDACTED", "is_secret_key", "redact", "redact_text", "redacted_copy", "redacted_file_text", "redacted_upload",
+    "REDACTED", "current_secrets", "declare_secret_names", "declared_secret_names", "is_secret_key", "redact", "redact_text", "redacted_copy", "redacted_file_text", "redacted_upload",
     "secret_env_values",
 ]
 
@@ -89,8 +89,30 @@ def is_secret_key(key: object) -> bool:
     return last in ("auth", "sas")
 
 
+_declared_secret_names: set[str] = set()
+
+
+def declare_secret_names(names: Iterable[str]) -> None:
+    """Register environment variables that hold secrets whatever their name (a tracker's declared secret
+    variables register themselves when the tracker class is defined)."""
+    _declared_secret_names.update(names)
+
+
+def declared_secret_names() -> set[str]:
+    """The secret variable names registered with :func:`declare_secret_names`."""
+    return set(_declared_secret_names)
+
+
+def current_secrets() -> list[str]:
+    """The secret values to mask right now: those of every set environment variable whose name names a
+    secret and of every secret variable a loaded tracker declares (longest first). The one function every
+    part of tracklink asks."""
+    return secret_env_values(_declared_secret_names)
+
+
 def secret_env_values(extra_names: Iterable[str] = ()) -> list[str]:
-    """Values of set environment variables that hold secrets (longest first)."""
+    """Values of set environment variables that hold secrets (longest first): variables whose name names a
+    secret, and ``extra_names``."""
     names = set(extra_names)
     names.update(name for name in os.environ if is_secret_key(name) and name not in _NOT_SECRET_ENV)
     values = {os.environ[n] for n in names if len(os.environ.get(n, "")) >= _MIN_ENV_SECRET_LEN}
@@ -182,11 +204,7 @@ _SNIFF_BYTES = 8192
 
 
 def _upload_secrets(env_secrets: Iterable[str] | None) -> list[str]:
-    if env_secrets is not None:
-        return list(env_secrets)
-    from .tracker import Tracker  # imported here: the tracker module imports this one
-
-    return secret_env_values(Tracker.declared_secret_names())
+    return list(env_secrets) if env_secrets is not None else current_secrets()
 
 
 def redacted_file_text(path: str | os.PathLike[str], env_secrets: Iterable[str] | None = None) -> str | None:

@@ -17,12 +17,10 @@ Trackers implement only the tracker contract (:class:`tracklink.Tracker`: ``setu
 
 from __future__ import annotations
 
-import atexit
 import difflib
 import json
 import logging
 import os
-import sys
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -35,6 +33,7 @@ from .errors import ReportToError
 from .handler import CallbackHandler
 from .process import ProcessInfo
 from .resolve import NOT_GIVEN, Resolution, canonical_name, resolve_report_to
+from .shutdown import on_exit, uncaught_exception
 from .signals import SigtermGuard, ignoring_sigterm, restore_sigterm
 from .state import TrainerControl, TrainerState, state_key
 from .tracker import Tracker
@@ -202,7 +201,7 @@ class Run:
                     tracker.load_state(stored[state_key(tracker)])
         if run.process.is_world_main:
             directory.mkdir(parents=True, exist_ok=True)
-        _install_exit_hooks()
+        on_exit("runs", _finish_open_runs)
         _open_runs.add(run)
         run.hub.on_init_end(run.args, run.state, run.control)
         if run.process.is_world_main:
@@ -415,31 +414,9 @@ def _read_run_file(directory: Path) -> dict[str, Any] | None:
     return data
 
 
-# -- runs left open at interpreter exit ---------------------------------------------------------------
-
-_uncaught: list[BaseException] = []
-_hooks_installed = False
-
-
-def _install_exit_hooks() -> None:
-    """Remember an uncaught exception (so an unfinished run closes as failed, not as success) and close
-    unfinished runs at interpreter exit."""
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    previous = sys.excepthook
-
-    def excepthook(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
-        _uncaught.append(value)
-        previous(kind, value, traceback)
-
-    sys.excepthook = excepthook
-    atexit.register(_finish_open_runs)
-
-
 def _finish_open_runs() -> None:
-    exception = _uncaught[-1] if _uncaught else None
+    """At interpreter exit: a run nobody finished ends as failed after an uncaught exception, else as success."""
+    exception = uncaught_exception()
     for run in list(_open_runs):
         try:
             run.finish(exception=exception)

@@ -50,7 +50,8 @@ from typing import Any, ClassVar
 from .atomic import atomic_write_text
 from .callback import TrainerCallback
 from .errors import TrackerSetupError, TrackerUnavailableError
-from .redact import redact, secret_env_values
+from .redact import current_secrets, declare_secret_names, declared_secret_names, redact, redact_text
+from .shutdown import on_exit
 from .state import SEARCH_STATE_KEY, saved_attributes
 from .values import as_number
 
@@ -241,7 +242,7 @@ def hyperparameters(args: Any, model: Any = None) -> tuple[dict[str, Any], dict[
     """The redacted hyper-parameter views ``(config, args_config, model_config)``: ``config`` is the model
     config merged under the training arguments (arguments win on clashes, as in transformers) plus
     ``model/num_parameters``."""
-    secrets = secret_env_values(Tracker.declared_secret_names())
+    secrets = current_secrets()
     args_view = redact(_args_dict(args), secrets)
     model_view = redact(_model_config(model), secrets)
     merged: dict[str, Any] = {**model_view, **args_view}
@@ -254,9 +255,7 @@ def hyperparameters(args: Any, model: Any = None) -> tuple[dict[str, Any], dict[
 def _redacted_name(name: Any) -> str | None:
     if name is None:
         return None
-    from .redact import redact_text
-
-    return redact_text(str(name), secret_env_values(Tracker.declared_secret_names()))
+    return redact_text(str(name), current_secrets())
 
 
 @dataclass
@@ -472,16 +471,14 @@ class Tracker(TrainerCallback):
         ``tracklink doctor`` reports it as a problem; it never stops training."""
         return []
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declare_secret_names(v.name for v in cls.env_vars if getattr(v, "secret", False))
+
     @staticmethod
     def declared_secret_names() -> set[str]:
         """Names of every secret variable declared by any loaded tracker class."""
-        names: set[str] = set()
-        stack: list[type[Tracker]] = [Tracker]
-        while stack:
-            cls = stack.pop()
-            names.update(v.name for v in cls.env_vars if v.secret)
-            stack.extend(cls.__subclasses__())
-        return names
+        return declared_secret_names()
 
     @classmethod
     def import_sdk(cls, module: str | None = None) -> Any:
@@ -812,6 +809,9 @@ def close_open_trackers() -> None:
             tracker.close("success")
         except Exception as exc:  # pragma: no cover - best effort at shutdown
             logger.debug("tracklink: closing %r at exit failed: %r", tracker.name, exc)
+
+
+on_exit("trackers", close_open_trackers)
 
 
 def env_snapshot() -> dict[str, str]:

@@ -30,8 +30,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from tracklink.redact import redact_text, redacted_upload, secret_env_values
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, truthy
+from tracklink.redact import current_secrets, redact_text, redacted_upload
+from tracklink.tracker import EnvVar, RunEnd, RunInfo, truthy
 
 from .mlflow import BOOL_CHOICES, MLflowCallback
 
@@ -73,7 +73,7 @@ def uri_problem(env: Mapping[str, str]) -> str | None:
         return (f"DagsHub needs MLFLOW_TRACKING_URI={EXPECTED}, but it is not set. Did you run "
                 "dagshub.init(repo_owner=..., repo_name=..., mlflow=True)?")
     if parse_dagshub_uri(uri) is None:
-        shown = redact_text(uri, secret_env_values(Tracker.declared_secret_names()))
+        shown = redact_text(uri, current_secrets())
         return (f"MLFLOW_TRACKING_URI={shown!r} is not a DagsHub MLflow URI; expected {EXPECTED} "
                 "(any host, path /<owner>/<repo>.mlflow). Did you run dagshub.init(repo_owner=..., "
                 "repo_name=..., mlflow=True)?")

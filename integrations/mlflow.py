@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from tracklink.redact import redact, redact_text, redacted_upload, secret_env_values
+from tracklink.redact import current_secrets, redact, redact_text, redacted_upload
 from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, truthy
 
 __all__ = ["MLflowCallback"]
@@ -244,7 +244,7 @@ class MLflowCallback(Tracker):
         problems = [p for var in cls.env_vars if (env.get(var.name) or "").strip() and (p := var.problem(env))]
         tags = env.get("MLFLOW_TAGS")
         if tags is not None and tags.strip():
-            shown = redact_text(tags, secret_env_values(Tracker.declared_secret_names()))
+            shown = redact_text(tags, current_secrets())
             try:
                 parsed = json.loads(tags)
             except ValueError as exc:
@@ -273,7 +273,7 @@ class MLflowCallback(Tracker):
         uri = (raw or "").strip()
         if not uri:
             return None
-        shown = f"MLFLOW_TRACKING_URI={redact_text(uri, secret_env_values(Tracker.declared_secret_names()))!r}"
+        shown = f"MLFLOW_TRACKING_URI={redact_text(uri, current_secrets())!r}"
         scheme = _scheme(uri) or (uri.lower() if uri.lower() in ("databricks", "databricks-uc", "uc") else "")
         if scheme in ("http", "https"):
             try:
@@ -317,7 +317,7 @@ class MLflowCallback(Tracker):
             with socket.create_connection((parsed.hostname, port), timeout=timeout):
                 return []
         except OSError as exc:
-            shown = redact_text(uri, secret_env_values(Tracker.declared_secret_names()))
+            shown = redact_text(uri, current_secrets())
             return [f"the MLflow tracking server at MLFLOW_TRACKING_URI={shown!r} does not answer "
                     f"({exc.strerror or exc}); start it, or fix MLFLOW_TRACKING_URI, or leave mlflow out of "
                     "report_to (DISABLE_MLFLOW_INTEGRATION=true)"]
@@ -479,7 +479,7 @@ class MLflowCallback(Tracker):
         """Tags added to every run: ``MLFLOW_TAGS`` and ``init_kwargs={"mlflow": {"tags": ...}}`` (redacted)."""
         raw = (os.environ.get("MLFLOW_TAGS") or "").strip()
         tags = {**(json.loads(raw) if raw else {}), **getattr(self, "_init_tags", {})}
-        tags = redact(tags, secret_env_values(Tracker.declared_secret_names()))
+        tags = redact(tags, current_secrets())
         return {str(k): _param_text(v) for k, v in tags.items()}
 
     def _log_in_batches(self, field: str, items: list[Any]) -> None:

@@ -27,7 +27,6 @@ This module imports transformers; ``import tracklink`` and ``import tracklink.in
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import sys
@@ -40,6 +39,7 @@ from transformers.trainer_callback import ExportableState, TrainerCallback
 from tracklink.process import ProcessInfo
 from tracklink.resolve import NOT_GIVEN, resolve_report_to
 from tracklink.run import Run
+from tracklink.shutdown import on_exit, uncaught_exception
 from tracklink.signals import SigtermGuard
 from tracklink.state import saved_attributes, state_key
 from tracklink.tracker import Tracker
@@ -168,10 +168,10 @@ for _event in _FORWARDED:
 
 def _close_unfinished() -> None:
     """At interpreter exit: a training that began and never ended did not succeed."""
-    last = getattr(sys, "last_value", None) or getattr(sys, "last_exc", None)
+    last = uncaught_exception() or getattr(sys, "last_value", None) or getattr(sys, "last_exc", None)
     exception = last if isinstance(last, BaseException) else RuntimeError("training did not finish")
     for bridge in list(_live):
         bridge.fail(exception)
 
 
-atexit.register(_close_unfinished)
+on_exit("runs", _close_unfinished)

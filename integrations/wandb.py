@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-from tracklink.redact import is_secret_key, redact_text, redacted_upload, secret_env_values
+from tracklink.redact import current_secrets, is_secret_key, redact_text, redacted_upload
 from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, truthy
 
 __all__ = ["WandbCallback"]
@@ -97,7 +97,7 @@ def _netrc_has_key(env: Mapping[str, str]) -> bool:
 
 def _argv_has_secret(argv: list[str]) -> bool:
     """Whether the command line carries a secret (``--hub_token X``, a URL password, a secret value)."""
-    secrets = secret_env_values(Tracker.declared_secret_names())
+    secrets = current_secrets()
     for arg in argv:
         if arg.startswith("-") and is_secret_key(arg.lstrip("-").split("=", 1)[0].replace("-", "_")):
             return True

@@ -154,14 +154,14 @@ def _config_json(model: torch.nn.Module) -> str | None:
     if config is None:
         return None
     to_json = getattr(config, "to_json_string", None)
-    from tracklink.redact import redact, secret_env_values
-    from tracklink.tracker import Tracker, _plain
+    from tracklink.redact import current_secrets, redact
+    from tracklink.tracker import _plain
 
     text = str(to_json()) if callable(to_json) else None
     data = json.loads(text) if text is not None else _plain(config)
     if not isinstance(data, dict):
         return text
-    clean = redact(data, secret_env_values(Tracker.declared_secret_names()))
+    clean = redact(data, current_secrets())
     if text is not None and clean == data:
         return text
     return json.dumps(clean, indent=2, sort_keys=True) + "\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -16,6 +15,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from tracklink.shutdown import on_exit
 
 logger = logging.getLogger("tracklink")
 
@@ -77,8 +78,7 @@ def setup_distributed(args: Any, device: torch.device) -> bool:
         logger.info("tracklink: process group initialised (%s, world size %d)", backend, world_size)
         # the group tracklink created is torn down before the interpreter is: left to the interpreter's
         # own shutdown, a backend's threads can abort the process after the work has finished
-        if not _created_groups:
-            atexit.register(_destroy_process_groups)
+        on_exit("process-group", _destroy_process_groups)
         _created_groups.append(weakref.ref(dist.group.WORLD))
     return dist.get_world_size() > 1
 

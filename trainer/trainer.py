@@ -29,7 +29,7 @@ from tracklink.flow import DefaultFlowCallback
 from tracklink.handler import CallbackHandler
 from tracklink.log import ensure_default_logging
 from tracklink.process import ProcessInfo
-from tracklink.redact import redact, secret_env_values
+from tracklink.redact import current_secrets, redact
 from tracklink.run import Run
 from tracklink.signals import SigtermGuard, ignoring_sigterm, restore_sigterm
 from tracklink.state import (
@@ -1115,7 +1115,7 @@ class Trainer:
                 ckpt.save_torch(self.lr_scheduler.state_dict(), directory / ckpt.SCHEDULER_NAME)
                 if self.scaler is not None:
                     ckpt.save_torch(self.scaler.state_dict(), directory / ckpt.SCALER_NAME)
-            args_json = redact(_plain(self.args.to_dict()), secret_env_values(Tracker.declared_secret_names()))
+            args_json = redact(_plain(self.args.to_dict()), current_secrets())
             atomic_write_text(directory / ckpt.ARGS_NAME, json.dumps(args_json, indent=2, sort_keys=True) + "\n")
         barrier()
         if sharded:
