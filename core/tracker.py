@@ -33,8 +33,6 @@ their return values are ignored.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import hashlib
 import importlib
 import json
@@ -49,8 +47,10 @@ from typing import Any, ClassVar
 
 from .atomic import atomic_write_text
 from .callback import TrainerCallback
+from .envvars import FALSE_VALUES, KINDS, TRUE_VALUES, EnvVar, env_snapshot, truthy
 from .errors import TrackerSetupError, TrackerUnavailableError
-from .redact import current_secrets, declare_secret_names, declared_secret_names, redact, redact_text
+from .redact import declare_secret_names, declared_secret_names
+from .shaping import SUMMARY_KEYS, flatten, hyperparameters, param_text, redacted_name, rewrite_logs
 from .shutdown import on_exit
 from .state import SEARCH_STATE_KEY, saved_attributes
 from .values import as_number
@@ -58,204 +58,29 @@ from .values import as_number
 logger = logging.getLogger("tracklink")
 
 __all__ = [
+    # moved to tracklink.envvars and tracklink.shaping; still importable from here for existing plugins
+    "FALSE_VALUES",
     "KINDS",
+    "TRUE_VALUES",
     "EnvVar",
     "RunEnd",
     "RunInfo",
     "Tracker",
     "declared_environment",
+    "dumps_param",
+    "env_snapshot",
+    "exit_code",
     "flatten",
     "hyperparameters",
+    "is_killed",
     "rewrite_logs",
     "truthy",
 ]
 
-TRUE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
-FALSE_VALUES = frozenset({"0", "OFF", "NO", "FALSE", ""})
-SUMMARY_KEYS = frozenset(
-    {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
-)
+dumps_param = param_text
+
 STATUSES = ("success", "failed", "killed")
 STATE_FILE = "trainer_state.json"
-
-
-def truthy(value: str | None) -> bool:
-    """transformers' notion of a true environment string: 1, ON, YES or TRUE (any case)."""
-    return value is not None and value.strip().upper() in TRUE_VALUES
-
-
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-#: What an :class:`EnvVar` of each ``kind`` accepts (a non-empty value; an empty one counts as unset).
-KINDS: dict[str, str] = {
-    "int": "a whole number",
-    "number": "a number",
-    "bool": "a boolean: 1, 0, true, false, yes, no, on or off",
-    "url": "an http(s):// URL with a host",
-    "log_level": "a log level (debug, info, warning, error, critical) or its number",
-}
-
-
-def _kind_problem(kind: str, value: str, minimum: float | None) -> str | None:
-    text = value.strip()
-    if kind in ("int", "number"):
-        expected = KINDS[kind] + (f" >= {minimum:g}" if minimum is not None else "")
-        try:
-            number = int(text) if kind == "int" else float(text)
-        except ValueError:
-            return expected
-        if kind == "number" and not math.isfinite(number):
-            return f"a finite number{expected[len(KINDS[kind]):]}"
-        if minimum is not None and number < minimum:
-            return expected
-        return None
-    if kind == "bool":
-        return None if text.upper() in TRUE_VALUES | FALSE_VALUES else KINDS[kind]
-    if kind == "url":
-        from urllib.parse import urlsplit
-
-        try:
-            parts = urlsplit(text)
-            parts.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError:
-            return KINDS[kind]
-        return None if parts.scheme.lower() in ("http", "https") and parts.hostname else KINDS[kind]
-    if kind == "log_level":
-        return None if text.lower() in _LOG_LEVELS or text.isdigit() else KINDS[kind]
-    raise ValueError(f"EnvVar kind {kind!r} is unknown; accepted: {', '.join(KINDS)}")
-
-
-@dataclass(frozen=True)
-class EnvVar:
-    """An environment variable a tracker reads (declared for ``tracklink doctor`` and the docs).
-
-    ``choices`` lists the accepted values (compared case-insensitively); ``kind`` (one of :data:`KINDS`:
-    ``int``, ``number``, ``bool``, ``url``, ``log_level``, with an optional ``minimum`` for numbers) says
-    what shape the value must have. Either way a bad value is reported before training starts, also for
-    variables the SDK reads itself (``read_by="sdk"``), whose bad values would otherwise surface as an
-    SDK error that names nothing.
-    """
-
-    name: str
-    default: str | None = None
-    help: str = ""
-    secret: bool = False
-    choices: tuple[str, ...] | None = None
-    read_by: str = "tracklink"
-    kind: str | None = None
-    minimum: float | None = None
-
-    def problem(self, env: Mapping[str, str]) -> str | None:
-        value = env.get(self.name)
-        if value is None:
-            return None
-        if self.choices is not None and value.strip().lower() not in {c.lower() for c in self.choices}:
-            accepted = ", ".join(c if c else "'' (empty)" for c in self.choices)
-            return f"{self.name}={value!r} is not accepted; accepted values: {accepted}"
-        if self.kind is not None and value.strip():
-            expected = _kind_problem(self.kind, value, self.minimum)
-            if expected:
-                shown = "<redacted>" if self.secret else repr(value)
-                return f"{self.name}={shown} is not accepted; expected {expected}"
-        return None
-
-
-def rewrite_logs(logs: Mapping[str, Any]) -> dict[str, Any]:
-    """transformers' metric naming: ``eval_x`` -> ``eval/x``, ``test_x`` -> ``test/x``, else ``train/x``."""
-    out: dict[str, Any] = {}
-    for key, value in logs.items():
-        if key.startswith("eval_"):
-            out["eval/" + key[5:]] = value
-        elif key.startswith("test_"):
-            out["test/" + key[5:]] = value
-        else:
-            out["train/" + key] = value
-    return out
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """Flatten nested mappings into ``a.b.c`` keys."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name, sep))
-        else:
-            out[name] = value
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly form of a config value."""
-    if isinstance(value, enum.Enum):
-        return _plain(value.value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
-    return str(value)
-
-
-def _args_dict(args: Any) -> dict[str, Any]:
-    if args is None:
-        return {}
-    to_dict = getattr(args, "to_dict", None)
-    if callable(to_dict):
-        data = to_dict()
-    elif dataclasses.is_dataclass(args) and not isinstance(args, type):
-        data = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
-    else:
-        data = dict(vars(args))
-    return {k: _plain(v) for k, v in data.items()}
-
-
-def _model_config(model: Any) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    if config is None:
-        return {}
-    to_dict = getattr(config, "to_dict", None)
-    if callable(to_dict):
-        data = to_dict()
-    elif isinstance(config, Mapping):
-        data = dict(config)
-    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
-        data = dataclasses.asdict(config)
-    else:
-        return {}
-    return {k: _plain(v) for k, v in data.items()}
-
-
-def _num_parameters(model: Any) -> int | None:
-    parameters = getattr(model, "parameters", None)
-    if not callable(parameters):
-        return None
-    try:
-        return int(sum(p.numel() for p in parameters()))
-    except Exception:
-        return None
-
-
-def hyperparameters(args: Any, model: Any = None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The redacted hyper-parameter views ``(config, args_config, model_config)``: ``config`` is the model
-    config merged under the training arguments (arguments win on clashes, as in transformers) plus
-    ``model/num_parameters``."""
-    secrets = current_secrets()
-    args_view = redact(_args_dict(args), secrets)
-    model_view = redact(_model_config(model), secrets)
-    merged: dict[str, Any] = {**model_view, **args_view}
-    count = _num_parameters(model)
-    if count is not None:
-        merged["model/num_parameters"] = count
-    return merged, args_view, model_view
-
-
-def _redacted_name(name: Any) -> str | None:
-    if name is None:
-        return None
-    return redact_text(str(name), current_secrets())
 
 
 @dataclass
@@ -690,7 +515,7 @@ class Tracker(TrainerCallback):
             args=args,
             state=state,
             model=model,
-            name=_redacted_name(trial_name if search and trial_name else getattr(args, "run_name", None)),
+            name=redacted_name(trial_name if search and trial_name else getattr(args, "run_name", None)),
             config=config,
             params=flatten(config),
             resume=resume,
@@ -812,18 +637,3 @@ def close_open_trackers() -> None:
 
 
 on_exit("trackers", close_open_trackers)
-
-
-def env_snapshot() -> dict[str, str]:
-    """A copy of the environment (what readiness and disable checks read)."""
-    return dict(os.environ)
-
-
-def dumps_param(value: Any) -> str:
-    """A parameter value as text (JSON for containers)."""
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, sort_keys=True)
-    except TypeError:
-        return str(value)

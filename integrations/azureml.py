@@ -28,7 +28,9 @@ import logging
 import warnings
 from typing import Any, ClassVar
 
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, dumps_param
+from tracklink.envvars import EnvVar
+from tracklink.shaping import param_text
+from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["AzureMLCallback"]
 
@@ -95,7 +97,7 @@ class AzureMLCallback(Tracker):
         resume = run.resume or {}
         if resume.get("run_id") == handle.id:
             return  # the same run (a restarted job): its tags are there
-        tags = {key: dumps_param(value)[:TAG_LIMIT] for key, value in run.params.items()}
+        tags = {key: param_text(value)[:TAG_LIMIT] for key, value in run.params.items()}
         if run.group:
             tags.update(tracklink_search=run.group, tracklink_trial=str(run.trial_name))
         if resume.get("run_id"):

@@ -25,15 +25,16 @@ A Task you started yourself is reused and left open. Resume continues the same T
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tracklink.envvars import FALSE_VALUES, TRUE_VALUES, EnvVar, truthy
 from tracklink.redact import redacted_upload
-from tracklink.tracker import FALSE_VALUES, TRUE_VALUES, EnvVar, RunEnd, RunInfo, Tracker, flatten, truthy
+from tracklink.shaping import flatten, param_value
+from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["ClearMLCallback"]
 
@@ -140,7 +141,7 @@ class ClearMLCallback(Tracker):
         self._models, self._prune = [], True
         if continued:
             return
-        params = {f"{SECTION}{self.suffix}/{k}": _param(v) for k, v in flatten(run.args_config).items()}
+        params = {f"{SECTION}{self.suffix}/{k}": param_value(v, keep_none=True) for k, v in flatten(run.args_config).items()}
         task.update_parameters(params)
         if run.model_config:
             description = None if not self.suffix else "several trainings report into this Task"
@@ -255,9 +256,3 @@ class ClearMLCallback(Tracker):
         elif status == "killed":
             task.mark_stopped(force=True, status_message="training interrupted")
         self.task = None
-
-
-def _param(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return json.dumps(value, default=str)

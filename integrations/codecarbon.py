@@ -27,7 +27,8 @@ import sys
 import threading
 from typing import Any, ClassVar
 
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker
+from tracklink.envvars import EnvVar
+from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["CodeCarbonCallback"]
 

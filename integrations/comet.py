@@ -37,8 +37,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tracklink.envvars import EnvVar
 from tracklink.redact import redacted_upload
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker
+from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["CometCallback"]
 

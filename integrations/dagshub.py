@@ -30,8 +30,9 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from tracklink.envvars import EnvVar, truthy
 from tracklink.redact import current_secrets, redact_text, redacted_upload
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, truthy
+from tracklink.tracker import RunEnd, RunInfo
 
 from .mlflow import BOOL_CHOICES, MLflowCallback
 

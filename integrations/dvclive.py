@@ -36,7 +36,8 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, truthy
+from tracklink.envvars import EnvVar, truthy
+from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["DVCLiveCallback", "dvclive_metric_name"]
 

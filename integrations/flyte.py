@@ -33,7 +33,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker
+from tracklink.envvars import EnvVar
+from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["FlyteCallback", "log_history_html"]
 

@@ -43,8 +43,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from tracklink.envvars import EnvVar, truthy
 from tracklink.redact import current_secrets, redact, redact_text, redacted_upload
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, truthy
+from tracklink.shaping import param_text
+from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["MLflowCallback"]
 
@@ -130,15 +132,6 @@ def _file_store_problem(uri: str, shown: str, env: Mapping[str, str]) -> str | N
     if not os.path.isdir(existing):
         return f"{shown} lies in or below the regular file {existing!r}; a file store needs a directory"
     return None
-
-
-def _param_text(value: Any) -> str:
-    if isinstance(value, (dict, list, tuple)):
-        try:
-            return json.dumps(value, sort_keys=True, default=str)
-        except (TypeError, ValueError):
-            return str(value)
-    return str(value)
 
 
 class MLflowCallback(Tracker):
@@ -421,7 +414,7 @@ class MLflowCallback(Tracker):
         unknown = sorted(set(run.extra) - {"tags"})
         if unknown or not isinstance(run.extra.get("tags", {}), Mapping):
             raise ValueError(f"init_kwargs for mlflow accept only 'tags' (a dict), got {run.extra!r}")
-        self._init_tags = {str(k): _param_text(v) for k, v in dict(run.extra.get("tags") or {}).items()}
+        self._init_tags = {str(k): param_text(v, json_scalars=False) for k, v in dict(run.extra.get("tags") or {}).items()}
         self._client = MlflowClient(tracking_uri=self.tracking_uri(mlflow))
         self._spool, self._floors, self._start_step, self._retry_at = [], {}, run.start_step, 0.0
         env_run_id = (os.environ.get("MLFLOW_RUN_ID") or "").strip()
@@ -480,7 +473,7 @@ class MLflowCallback(Tracker):
         raw = (os.environ.get("MLFLOW_TAGS") or "").strip()
         tags = {**(json.loads(raw) if raw else {}), **getattr(self, "_init_tags", {})}
         tags = redact(tags, current_secrets())
-        return {str(k): _param_text(v) for k, v in tags.items()}
+        return {str(k): param_text(v, json_scalars=False) for k, v in tags.items()}
 
     def _log_in_batches(self, field: str, items: list[Any]) -> None:
         """``log_batch`` the params or tags ``items``, as many per request as MLflow accepts."""
@@ -513,7 +506,7 @@ class MLflowCallback(Tracker):
                                                 f"{name!r} is already used by {owners[name]!r}")
                 name = unique
             owners[name] = str(key)
-            out[name] = truncate(_param_text(value), MAX_PARAM_VAL_LENGTH)
+            out[name] = truncate(param_text(value, json_scalars=False), MAX_PARAM_VAL_LENGTH)
         limit = (os.environ.get("MLFLOW_MAX_LOG_PARAMS") or "").strip()
         if limit.isdigit() and int(limit) < len(out):
             out = dict(list(out.items())[: int(limit)])

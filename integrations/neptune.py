@@ -25,7 +25,6 @@ offline run is a new run with ``<ns>/resumed_from`` naming the earlier one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -34,8 +33,10 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tracklink.envvars import EnvVar
 from tracklink.redact import redacted_upload
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker
+from tracklink.shaping import param_value
+from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["NeptuneCallback"]
 
@@ -66,14 +67,11 @@ def _import_neptune() -> Any:
 
 
 def _neptune_value(value: Any) -> Any:
-    """A value Neptune can assign: numbers/strings/bools as is, mappings nested, the rest as text."""
+    """A value Neptune can assign: mappings nested (Neptune namespaces), numbers/strings/bools as is, the
+    rest as text."""
     if isinstance(value, dict):
         return {str(k): _neptune_value(v) for k, v in value.items() if str(k)}
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return json.dumps(list(value), default=str)
-    return str(value)
+    return param_value(value)
 
 
 class NeptuneCallback(Tracker):

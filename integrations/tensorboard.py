@@ -26,7 +26,9 @@ import socket
 from datetime import datetime
 from typing import Any, ClassVar
 
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, dumps_param
+from tracklink.envvars import EnvVar
+from tracklink.shaping import param_value
+from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["TensorBoardCallback"]
 
@@ -117,10 +119,7 @@ class TensorBoardCallback(Tracker):
             from torch.utils.tensorboard.summary import hparams
         except ImportError:  # tensorboardX
             from tensorboardX.summary import hparams  # type: ignore[no-redef]
-        clean = {
-            k: v if isinstance(v, (bool, int, float, str)) else dumps_param(v)
-            for k, v in params.items()
-        }
+        clean = {k: param_value(v) for k, v in params.items()}
         experiment, start, end = hparams(clean, {})
         file_writer = self.tb_writer._get_file_writer()
         for summary in (experiment, start, end):

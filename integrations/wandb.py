@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
+from tracklink.envvars import EnvVar, truthy
 from tracklink.redact import current_secrets, is_secret_key, redact_text, redacted_upload
-from tracklink.tracker import EnvVar, RunEnd, RunInfo, Tracker, truthy
+from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["WandbCallback"]
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from tracklink.atomic import atomic_path, atomic_write_text
+from tracklink.shaping import plain_value
 from tracklink.state import CorruptStateError, TrainerState
 
 logger = logging.getLogger("tracklink")
@@ -155,10 +156,9 @@ def _config_json(model: torch.nn.Module) -> str | None:
         return None
     to_json = getattr(config, "to_json_string", None)
     from tracklink.redact import current_secrets, redact
-    from tracklink.tracker import _plain
 
     text = str(to_json()) if callable(to_json) else None
-    data = json.loads(text) if text is not None else _plain(config)
+    data = json.loads(text) if text is not None else plain_value(config)
     if not isinstance(data, dict):
         return text
     clean = redact(data, current_secrets())

@@ -31,6 +31,7 @@ from tracklink.log import ensure_default_logging
 from tracklink.process import ProcessInfo
 from tracklink.redact import current_secrets, redact
 from tracklink.run import Run
+from tracklink.shaping import plain_value
 from tracklink.signals import SigtermGuard, ignoring_sigterm, restore_sigterm
 from tracklink.state import (
     HUB_STATE_KEY,
@@ -40,7 +41,7 @@ from tracklink.state import (
     collect_states,
     state_key,
 )
-from tracklink.tracker import Tracker, _plain
+from tracklink.tracker import Tracker
 from tracklink.values import plain_logs
 
 from . import checkpoint as ckpt
@@ -662,7 +663,7 @@ class Trainer:
         self.state.is_hyper_param_search = trial is not None or self._trial_info is not None
         if self._trial_info is not None:
             self.state.trial_name = self._trial_info.name
-            self.state.trial_params = _plain(dict(self._trial_info.params))
+            self.state.trial_params = plain_value(dict(self._trial_info.params))
         elif isinstance(trial, Mapping):
             self.state.trial_params = dict(trial)
         self.state.compute_steps(args, max_steps)
@@ -1115,7 +1116,7 @@ class Trainer:
                 ckpt.save_torch(self.lr_scheduler.state_dict(), directory / ckpt.SCHEDULER_NAME)
                 if self.scaler is not None:
                     ckpt.save_torch(self.scaler.state_dict(), directory / ckpt.SCALER_NAME)
-            args_json = redact(_plain(self.args.to_dict()), current_secrets())
+            args_json = redact(plain_value(self.args.to_dict()), current_secrets())
             atomic_write_text(directory / ckpt.ARGS_NAME, json.dumps(args_json, indent=2, sort_keys=True) + "\n")
         barrier()
         if sharded:
