@@ -203,6 +203,9 @@ class Run:
             directory.mkdir(parents=True, exist_ok=True)
         on_exit("runs", _finish_open_runs)
         _open_runs.add(run)
+        # SIGTERM (a scheduler stopping the job) ends the runs as killed, also outside a ``with`` block;
+        # a SIGTERM handler the program installed itself is left alone
+        run._guard.install(only_if_default=True)
         run.hub.on_init_end(run.args, run.state, run.control)
         if run.process.is_world_main:
             run.log_banner()

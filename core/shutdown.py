@@ -22,7 +22,7 @@ from types import TracebackType
 
 logger = logging.getLogger("tracklink")
 
-__all__ = ["STEPS", "on_exit", "uncaught_exception"]
+__all__ = ["STEPS", "note_exception", "on_exit", "uncaught_exception"]
 
 #: The steps, in the order they run at exit.
 STEPS = ("runs", "drain", "trackers", "process-group")
@@ -47,8 +47,14 @@ def on_exit(step: str, function: Callable[[], None]) -> None:
 
 
 def uncaught_exception() -> BaseException | None:
-    """The exception that is ending the program, if one escaped to the top (seen by ``sys.excepthook``)."""
+    """The exception that is ending the program, if one escaped to the top (seen by ``sys.excepthook``) or was
+    noted on its way there (SIGTERM's ``Terminated``, a ``SystemExit``, which ``sys.excepthook`` never sees)."""
     return _uncaught[-1] if _uncaught else None
+
+
+def note_exception(exception: BaseException) -> None:
+    """Remember ``exception`` as what is ending the program (see :func:`uncaught_exception`)."""
+    _uncaught.append(exception)
 
 
 def _install() -> None:

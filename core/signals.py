@@ -14,13 +14,16 @@ from types import TracebackType
 from typing import Any
 
 from .errors import Terminated
+from .shutdown import note_exception
 
 __all__ = ["SigtermGuard"]
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the flush short
-    raise Terminated(signum)
+    exception = Terminated(signum)
+    note_exception(exception)  # a SystemExit: sys.excepthook never sees it; runs left open end as killed
+    raise exception
 
 
 class SigtermGuard:
@@ -32,8 +35,12 @@ class SigtermGuard:
         self._previous: Any = None
         self._installed = False
 
-    def install(self) -> None:
+    def install(self, only_if_default: bool = False) -> None:
+        """Turn SIGTERM into :class:`Terminated` (with ``only_if_default``: only when SIGTERM still has its
+        default action, so a handler the program installed itself is left alone)."""
         if self._installed or threading.current_thread() is not threading.main_thread():
+            return
+        if only_if_default and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return
         self._previous = signal.signal(signal.SIGTERM, _raise_terminated)
         self._installed = True

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-#: Public class name -> module inside this package.
-_CLASSES: dict[str, str] = {
+#: Tracker class name -> module inside this package.
+_TRACKERS: dict[str, str] = {
     "AzureMLCallback": "azureml",
     "ClearMLCallback": "clearml",
     "CodeCarbonCallback": "codecarbon",
@@ -22,8 +22,13 @@ _CLASSES: dict[str, str] = {
     "NeptuneCallback": "neptune",
     "TensorBoardCallback": "tensorboard",
     "WandbCallback": "wandb",
-    "TracklinkBridge": "transformers",
 }
+#: Drivers that connect another training loop to tracklink's trackers; each imports its framework.
+DRIVERS: dict[str, str] = {
+    "TracklinkBridge": "transformers",
+    "TracklinkTracker": "accelerate",
+}
+_CLASSES = {**_TRACKERS, **DRIVERS}
 
 __all__ = sorted(_CLASSES)
 

@@ -39,10 +39,10 @@ whose policy is ``local_main`` or ``all`` therefore acts on the main process onl
 
 Failure status: an uncaught exception ends the run as ``failed`` at interpreter exit (tracklink's exit
 hook); ``end_training()`` called while an exception propagates (``try: ... finally:
-accelerator.end_training()``) ends it as ``failed`` (``killed`` after ``KeyboardInterrupt``). From the
-start of the run to ``end_training()`` SIGTERM raises :class:`tracklink.Terminated` in the main thread:
-the script stops, the runs end as ``killed`` after what was logged is delivered, and the process exits
-with status 143.
+accelerator.end_training()``) ends it as ``failed`` (``killed`` after ``KeyboardInterrupt``). While the
+run is open, SIGTERM raises :class:`tracklink.Terminated` in the main thread (unless the script installed a
+SIGTERM handler of its own): the script stops, the runs end as ``killed`` after what was logged is
+delivered, and the process exits with status 143.
 
 This module imports accelerate (and therefore torch); ``import tracklink`` and ``import
 tracklink.integrations`` do not.
@@ -50,24 +50,20 @@ tracklink.integrations`` do not.
 
 from __future__ import annotations
 
-import atexit
 import difflib
 import logging
 import os
-import signal
 import sys
-import threading
 import warnings
-import weakref
 from collections.abc import Iterable, Mapping
 from types import FrameType
 from typing import Any
 
+from accelerate import Accelerator
+from accelerate import tracking as _accelerate_tracking
 from accelerate.tracking import GeneralTracker, on_main_process
 
 import tracklink
-from accelerate import Accelerator
-from accelerate import tracking as _accelerate_tracking
 from tracklink.errors import Terminated
 from tracklink.resolve import NOT_GIVEN, resolve_report_to
 from tracklink.run import Run
@@ -77,8 +73,6 @@ logger = logging.getLogger("tracklink")
 __all__ = ["TracklinkTracker", "register"]
 
 _ACCEPTED = ("project", "run_name", "report_to", "dir", "resume", "init_kwargs", "callbacks", "model")
-_live: weakref.WeakSet[TracklinkTracker] = weakref.WeakSet()
-_terminated: list[Terminated] = []
 
 
 class TracklinkTracker(GeneralTracker):
@@ -142,8 +136,6 @@ class TracklinkTracker(GeneralTracker):
         self._default_dir: str | None = None
         self._finished = False
         self._warned: set[str] = set()
-        self._previous_sigterm: Any = None
-        self._sigterm_installed = False
 
     # -- what Accelerate asks ----------------------------------------------------------------------
 
@@ -248,9 +240,6 @@ class TracklinkTracker(GeneralTracker):
             self.project, name=self.run_name, config=self._config, report_to=self.report_to, dir=directory,
             resume=self.resume, init_kwargs=self.init_kwargs, callbacks=self.callbacks, model=self.model,
         )
-        _live.add(self)
-        _install_exit_hook()  # after tracklink's own: it runs first at exit
-        self._install_sigterm()
         return self._run
 
     def _started(self) -> Run:
@@ -259,26 +248,7 @@ class TracklinkTracker(GeneralTracker):
     def _close(self, exception: BaseException | None) -> None:
         run = self._started()
         self._finished = True
-        _live.discard(self)
-        try:
-            run.finish(exception=exception)
-        finally:
-            self._restore_sigterm()
-
-    def _install_sigterm(self) -> None:
-        if self._sigterm_installed or threading.current_thread() is not threading.main_thread():
-            return
-        self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
-        self._sigterm_installed = True
-
-    def _restore_sigterm(self) -> None:
-        if not self._sigterm_installed or threading.current_thread() is not threading.main_thread():
-            return
-        if signal.getsignal(signal.SIGTERM) is _raise_terminated:
-            previous = self._previous_sigterm
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-        self._sigterm_installed = False
-        self._previous_sigterm = None
+        run.finish(exception=exception)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -330,36 +300,6 @@ def _init_trackers_call(depth: int = 8) -> dict[str, Any] | None:
         return None
     finally:
         del frame
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the flush short
-    exception = Terminated(signum)
-    _terminated.append(exception)
-    raise exception
-
-
-_exit_hook_installed = False
-
-
-def _install_exit_hook() -> None:
-    """At interpreter exit, a run stopped by SIGTERM ends as ``killed``. (``Terminated`` is a ``SystemExit``,
-    which bypasses ``sys.excepthook``: tracklink's own exit hook, which runs after this one, would end the
-    run as a success. Uncaught exceptions are left to that hook: it ends the runs as ``failed``.)"""
-    global _exit_hook_installed
-    if not _exit_hook_installed:
-        _exit_hook_installed = True
-        atexit.register(_close_terminated)
-
-
-def _close_terminated() -> None:
-    if not _terminated:
-        return
-    for tracker in list(_live):
-        try:
-            tracker._close(_terminated[-1])
-        except Exception as exc:  # pragma: no cover - best effort at shutdown
-            logger.debug("tracklink: closing the Accelerate run at exit failed: %r", exc)
 
 
 register()

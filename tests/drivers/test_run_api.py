@@ -204,6 +204,38 @@ def test_sigterm_ends_the_runs_killed_with_nothing_lost(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("own_handler", [False, True])
+def test_sigterm_without_a_with_block(tmp_path: Path, own_handler: bool) -> None:
+    """SIGTERM kills a run used without ``with`` too (the run arms the guard while SIGTERM has its default
+    action); a SIGTERM handler the script installed itself is left alone."""
+    script = _script(tmp_path, f"""
+        import signal
+        if {own_handler!r}:
+            signal.signal(signal.SIGTERM, lambda signum, frame: (print("OWN HANDLER", flush=True), sys.exit(7)))
+        run = tracklink.init(report_to="none", dir=sys.argv[1], callbacks=[RecordingTracker(sys.argv[2])])
+        for step in range(100000):
+            run.log({{"loss": 1.0}}, step=step)
+            print("LOGGED", step, flush=True)
+            time.sleep(0.02)
+    """)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(tmp_path / "rec.jsonl")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("LOGGED 5"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    records = read_records(tmp_path / "rec.jsonl")
+    if own_handler:
+        assert proc.returncode == 7 and "OWN HANDLER" in out, err
+        assert records[-1]["status"] == "success"  # the script chose to exit normally
+    else:
+        assert proc.returncode == 143, err
+        assert records[-1]["kind"] == "finish" and records[-1]["status"] == "killed"
+
+
+@pytest.mark.slow
 def test_an_uncaught_exception_without_a_with_block_fails_the_runs(tmp_path: Path) -> None:
     script = _script(tmp_path, """
         run = tracklink.init(report_to="none", dir=sys.argv[1], callbacks=[RecordingTracker(sys.argv[2])])
