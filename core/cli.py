@@ -4,23 +4,31 @@
 SDK is installed and which version, whether it is ready, and whether the current ``report_to`` selects
 it or why not. ``tracklink doctor [--json]`` adds each tracker's environment variables (secret ones
 as set/unset only), its rank policy, and checks the values. Neither imports torch or any SDK.
-``tracklink demo`` trains a small model (see ``tracklink.trainer.demo``).
+``tracklink demo`` trains a small model: the trainer package adds it through the ``tracklink.commands``
+entry-point group (see ``tracklink.trainer.demo``), so this module never imports the trainer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .delivery import DeliverySettings
 from .errors import ReportToError
 from .registry import TrackerSpec, discover
 from .resolve import ENV_REPORT_TO, NOT_GIVEN, Resolution, resolve_report_to
 
-__all__ = ["doctor_report", "main", "plugin_rows"]
+__all__ = ["COMMAND_GROUP", "doctor_report", "main", "plugin_rows"]
+
+logger = logging.getLogger("tracklink")
+
+#: Entry-point group of packages that add a ``tracklink`` subcommand.
+COMMAND_GROUP = "tracklink.commands"
 
 
 def _resolve(report_to: Any, env: Mapping[str, str], specs: dict[str, TrackerSpec]) -> tuple[Resolution | None, str | None]:
@@ -73,8 +81,6 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
     rows, error = plugin_rows(report_to, env)
     specs = discover()
     problems = [error] if error else []
-    from .delivery import DeliverySettings
-
     try:
         settings = DeliverySettings.from_env()
     except ValueError as exc:
@@ -180,15 +186,6 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(ns: argparse.Namespace) -> int:
-    from tracklink.trainer.demo import run_demo
-
-    return run_demo(
-        output_dir=ns.output_dir, report_to=ns.report_to, max_steps=ns.max_steps, device=ns.device,
-        early_stopping=ns.early_stopping,
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracklink", description="Experiment-tracking hub for PyTorch training.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,21 +197,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--report-to", default=None,
                        help=f"report_to value to evaluate (default: ${ENV_REPORT_TO} or 'all')")
-    demo = sub.add_parser("demo", help="train a small model with the embedded default trackers")
-    demo.add_argument("--output-dir", default="tracklink-demo", help="where checkpoints and logs go")
-    demo.add_argument("--report-to", default=None,
-                      help="trackers to use (default: tensorboard and mlflow when installed)")
-    demo.add_argument("--max-steps", type=int, default=300, help="optimizer steps to train (default 300)")
-    demo.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
-    demo.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
-                      help="stop when eval accuracy has not improved for PATIENCE evaluations")
+    for command in _command_plugins():
+        command(sub)
     return parser
+
+
+def _command_plugins() -> list[Any]:
+    """Functions that add a subcommand (``add(subparsers)``; the parser's ``handler`` default runs it),
+    found in the ``tracklink.commands`` entry-point group: ``tracklink demo`` comes from the trainer
+    package this way, so the core never imports the trainer."""
+    from importlib import metadata
+
+    commands = []
+    for entry_point in sorted(metadata.entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
+        try:
+            commands.append(entry_point.load())
+        except Exception as exc:  # a broken command plugin must not take the others down
+            logger.warning("tracklink: command plugin %r failed to load: %s", entry_point.name, exc)
+    return commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    handlers = {"plugins": _cmd_plugins, "doctor": _cmd_doctor, "demo": _cmd_demo}
-    return handlers[ns.command](ns)
+    handlers = {"plugins": _cmd_plugins, "doctor": _cmd_doctor}
+    handler = handlers.get(ns.command) or ns.handler
+    return int(handler(ns))
 
 
 if __name__ == "__main__":  # pragma: no cover

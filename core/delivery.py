@@ -97,24 +97,21 @@ def _copy_mapping(mapping: Any) -> Any:
     return mapping
 
 
-_redacted_args: dict[int, tuple[Any, Any]] = {}
+_redacted_args: dict[int, tuple[Any, Any, Any]] = {}
 
 
 def _tracker_args(args: Any) -> Any:
-    """The redacted copy of ``args`` trackers receive (cached per arguments object)."""
+    """The redacted copy of ``args`` trackers receive, cached per arguments object and rebuilt when the
+    object records a change (``TrainingArguments`` counts its field assignments in ``_tracklink_changes``)."""
     cached = _redacted_args.get(id(args))
-    if cached is not None and cached[0] is args:
+    changes = getattr(args, "_tracklink_changes", None)
+    if cached is not None and cached[0] is args and cached[2] == changes:
         return cached[1]
     clone = redacted_copy(args, current_secrets())
     if len(_redacted_args) > 16:
         _redacted_args.clear()
-    _redacted_args[id(args)] = (args, clone)
+    _redacted_args[id(args)] = (args, clone, changes)
     return clone
-
-
-def forget_args(args: Any) -> None:
-    """Drop the cached redacted copy of ``args`` (after it was modified)."""
-    _redacted_args.pop(id(args), None)
 
 
 def _shallow(obj: Any) -> Any:

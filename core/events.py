@@ -1,55 +1,41 @@
 """Event names, the arguments every event carries, and the control-flag resets performed before each.
 
-The hook specifications with their documentation live in :mod:`tracklink.hookspecs`; this module holds
-the same facts as plain data for the hub's hot path.
+The hook specifications in :mod:`tracklink.hookspecs` are the one source of the event list: the names,
+their order and their arguments are read from them here, as plain data for the hub's hot path. Adding an
+event means adding its specification (and its ``TrainerCallback`` method); everything else derives from it.
 """
 
 from __future__ import annotations
 
+import inspect
+
+from . import hookspecs
+
 __all__ = ["EVENTS", "EXTRAS", "RESETS", "STANDARD_ARGS"]
 
-#: Every event, in the order a training run first fires them.
-EVENTS: tuple[str, ...] = (
-    "on_init_end",
-    "on_train_begin",
-    "on_epoch_begin",
-    "on_step_begin",
-    "on_substep_end",
-    "on_pre_optimizer_step",
-    "on_optimizer_step",
-    "on_step_end",
-    "on_epoch_end",
-    "on_log",
-    "on_evaluate",
-    "on_prediction_step",
-    "on_predict",
-    "on_save",
-    "on_train_end",
-    "on_exception",
-    "on_push_begin",
-)
 
-#: Arguments every hook may name.
-STANDARD_ARGS: tuple[str, ...] = (
-    "args",
-    "state",
-    "control",
-    "model",
-    "processing_class",
-    "tokenizer",
-    "optimizer",
-    "lr_scheduler",
-    "train_dataloader",
-    "eval_dataloader",
+def _specs() -> list[tuple[str, tuple[str, ...]]]:
+    """The hook specifications, in the order :mod:`tracklink.hookspecs` defines them, with their arguments."""
+    found = []
+    for name, function in vars(hookspecs).items():
+        if callable(function) and hasattr(function, f"{hookspecs.PROJECT}_spec"):
+            found.append((name, tuple(inspect.signature(function).parameters)))
+    return found
+
+
+_SPECS = _specs()
+
+#: Every event, in the order a training run first fires them (the order of the hook specifications).
+EVENTS: tuple[str, ...] = tuple(name for name, _ in _SPECS)
+
+#: Arguments every hook may name (those every specification has, in their order).
+STANDARD_ARGS: tuple[str, ...] = tuple(
+    arg for arg in _SPECS[0][1] if all(arg in params for _, params in _SPECS)
 )
 
 #: Event-specific arguments.
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "on_log": ("logs",),
-    "on_evaluate": ("metrics",),
-    "on_predict": ("metrics",),
-    "on_save": ("checkpoint_dir",),
-    "on_exception": ("exception",),
+    name: extra for name, params in _SPECS if (extra := tuple(a for a in params if a not in STANDARD_ARGS))
 }
 
 #: Control flags the hub clears before plugins see the event (transformers' rules).

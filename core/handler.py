@@ -27,11 +27,14 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .callback import TrainerCallback
 from .delivery import HF_STYLE, NAMED_STYLE, Call, DeliverySettings, TrackerChannel, hf_kwargs, snapshot
 from .errors import PluginRegistrationError, TrackerError
 from .events import EVENTS, EXTRAS, RESETS, STANDARD_ARGS
+from .flow import DefaultFlowCallback
 from .process import RANK_POLICIES, ProcessInfo
 from .state import HUB_STATE_KEY, TrainerControl
+from .tracker import Tracker
 
 logger = logging.getLogger("tracklink")
 
@@ -55,8 +58,6 @@ _DEFAULT_IMPL_OPTS = {
 
 def _is_noop_base(cls: type) -> bool:
     """The base callback classes whose event methods are no-ops (ours and transformers')."""
-    from .callback import TrainerCallback
-
     return cls is TrainerCallback or (
         cls.__name__ == "TrainerCallback" and cls.__module__ == "transformers.trainer_callback"
     )
@@ -214,8 +215,6 @@ class CallbackHandler:
         self.settings = settings or DeliverySettings.from_env()
         for callback in callbacks or ():
             self.add_callback(callback)
-        from .flow import DefaultFlowCallback
-
         if require_flow and not any(isinstance(e.plugin, DefaultFlowCallback) for e in self._entries):
             logger.warning(
                 "The Trainer will not work properly if you don't have a DefaultFlowCallback in its "
@@ -258,8 +257,6 @@ class CallbackHandler:
                 f"TrainerCallback classes or instances, Tracker instances, or objects/modules with "
                 f"@tracklink.hookimpl functions{hint}"
             )
-        from .tracker import Tracker
-
         if isinstance(plugin, Tracker):
             self.add_tracker(plugin)
             return
@@ -365,8 +362,6 @@ class CallbackHandler:
         a failure counts as a tracker error. The trainer merges the result into the summary log that
         every tracker then receives.
         """
-        from .tracker import Tracker
-
         merged: dict[str, Any] = {}
         for entry in self._entries:
             provider = getattr(entry.plugin, "final_metrics", None)
@@ -409,48 +404,6 @@ class CallbackHandler:
             if callable(check):
                 check(args)
         return self.call_event("on_init_end", args, state, control, **kwargs)
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        return self.call_event("on_train_begin", args, state, control, **kwargs)
-
-    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        return self.call_event("on_epoch_begin", args, state, control, **kwargs)
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        return self.call_event("on_step_begin", args, state, control, **kwargs)
-
-    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        return self.call_event("on_substep_end", args, state, control, **kwargs)
-
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        return self.call_event("on_pre_optimizer_step", args, state, control, **kwargs)
-
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        return self.call_event("on_optimizer_step", args, state, control, **kwargs)
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        return self.call_event("on_step_end", args, state, control, **kwargs)
-
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        return self.call_event("on_epoch_end", args, state, control, **kwargs)
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
-        return self.call_event("on_log", args, state, control, logs=logs, **kwargs)
-
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> Any:
-        return self.call_event("on_evaluate", args, state, control, metrics=metrics, **kwargs)
-
-    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        return self.call_event("on_prediction_step", args, state, control, **kwargs)
-
-    def on_predict(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> Any:
-        return self.call_event("on_predict", args, state, control, metrics=metrics, **kwargs)
-
-    def on_save(self, args: Any, state: Any, control: Any, checkpoint_dir: Any = None, **kwargs: Any) -> Any:
-        return self.call_event("on_save", args, state, control, checkpoint_dir=checkpoint_dir, **kwargs)
-
-    def on_push_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        return self.call_event("on_push_begin", args, state, control, **kwargs)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """Fire ``on_train_end``, wait for every tracker queue, then report tracker failures."""
@@ -664,6 +617,27 @@ class CallbackHandler:
                 steps.append((call[0], call[1], call[2], entry))
             plan[event] = tuple(steps)
         return plan
+
+
+def _forwarder(event: str) -> Any:
+    """transformers' handler method for ``event``: ``on_x(args, state, control, *extras, **kwargs)``, the
+    event's own arguments (``logs``, ``metrics``, ...) also accepted by position, as transformers passes them."""
+    extras = EXTRAS.get(event, ())
+
+    def forward(self: CallbackHandler, args: Any, state: Any, control: Any, *values: Any, **kwargs: Any) -> Any:
+        kwargs.update(zip(extras, values))
+        return self.call_event(event, args, state, control, **kwargs)
+
+    forward.__name__ = event
+    forward.__qualname__ = f"CallbackHandler.{event}"
+    forward.__doc__ = f"Fire ``{event}`` at every plugin (see :meth:`CallbackHandler.call_event`)."
+    return forward
+
+
+# one method per event, from the event list (tracklink.hookspecs); the events with extra work are written above
+for _event in EVENTS:
+    if _event not in CallbackHandler.__dict__:
+        setattr(CallbackHandler, _event, _forwarder(_event))
 
 
 def _instantiate(cls: type) -> Any:

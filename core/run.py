@@ -209,7 +209,7 @@ class Run:
         run.hub.on_init_end(run.args, run.state, run.control)
         if run.process.is_world_main:
             run.log_banner()
-        run.hub.on_train_begin(run.args, run.state, run.control)
+        run.hub.call_event("on_train_begin", run.args, run.state, run.control)
         run._save()
         return run
 
@@ -235,7 +235,7 @@ class Run:
         state.global_step = self._next_step(step)
         if "epoch" in logs and as_number(logs["epoch"]) is not None:
             state.epoch = float(logs["epoch"])
-        self.hub.on_log(self.args, state, self.control, logs=logs)
+        self.hub.call_event("on_log", self.args, state, self.control, logs=logs)
         if not self._identities_saved:
             self._save_when_identified()
 
@@ -247,7 +247,7 @@ class Run:
             raise FileNotFoundError(f"run.log_checkpoint({str(path)!r}): no such file or directory")
         if step is not None:
             state.global_step = self._next_step(step)
-        self.hub.on_save(self.args, state, self.control, checkpoint_dir=str(path))
+        self.hub.call_event("on_save", self.args, state, self.control, checkpoint_dir=str(path))
         self._save()
 
     def finish(self, status: str | None = None, exception: BaseException | None = None) -> None:

@@ -609,7 +609,7 @@ def declared_environment() -> dict[str, bool]:
     Reads declarations only: plugin modules are loaded, tracker SDKs are not imported, and a plugin
     that fails to load declares nothing. A name several trackers declare is secret when any says so.
     """
-    from .registry import discover
+    from .registry import discover  # lazy: entry points are package metadata, read only when asked
 
     declared: list[Any] = []
     for spec in discover().values():

@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tracklink import __version__
 from tracklink.envvars import EnvVar
 from tracklink.redact import redacted_upload
 from tracklink.shaping import param_value
@@ -225,8 +226,6 @@ class NeptuneCallback(Tracker):
             handle[f"{ns}/resumed_at_step"] = run.start_step
         if reattached:
             return  # parameters are already there
-        from tracklink import __version__
-
         handle["source_code/integrations/tracklink"] = __version__
         if self.log_parameters and run.args_config:
             handle[f"{ns}/trainer_parameters"] = _neptune_value(run.args_config)

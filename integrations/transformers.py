@@ -36,6 +36,7 @@ from typing import Any
 
 from transformers.trainer_callback import ExportableState, TrainerCallback
 
+from tracklink.events import EVENTS
 from tracklink.process import ProcessInfo
 from tracklink.resolve import NOT_GIVEN, resolve_report_to
 from tracklink.run import Run
@@ -46,11 +47,6 @@ from tracklink.tracker import Tracker
 
 __all__ = ["TracklinkBridge"]
 
-_FORWARDED = (
-    "on_init_end", "on_train_begin", "on_epoch_begin", "on_step_begin", "on_substep_end",
-    "on_pre_optimizer_step", "on_optimizer_step", "on_step_end", "on_epoch_end", "on_log", "on_evaluate",
-    "on_prediction_step", "on_predict", "on_push_begin",
-)
 _live: weakref.WeakSet[TracklinkBridge] = weakref.WeakSet()
 
 
@@ -161,8 +157,9 @@ def _make_forwarder(event: str) -> Any:
     return forward
 
 
-for _event in _FORWARDED:
-    if _event not in TracklinkBridge.__dict__:
+# every tracklink event transformers fires (all but on_exception, which it lacks), from the event list
+for _event in EVENTS:
+    if _event != "on_exception" and _event not in TracklinkBridge.__dict__:
         setattr(TracklinkBridge, _event, _make_forwarder(_event))
 
 

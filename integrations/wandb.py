@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from tracklink.envvars import EnvVar, truthy
+from tracklink.modelfiles import save_model
 from tracklink.redact import current_secrets, is_secret_key, redact_text, redacted_upload
 from tracklink.tracker import RunEnd, RunInfo, Tracker
 
@@ -325,8 +326,6 @@ class WandbCallback(Tracker):
                 if callable(save):
                     save(str(source))
                 else:
-                    from tracklink.trainer.checkpoint import save_model
-
                     save_model(model, source)
             self._add_dir(artifact, source, keep_training_state=False)
             if model is not None:

@@ -131,9 +131,8 @@ class TrainingArguments:
 
     def __setattr__(self, name: str, value: Any) -> None:
         if "_validating" in self.__dict__:
-            from tracklink.delivery import forget_args
-
-            forget_args(self)
+            # a changed field: trackers' cached redacted copy of these arguments is stale (see delivery)
+            object.__setattr__(self, "_tracklink_changes", self.__dict__.get("_tracklink_changes", 0) + 1)
         if name == "report_to" and not self.__dict__.get("_validating", True):
             resolution = resolve_report_to(value)
             object.__setattr__(self, "_report_to_resolution", resolution)
@@ -385,7 +384,7 @@ class TrainingArguments:
     @property
     def device(self) -> Any:
         """The device training runs on: CUDA when available, else MPS, else CPU (``use_cpu`` forces CPU)."""
-        from .distributed import pick_device
+        from .distributed import pick_device  # lazy: it imports torch; this module does not
 
         return pick_device(self)
 

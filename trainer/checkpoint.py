@@ -27,15 +27,13 @@ from typing import Any
 
 import torch
 
-from tracklink.atomic import atomic_path, atomic_write_text
-from tracklink.shaping import plain_value
+from tracklink.atomic import atomic_path
+from tracklink.modelfiles import WEIGHTS_NAME, save_config, save_model
 from tracklink.state import CorruptStateError, TrainerState
 
 logger = logging.getLogger("tracklink")
 
 PREFIX = "checkpoint"
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 OPTIMIZER_NAME = "optimizer.pt"
 SCHEDULER_NAME = "scheduler.pt"
 SCALER_NAME = "scaler.pt"
@@ -147,44 +145,6 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
             return candidate
         logger.warning("tracklink: skipping checkpoint %s for resume: %s", candidate, problem)
     return None
-
-
-def _config_json(model: torch.nn.Module) -> str | None:
-    """The model config as JSON, with secrets redacted (checkpoints may be uploaded by trackers)."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    to_json = getattr(config, "to_json_string", None)
-    from tracklink.redact import current_secrets, redact
-
-    text = str(to_json()) if callable(to_json) else None
-    data = json.loads(text) if text is not None else plain_value(config)
-    if not isinstance(data, dict):
-        return text
-    clean = redact(data, current_secrets())
-    if text is not None and clean == data:
-        return text
-    return json.dumps(clean, indent=2, sort_keys=True) + "\n"
-
-
-def save_model(model: torch.nn.Module, directory: str | os.PathLike[str]) -> None:
-    """Write ``model.safetensors`` (shared tensors de-duplicated) and ``config.json``."""
-    from safetensors.torch import save_model as save_safetensors
-
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path / WEIGHTS_NAME) as temporary:
-        save_safetensors(model, str(temporary))
-    save_config(model, path)
-
-
-def save_config(model: torch.nn.Module, directory: str | os.PathLike[str]) -> None:
-    """Write the model's redacted ``config.json`` (when it has a config)."""
-    config = _config_json(model)
-    if config is not None:
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path / CONFIG_NAME, config)
 
 
 def save_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], directory: str | os.PathLike[str]) -> None:

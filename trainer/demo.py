@@ -23,6 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from tracklink import EarlyStoppingCallback
+from tracklink.registry import discover
+
+from .arguments import TrainingArguments
+from .trainer import Trainer, set_seed
+
 __all__ = ["SpiralClassifier", "SpiralDataset", "run_demo"]
 
 logger = logging.getLogger("tracklink")
@@ -72,8 +78,6 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
 
 
 def _default_trackers() -> list[str]:
-    from tracklink.registry import discover
-
     specs = discover()
     return [name for name in ("tensorboard", "mlflow") if name in specs and specs[name].availability() is None]
 
@@ -154,11 +158,6 @@ def run_demo(
     early_stopping: int | None = None,
 ) -> int:
     """Run the demo; returns the process exit status."""
-    from tracklink import EarlyStoppingCallback
-
-    from .arguments import TrainingArguments
-    from .trainer import Trainer, set_seed
-
     if max_steps < 1:
         raise SystemExit(f"tracklink demo: --max-steps {max_steps} is invalid; accepted: an integer >= 1")
     if early_stopping is not None and early_stopping < 1:

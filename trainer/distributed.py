@@ -18,6 +18,8 @@ import torch.distributed as dist
 
 from tracklink.shutdown import on_exit
 
+from .fsdp import FsdpPlan, is_sharded, shard_model
+
 logger = logging.getLogger("tracklink")
 
 __all__ = [
@@ -186,8 +188,6 @@ def launched_by_torchrun() -> bool:
 def wrap_model(model: torch.nn.Module, args: Any, device: torch.device) -> torch.nn.Module:
     """Shard the model with FSDP2 when ``args.fsdp`` is set (in place, once), else wrap it in
     ``DistributedDataParallel`` when training is distributed."""
-    from .fsdp import FsdpPlan, is_sharded, shard_model
-
     plan = FsdpPlan.from_args(args)
     if plan is not None:
         return model if is_sharded(model) else shard_model(model, plan, device)

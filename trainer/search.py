@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracklink.state import SEARCH_STATE_KEY
+from tracklink.tracker import declared_environment
 
 logger = logging.getLogger("tracklink")
 
@@ -317,8 +318,6 @@ def tracker_environment() -> dict[str, str]:
 
     Declared secrets are forwarded too (workers need the credentials); only names are ever logged.
     """
-    from tracklink.tracker import declared_environment
-
     declared = declared_environment()
     environment = {k: v for k, v in os.environ.items() if k in declared or k.startswith(FORWARDED_ENV_PREFIXES)}
     secret = sorted(k for k in environment if declared.get(k))

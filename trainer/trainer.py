@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 from tracklink.atomic import atomic_write_text
 from tracklink.callbacks import PrinterCallback, ProgressCallback
@@ -45,9 +46,9 @@ from tracklink.tracker import Tracker
 from tracklink.values import plain_logs
 
 from . import checkpoint as ckpt
-from . import fsdp
+from . import fsdp, search
 from .arguments import TrainingArguments
-from .data import build_dataloader, default_data_collator, has_length, move_to_device
+from .data import IterableDatasetShard, build_dataloader, default_data_collator, has_length, move_to_device
 from .distributed import (
     all_gather_objects,
     any_process,
@@ -482,10 +483,6 @@ class Trainer:
         (:class:`~tracklink.trainer.data.IterableDatasetShard` without completing the last chunk, so no
         sample is evaluated twice). The prediction loop gathers the shares back into dataset order.
         Processes may get different numbers of batches."""
-        from torch.utils.data import DataLoader, IterableDataset
-
-        from .data import IterableDatasetShard
-
         dataset = self._eval_dataset(eval_dataset)
         sampler = None
         batch_size = self.args.per_device_eval_batch_size
@@ -995,8 +992,6 @@ class Trainer:
         of the metrics), reported at every evaluation so the backend can prune. Backend options go in
         ``kwargs`` (see ``tracklink.trainer.search.run_optuna`` / ``run_ray``).
         """
-        from . import search
-
         if self.model_init is None:
             raise ValueError("hyperparameter_search needs Trainer(model_init=...): every trial trains a fresh model")
         search.validate(n_trials, hp_space, compute_objective)
@@ -1010,8 +1005,6 @@ class Trainer:
 
     def _run_trial(self, info: Any, params: Any, compute_objective: Any, context: Any) -> Any:
         """Train one trial (used by the search backends); returns its objective."""
-        from . import search
-
         base_args = self.args
         trial_args = search.trial_arguments(base_args, params)
         self.args = trial_args
@@ -1419,8 +1412,6 @@ class Trainer:
         back in dataset order, and the loss is averaged in that order: N processes report the same
         loss, metrics and predictions as one process reading the whole dataset.
         """
-        from .data import IterableDatasetShard
-
         handler = self.callback_handler
         handler.eval_dataloader = dataloader
         if self.args.fsdp and not fsdp.is_sharded(self.model):
@@ -1503,10 +1494,6 @@ class Trainer:
     def _padding_batch(self, dataloader: Any) -> Any:
         """A batch of the dataset's first sample, for a process that must join a collective forward but
         has no evaluation data of its own (its result is discarded)."""
-        from torch.utils.data import IterableDataset
-
-        from .data import IterableDatasetShard
-
         dataset = dataloader.dataset
         if isinstance(dataset, IterableDatasetShard):
             dataset = dataset.dataset
