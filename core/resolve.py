@@ -53,6 +53,9 @@ class _NotGiven:
     def __repr__(self) -> str:
         return "NOT_GIVEN"
 
+    def __reduce__(self) -> str:
+        return "NOT_GIVEN"  # pickled by reference: the sentinel stays one object, compared by identity
+
 
 #: Sentinel for "the argument was not given" (then ``TRACKLINK_REPORT_TO`` or ``"all"`` applies).
 NOT_GIVEN: Any = _NotGiven()

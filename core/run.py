@@ -21,6 +21,7 @@ import difflib
 import json
 import logging
 import os
+import shutil
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -41,7 +42,7 @@ from .values import as_number, plain_logs
 
 logger = logging.getLogger("tracklink")
 
-__all__ = ["RUN_FILE", "Run", "RunArgs", "init"]
+__all__ = ["RUN_FILE", "Run", "RunArgs", "check_init_kwargs", "init"]
 
 #: The file in a run's directory that keeps its trackers' run identities (for ``resume``).
 RUN_FILE = "tracklink-run.json"
@@ -160,8 +161,14 @@ class Run:
         init_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
         callbacks: Iterable[Any] = (),
         model: Any = None,
+        handle_sigterm: bool = True,
+        step: int | None = None,
     ) -> Run:
-        """Resolve ``report_to``, build this rank's trackers and start their runs (see :func:`init`)."""
+        """Resolve ``report_to``, build this rank's trackers and start their runs (see :func:`init`).
+
+        ``handle_sigterm=False`` leaves SIGTERM alone (a driver whose framework stops on SIGTERM itself).
+        ``step``: when re-attaching, continue at this step rather than the last one recorded (a resume from
+        an older checkpoint): trackers drop or overwrite what they hold after it, as for the trainer."""
         if resume not in RESUME_CHOICES:
             raise ValueError(f"resume={resume!r} is not accepted; accepted: None, True, 'allow', 'must', 'never'")
         if config is not None and not isinstance(config, Mapping):
@@ -171,7 +178,7 @@ class Run:
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{label}={value!r} ({type(value).__name__}) is not accepted; pass a string")
         resolution = resolve_report_to(report_to)
-        per_tracker = _checked_init_kwargs(init_kwargs, resolution)
+        per_tracker = check_init_kwargs(init_kwargs, resolution)
         if resume not in (None, False) and dir is None and name is None:
             raise ValueError(f"resume={resume!r} needs dir= (or name=): the run directory is where the "
                              "identities of the runs to re-attach to are kept")
@@ -192,8 +199,8 @@ class Run:
                                  is_world_process_zero=run.process.is_world_main)
         run.hub.model = model
         if saved is not None:
-            run._step = int(saved.get("step") or 0)
-            run._logged = bool(saved.get("logged"))
+            run._step = int(saved.get("step") or 0) if step is None else int(step)
+            run._logged = bool(saved.get("logged")) and step is None
             run.state.global_step = run._step
             stored = saved.get("trackers") or {}
             for tracker in run.trackers.values():
@@ -205,7 +212,8 @@ class Run:
         _open_runs.add(run)
         # SIGTERM (a scheduler stopping the job) ends the runs as killed, also outside a ``with`` block;
         # a SIGTERM handler the program installed itself is left alone
-        run._guard.install(only_if_default=True)
+        if handle_sigterm:
+            run._guard.install(only_if_default=True)
         run.hub.on_init_end(run.args, run.state, run.control)
         if run.process.is_world_main:
             run.log_banner()
@@ -241,13 +249,17 @@ class Run:
 
     def log_checkpoint(self, path: str | os.PathLike[str], step: int | None = None) -> None:
         """Hand a checkpoint directory (or file) to the trackers that upload checkpoints, at ``step``
-        (default: the last step logged)."""
+        (default: the last step logged). Trackers upload directories: a file is handed over inside
+        ``<dir>/tracklink-checkpoints/<name>-<step>/`` (a hard link to it, or a copy across file systems)."""
         state = self._started("log_checkpoint")
         if not os.path.exists(path):
             raise FileNotFoundError(f"run.log_checkpoint({str(path)!r}): no such file or directory")
         if step is not None:
             state.global_step = self._next_step(step)
-        self.hub.call_event("on_save", self.args, state, self.control, checkpoint_dir=str(path))
+        folder = Path(path)
+        if folder.is_file():
+            folder = self._checkpoint_folder(folder, state.global_step)
+        self.hub.call_event("on_save", self.args, state, self.control, checkpoint_dir=str(folder))
         self._save()
 
     def finish(self, status: str | None = None, exception: BaseException | None = None) -> None:
@@ -309,6 +321,18 @@ class Run:
                              f"{self._step}, or leave step out")
         self._step, self._logged = step, True
         return step
+
+    def _checkpoint_folder(self, file: Path, step: int) -> Path:
+        folder = (self.dir or file.parent) / "tracklink-checkpoints" / f"{file.stem}-{step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / file.name
+        if target.exists():
+            target.unlink()
+        try:
+            os.link(file, target)
+        except OSError:  # another file system, or no hard links there
+            shutil.copy2(file, target)
+        return folder
 
     def _save_when_identified(self) -> None:
         if all(t.setup_finished for t in self.trackers.values() if isinstance(t, Tracker)):
@@ -375,7 +399,7 @@ def init(
                      init_kwargs=init_kwargs, callbacks=callbacks, model=model)
 
 
-def _checked_init_kwargs(init_kwargs: Mapping[str, Any] | None, resolution: Resolution) -> dict[str, dict[str, Any]]:
+def check_init_kwargs(init_kwargs: Mapping[str, Any] | None, resolution: Resolution) -> dict[str, dict[str, Any]]:
     """``init_kwargs`` by canonical tracker name; a key that names no tracker is an error, one that names a
     tracker this run does not use is warned about."""
     if init_kwargs is None:

@@ -570,6 +570,9 @@ class Tracker(TrainerCallback):
 
     def _send(self, logs: Mapping[str, Any], state: Any) -> None:
         step = int(getattr(state, "global_step", 0) or 0)
+        # the trainer's final summary (train_runtime, train_loss, ...) goes to log_summary; the same keys in any
+        # other log (a loop's per-step "train_loss") are ordinary metrics
+        summary_keys = self.summary_keys if "train_runtime" in logs else frozenset()
         metrics: dict[str, float] = {}
         summary: dict[str, float] = {}
         texts: dict[str, str] = {}
@@ -585,7 +588,7 @@ class Tracker(TrainerCallback):
                 continue
             if isinstance(value, float) and not math.isfinite(value):
                 logger.debug("tracker %r: %s is %s", self.name, key, value)
-            target = summary if key in self.summary_keys else metrics
+            target = summary if key in summary_keys else metrics
             target[self.metric_name(key)] = value
         if metrics:
             self.log_metrics(metrics, step, getattr(state, "epoch", None))

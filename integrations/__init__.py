@@ -27,6 +27,7 @@ _TRACKERS: dict[str, str] = {
 DRIVERS: dict[str, str] = {
     "TracklinkBridge": "transformers",
     "TracklinkTracker": "accelerate",
+    "TracklinkLogger": "lightning",
 }
 _CLASSES = {**_TRACKERS, **DRIVERS}
 

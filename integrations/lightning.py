@@ -104,7 +104,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from tracklink.resolve import NOT_GIVEN, resolve_report_to
-from tracklink.run import RESUME_CHOICES, RUN_FILE, Run, _checked_init_kwargs
+from tracklink.run import RESUME_CHOICES, RUN_FILE, Run, check_init_kwargs
 from tracklink.values import as_number
 
 logger = logging.getLogger("tracklink")
@@ -175,7 +175,7 @@ class TracklinkLogger(Logger):
                              "of the runs to re-attach to are kept")
         super().__init__()
         resolution = resolve_report_to(report_to)  # fail now on an unknown name or a missing SDK
-        _checked_init_kwargs(init_kwargs, resolution)  # and on init_kwargs that name no tracker
+        check_init_kwargs(init_kwargs, resolution)  # and on init_kwargs that name no tracker
         self._directory = Path(dir) if dir is not None else Path("tracklink-runs") / (name or _default_name())
         if rank_zero_only.rank == 0:
             if resume == "must" and not (self._directory / RUN_FILE).exists():
@@ -341,11 +341,6 @@ class TracklinkLogger(Logger):
         state.update(_run=None, _last_run=None, _model=None)
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if isinstance(state.get("report_to"), type(NOT_GIVEN)):
-            state["report_to"] = NOT_GIVEN  # the sentinel is compared by identity
-        self.__dict__.update(state)
-
     # -- internals ---------------------------------------------------------------------------------
 
     def _start(self) -> Run:
@@ -355,11 +350,10 @@ class TracklinkLogger(Logger):
             self.report_to, project=self.project, name=self.run_name, config=dict(self._config),
             dir=self._directory, resume=self.resume if self._starts == 0 else True,
             init_kwargs=self.init_kwargs, callbacks=self.callbacks, model=self._model,
+            # a Trainer registers its own SIGTERM handler (it stops every rank at the end of a batch and
+            # finalizes the loggers with "failed"); the run's guard would raise in mid-step instead
+            handle_sigterm=not self._trainer,
         )
-        if self._trainer:
-            # a Trainer registers its own SIGTERM handler after this (it stops every rank at the end of a
-            # batch and finalizes the loggers with "failed"); the run's guard would raise in mid-step instead
-            run._guard.restore()
         self._run = self._last_run = run
         self._starts += 1
         self._floor = int(run.state.global_step if run.state is not None else 0)

@@ -423,3 +423,82 @@ def test_import_tracklink_stays_light() -> None:
     code = "import sys, tracklink; tracklink.init; print(sorted(m for m in ('torch', 'mlflow', 'wandb') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+class UploadingRecorder(RecordingTracker):
+    """Records what a checkpoint upload would see: the directory handed over and the files in it."""
+
+    name = "uploading"
+
+    def log_checkpoint(self, path: str, state: Any) -> None:
+        self._write("checkpoint", path=path, files=sorted(p.name for p in Path(path).iterdir()),
+                    step=state.global_step)
+
+
+def test_a_checkpoint_file_is_handed_over_in_a_directory(tmp_path: Path) -> None:
+    recorder = UploadingRecorder(tmp_path / "rec.jsonl")
+    weights = tmp_path / "model-7.pt"
+    weights.write_bytes(b"weights")
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x")
+    with tracklink.init(report_to="none", dir=tmp_path / "run", callbacks=[recorder]) as run:
+        run.log({"loss": 1.0}, step=7)
+        run.log_checkpoint(weights)
+        run.log_checkpoint(folder, step=8)
+    handed = [r for r in read_records(recorder.path) if r["kind"] == "checkpoint"]
+    assert handed[0]["files"] == ["model-7.pt"] and handed[0]["step"] == 7
+    assert Path(handed[0]["path"]).parent == tmp_path / "run" / "tracklink-checkpoints"
+    assert handed[1] == {**handed[1], "path": str(folder), "files": ["model.safetensors"], "step": 8}
+
+
+def test_train_loss_of_a_loop_is_a_series_not_a_summary(tmp_path: Path) -> None:
+    recorder = RecordingTracker(tmp_path / "rec.jsonl")
+    with tracklink.init(report_to="none", dir=tmp_path / "run", callbacks=[recorder]) as run:
+        for step in range(3):
+            run.log({"train_loss": float(step)}, step=step)
+    records = read_records(recorder.path)
+    assert [s for s, m in _metrics(records) if "train/train_loss" in m] == [0, 1, 2]
+    assert not [r for r in records if r["kind"] == "summary"]
+
+
+def test_resume_at_an_earlier_step(tmp_path: Path) -> None:
+    first = RecordingTracker(tmp_path / "first.jsonl")
+    run = tracklink.init(report_to="none", dir=tmp_path / "run", callbacks=[first])
+    for step in range(1, 6):
+        run.log({"loss": float(step)}, step=step)
+    run.finish(status="killed")
+    again = RecordingTracker(tmp_path / "again.jsonl")
+    run = tracklink.Run.start("none", dir=tmp_path / "run", resume=True, callbacks=[again], step=3)
+    run.log({"loss": 40.0}, step=4)  # step 4 again: allowed, the run continues from the checkpoint's step 3
+    run.finish()
+    setup = read_records(again.path)[0]
+    assert setup["start_step"] == 3 and setup["resumed"] is True and setup["run_id"] == first.run_id
+    assert _metrics(read_records(again.path)) == [(4, {"train/loss": 40.0})]
+
+
+def test_handle_sigterm_false_leaves_sigterm_alone(tmp_path: Path) -> None:
+    if threading_main() is False:
+        pytest.skip("signals are for the main thread")
+    before = signal.getsignal(signal.SIGTERM)
+    run = tracklink.Run.start("none", dir=tmp_path / "run", handle_sigterm=False)
+    assert signal.getsignal(signal.SIGTERM) is before
+    run.finish()
+    run = tracklink.init(report_to="none", dir=tmp_path / "run2")
+    assert signal.getsignal(signal.SIGTERM) is not before or before is not signal.SIG_DFL
+    run.finish()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def test_not_given_survives_pickling() -> None:
+    import pickle
+
+    from tracklink.resolve import NOT_GIVEN
+
+    assert pickle.loads(pickle.dumps(NOT_GIVEN)) is NOT_GIVEN
