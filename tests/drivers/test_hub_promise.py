@@ -2,8 +2,8 @@
 the same keys, steps and values in real backends (an MLflow sqlite store and TensorBoard event files).
 
 Each driver logs the stream through its own, natural logging call (``trainer.log`` from a callback for the
-two trainers, ``run.log`` for a plain loop, ``fabric.log_dict`` for Lightning, ``accelerator.log`` for
-Accelerate) into its own working directory; every backend is then read back with its own reader. Loops
+two trainers, ``run.log`` for a plain loop, ``fabric.log_dict`` with tracklink's Lightning logger,
+``accelerator.log`` with tracklink's Accelerate tracker) into its own working directory; every backend is then read back with its own reader. Loops
 add keys of their own (the trainers log ``epoch``), so the comparison is over the stream's keys.
 """
 
@@ -105,10 +105,38 @@ def drive_plain_loop(workdir: Path) -> None:
             run.log(values, step=step)
 
 
+def drive_lightning_fabric(workdir: Path) -> None:
+    lightning = pytest.importorskip("lightning")
+    from tracklink.integrations.lightning import TracklinkLogger
+
+    logger = TracklinkLogger(["tensorboard", "mlflow"], dir=workdir / "run")
+    fabric = lightning.Fabric(accelerator="cpu", devices=1, loggers=[logger])
+    fabric.logger.log_hyperparams({"learning_rate": LEARNING_RATE})
+    for step, values in STREAM.items():
+        fabric.log_dict(values, step=step)
+    logger.finalize("success")
+
+
+def drive_accelerate(workdir: Path) -> None:
+    pytest.importorskip("accelerate")
+    from accelerate.accelerator import Accelerator
+
+    from tracklink.integrations.accelerate import TracklinkTracker
+
+    accelerator = Accelerator(cpu=True, log_with=[TracklinkTracker(report_to=["tensorboard", "mlflow"],
+                                                                   dir=workdir / "run")])
+    accelerator.init_trackers("hub", config={"learning_rate": LEARNING_RATE})
+    for step, values in STREAM.items():
+        accelerator.log(values, step=step)
+    accelerator.end_training()
+
+
 DRIVERS: dict[str, Callable[[Path], None]] = {
     "tracklink-trainer": drive_tracklink_trainer,
     "transformers-bridge": drive_transformers_bridge,
     "plain-loop": drive_plain_loop,
+    "lightning-fabric": drive_lightning_fabric,
+    "accelerate": drive_accelerate,
 }
 
 
