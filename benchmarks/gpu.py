@@ -243,7 +243,6 @@ class TokenData:
 
 def build_model(name: str) -> Any:
     import torch
-
     from transformers import LlamaConfig, LlamaForCausalLM
 
     sizes: dict[str, Any] = {k: v for k, v in MODELS[name].items() if k not in ("batch", "seq_len")}

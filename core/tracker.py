@@ -469,7 +469,10 @@ class Tracker(TrainerCallback):
     def _tracklink_holds_checkpoint(self) -> bool:
         """Whether the checkpoint just saved must outlive rotation until this tracker handled its
         ``on_save`` (it uploads checkpoints, or its run identity is still to be added to it)."""
-        return self.uploads_checkpoints or self._tl.setup_pending
+        try:
+            return bool(self.uploads_checkpoints) or self._tl.setup_pending
+        except Exception:  # runs on the training thread: a tracker's broken property must not stop training
+            return True
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         self.close(RunEnd.of_training("success", args, state, model, last_checkpoint=self._tl.last_checkpoint))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tracklink.signals import SigtermGuard
 from tracklink.state import SEARCH_STATE_KEY
 from tracklink.tracker import declared_environment
 
@@ -241,7 +242,7 @@ def run_optuna(trainer: Any, hp_space: Any, compute_objective: Any, n_trials: in
                          dict(params) if isinstance(params, Mapping) else params, trial)
         context = SearchContext(name, "optuna", direction, trial.number, info.name)
         try:
-            return trainer._run_trial(info, params, compute_objective, context)
+            return run_trial(trainer, info, params, compute_objective, context)
         except (Exception, KeyboardInterrupt):
             raise  # Optuna records the trial as failed (or pruned)
         except BaseException:
@@ -339,7 +340,7 @@ def _ray_trial(config: dict[str, Any], recipe: TrainerRecipe, compute_objective:
     number = int(trial_id.rsplit("_", 1)[-1]) if trial_id.rsplit("_", 1)[-1].isdigit() else 0
     name = hp_name(config) if hp_name else f"run-{trial_id}"
     info = TrialInfo("ray", number, name, dict(config), None)
-    objective = trainer._run_trial(info, config, compute_objective, SearchContext(search[0], "ray", search[1], number, name))
+    objective = run_trial(trainer, info, config, compute_objective, SearchContext(search[0], "ray", search[1], number, name))
     if not info.reported_final:
         tune.report({"objective": objective, "trial_name": name, "step": trainer.state.global_step})
 
@@ -387,3 +388,68 @@ def run_ray(trainer: Any, hp_space: Any, compute_objective: Any, n_trials: int, 
     if best.metrics is None or "objective" not in best.metrics:
         raise RuntimeError(f"hyperparameter_search: no Ray trial of {name!r} reported an objective")
     return BestRun(str(best.metrics.get("trial_id")), float(best.metrics["objective"]), dict(best.config), best)
+
+
+# -- one trial, run by the trainer the search was started on ----------------------------------------
+
+
+def run_trial(trainer: Any, info: Any, params: Any, compute_objective: Any, context: Any) -> Any:
+    """Train one trial (used by the search backends); returns its objective."""
+    base_args = trainer.args
+    trial_args = trial_arguments(base_args, params)
+    trainer.args = trial_args
+    trainer._trial_info = info
+    trainer._search_context = context
+    trainer._compute_objective = compute_objective or default_compute_objective
+    trainer.objective = None
+    try:
+        trainer.train(trial=info.handle if info.handle is not None else dict(info.params))
+        if trainer.objective is None:
+            report(trainer, trainer.evaluate(), final=True)
+        return trainer.objective
+    finally:
+        trainer.args = base_args
+        trainer._trial_info = None
+        trainer._search_context = None
+
+
+def report(trainer: Any, metrics: dict[str, float], final: bool = False) -> None:
+    """Compute the trial's objective from an evaluation and report it; prune when the backend says so."""
+    objective = trainer._compute_objective(metrics)
+    trainer.objective = objective
+    info = trainer._trial_info
+    if info.backend == "optuna" and not isinstance(objective, (list, tuple)) and not final:
+        trial = info.handle
+        trial.report(float(objective), trainer.state.global_step)
+        if trial.should_prune():
+            trainer.log({"trial_pruned": 1.0})
+            import optuna  # lazy: the search backend is an optional SDK
+
+            raise optuna.TrialPruned(f"trial {info.name} pruned at step {trainer.state.global_step}")
+    elif info.backend == "ray" and not final:
+        from ray import tune  # lazy: the search backend is an optional SDK
+
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        try:
+            tune.report({**numeric, "objective": float(objective), "step": trainer.state.global_step})
+        except SystemExit:
+            # Ray stops a trial by exiting from report(): pruning, unless the trial is at its last
+            # step anyway (a scheduler's max_t reached), where training just finishes normally
+            info.reported_final = True
+            if trainer.state.global_step < trainer.state.max_steps:
+                trainer.log({"trial_pruned": 1.0})
+                raise
+
+
+def hyperparameter_search(trainer: Any, hp_space: Any, compute_objective: Any, n_trials: int, direction: Any,
+                          backend: str | None, hp_name: Any, **kwargs: Any) -> Any:
+    """``Trainer.hyperparameter_search``: check the setting, pick the backend, run the trials."""
+    if trainer.model_init is None:
+        raise ValueError("hyperparameter_search needs Trainer(model_init=...): every trial trains a fresh model")
+    validate(n_trials, hp_space, compute_objective)
+    direction = check_direction(direction)
+    if trainer.args.eval_strategy == "no" and trainer.eval_dataset is None:
+        raise ValueError("hyperparameter_search needs an eval_dataset: the objective comes from evaluations")
+    run = run_optuna if choose_backend(backend) == "optuna" else run_ray
+    with SigtermGuard():  # between trials too: the backend then records the trial as failed
+        return run(trainer, hp_space, compute_objective, n_trials, direction, hp_name, **kwargs)

@@ -272,7 +272,7 @@ EVAL_STREAM_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, sys.argv[3])
     from helpers import ClassificationDataset, TinyClassifier
 
-    import tracklink.trainer.trainer as trainer_module
+    import tracklink.trainer.evaluation as evaluation_module  # where evaluations compute speed metrics
     from tracklink.trainer import Trainer, TrainingArguments, default_data_collator
 
     mode, root, rank = sys.argv[1], Path(sys.argv[2]), int(os.environ.get("RANK", "0"))
@@ -294,11 +294,11 @@ EVAL_STREAM_SCRIPT = textwrap.dedent('''
 
 
     counted = []
-    real_speed_metrics = trainer_module.speed_metrics
+    real_speed_metrics = evaluation_module.speed_metrics
     def recording_speed_metrics(prefix, start, num_samples=None, num_steps=None):
         counted.append([prefix, num_samples, num_steps])
         return real_speed_metrics(prefix, start, num_samples, num_steps)
-    trainer_module.speed_metrics = recording_speed_metrics
+    evaluation_module.speed_metrics = recording_speed_metrics
 
 
     def accuracy(prediction):
