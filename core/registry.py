@@ -21,11 +21,12 @@ __all__ = ["BUILTIN_ORDER", "GROUP", "TrackerSpec", "discover", "version_tuple"]
 GROUP = "tracklink.trackers"
 DISTRIBUTION = "tracklink"
 
-#: The order ``report_to="all"`` uses for built-in trackers (transformers' order; flyte is never
+#: The order ``report_to="all"`` uses for built-in trackers (transformers' order, which appends swanlab,
+#: trackio and kubeflow after clearml; kubeflow is ready only inside a Kubeflow TrainJob, flyte is never
 #: picked automatically). Third-party trackers follow, sorted by name.
 BUILTIN_ORDER: tuple[str, ...] = (
     "azure_ml", "comet_ml", "dagshub", "dvclive", "mlflow", "neptune", "tensorboard", "wandb",
-    "codecarbon", "clearml", "flyte",
+    "codecarbon", "clearml", "swanlab", "trackio", "kubeflow", "flyte",
 )
 
 

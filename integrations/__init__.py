@@ -18,9 +18,12 @@ _TRACKERS: dict[str, str] = {
     "DagsHubCallback": "dagshub",
     "DVCLiveCallback": "dvclive",
     "FlyteCallback": "flyte",
+    "KubeflowCallback": "kubeflow",
     "MLflowCallback": "mlflow",
     "NeptuneCallback": "neptune",
+    "SwanLabCallback": "swanlab",
     "TensorBoardCallback": "tensorboard",
+    "TrackioCallback": "trackio",
     "WandbCallback": "wandb",
 }
 #: Drivers that connect another training loop to tracklink's trackers; each imports its framework.

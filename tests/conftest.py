@@ -58,13 +58,24 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
+    # trackio: its local SQLite databases (read when trackio is first imported); Gradio's client without analytics
+    "TRACKIO_DIR": str(_SESSION_TMP / "trackio"),
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    # swanlab: offline mode (no login, no cloud), run files and its user folder in the session's temp dir
+    "SWANLAB_MODE": "offline",
+    "SWANLAB_LOG_DIR": str(_SESSION_TMP / "swanlab"),
+    "SWANLAB_ROOT": str(_SESSION_TMP / "swanlab-root"),
 }
 for _key in ("TRACKLINK_REPORT_TO", "TRACKLINK_DISABLE", "TRACKLINK_ON_ERROR", "MLFLOW_TRACKING_URI",
              "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "WANDB_API_KEY", "COMET_API_KEY",
-             "NEPTUNE_API_TOKEN", "NEPTUNE_PROJECT", "WANDB_PROJECT", "WANDB_RUN_ID"):
+             "NEPTUNE_API_TOKEN", "NEPTUNE_PROJECT", "WANDB_PROJECT", "WANDB_RUN_ID",
+             "TRACKIO_PROJECT", "TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_WRITE_TOKEN",
+             "SWANLAB_API_KEY", "SWANLAB_PROJECT", "SWANLAB_RUN_ID", "SWANLAB_RESUME", "SWANLAB_LOG_MODEL",
+             "KUBEFLOW_TRAINER_SERVER_URL", "KUBEFLOW_TRAINER_SERVER_CA_CERT", "KUBEFLOW_TRAINER_SERVER_TOKEN",
+             "DISABLE_KUBEFLOW_INTEGRATION"):
     os.environ.pop(_key, None)
 os.environ.update(OFFLINE_ENV)
-for _dir in ("home", "tmp", "mpl", "wandb", "comet", "clearml"):
+for _dir in ("home", "tmp", "mpl", "wandb", "comet", "clearml", "trackio", "swanlab"):
     (_SESSION_TMP / _dir).mkdir(parents=True, exist_ok=True)
 (_SESSION_TMP / "clearml.conf").write_text("sdk { development { report_use_subprocess: false } }\n")
 tempfile.tempdir = None  # re-read TMPDIR

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SPECS = discover()
 SDK_MODULES = ("wandb", "mlflow", "comet_ml", "neptune", "clearml", "dvclive", "dvc", "codecarbon", "azureml",
-               "dagshub", "flytekit", "tensorboard", "tensorboardX", "torch", "transformers")
+               "dagshub", "flytekit", "tensorboard", "tensorboardX", "trackio", "swanlab", "torch", "transformers")
 
 # Environment some trackers need just to be selectable (they check it before training).
 SELECT_ENV = {"dagshub": {"MLFLOW_TRACKING_URI": "https://dagshub.com/owner/repo.mlflow"}}
@@ -73,7 +73,21 @@ def test_declarations(spec: Any) -> None:
     assert len(names) == len(set(names)), "each variable declared once"
     if spec.source != "builtin":
         return
-    assert obj.sdk and obj.extra and obj.sdk_module, "built-in trackers declare their SDK and extra"
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    if obj.sdk is None:  # a tracker that needs no SDK (kubeflow speaks HTTPS with the standard library)
+        assert obj.extra is None and obj.sdk_module is None and obj.sdk_min_version is None
+        assert extras.get(spec.name.replace("_", "-"), []) == [], "its extra, if any, installs nothing"
+    else:
+        assert obj.sdk and obj.extra and obj.sdk_module, "built-in trackers declare their SDK and extra"
+        _check_extra(obj)
+    page = ROOT / "docs" / "trackers" / f"{spec.name}.md"
+    assert page.is_file(), f"no docs page {page}"
+    assert f"{{tracklink-env-vars}} {spec.name}" in page.read_text()
+    assert obj.__module__.startswith("tracklink.integrations.")
+    assert getattr(tracklink.integrations, type(obj).__name__ if not isinstance(obj, type) else obj.__name__) is obj
+
+
+def _check_extra(obj: Any) -> None:
     sdk = obj.sdk if isinstance(obj.sdk, str) else obj.sdk[0]  # the preferred one of alternatives
     assert isinstance(obj.sdk, str) or (obj.sdk and all(isinstance(d, str) and d for d in obj.sdk)), obj.sdk
     extras = PYPROJECT["project"]["optional-dependencies"]
@@ -83,11 +97,6 @@ def test_declarations(spec: Any) -> None:
     if minimum:  # the extra installs the preferred distribution at its declared minimum
         assert f">={minimum}" in requirement, (requirement, minimum)
     assert any(re.split(r"[<>=!~\[ ;]", r)[0].lower() == sdk.lower() for r in extras["all"]), "missing from [all]"
-    page = ROOT / "docs" / "trackers" / f"{spec.name}.md"
-    assert page.is_file(), f"no docs page {page}"
-    assert f"{{tracklink-env-vars}} {spec.name}" in page.read_text()
-    assert obj.__module__.startswith("tracklink.integrations.")
-    assert getattr(tracklink.integrations, type(obj).__name__ if not isinstance(obj, type) else obj.__name__) is obj
 
 
 def test_importing_plugins_imports_no_sdk() -> None:
@@ -154,6 +163,9 @@ def _instrument(cls: type[Tracker], monkeypatch: pytest.MonkeyPatch, calls: _Cal
 
     monkeypatch.setattr(cls, "setup", setup)
     monkeypatch.setattr(cls, "log_metrics", log_metrics)
+    # a backlog handed over at once goes through log_metrics too (the tracker's own batch path is checked
+    # against the real SDK in tests/integration/test_batching.py)
+    monkeypatch.setattr(cls, "log_metrics_batch", Tracker.log_metrics_batch)
     monkeypatch.setattr(cls, "finish", finish)
     monkeypatch.setattr(cls, "run_identity", lambda self: {"id": "contract-run"})
     for name in ("log_summary", "log_text", "log_checkpoint"):

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 HEAVY = ("torch", "wandb", "mlflow", "comet_ml", "neptune", "clearml", "dvclive", "codecarbon", "azureml",
-         "dagshub", "flytekit", "tensorboard", "transformers", "tensorflow")
+         "dagshub", "flytekit", "tensorboard", "trackio", "swanlab", "transformers", "tensorflow")
 
 
 def heavy_modules_after(code: str) -> list[str]:
