@@ -3,16 +3,20 @@
 record file and config the real SDK wrote (``readers/swanlab.py``).
 
 Handled and tested: ``SWANLAB_PROJECT`` as a plain name (SwanLab 0.10's own settings would refuse it); the
-final state of a failed (``crashed``, with the error) and interrupted (``aborted``) training; resume from a
-checkpoint (the same experiment id); ``SWANLAB_RUN_ID``; ``SWANLAB_LOG_MODEL`` (a warning, as in
-transformers); a run the user opened; the mode's case; readiness, ``SWANLAB_MODE=disabled`` and bad values;
-secrets.
+final state of a failed (``crashed``, with the error) and an interrupted or SIGTERM'd (``aborted``)
+training; resume from a checkpoint (the same experiment id); ``SWANLAB_RUN_ID``; ``SWANLAB_LOG_MODEL`` (a
+warning, as in transformers); a run the user opened; the mode's case; readiness, ``SWANLAB_MODE=disabled``
+and bad values; secrets.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -31,6 +35,8 @@ from helpers import (
 from readers import swanlab as reader
 
 pytestmark = pytest.mark.sdk("swanlab")
+
+TESTS = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -204,3 +210,48 @@ def test_no_secret_in_the_run_files(log_dir: Path, tmp_path: Path, monkeypatch: 
     config = reader.config(run_dir)
     assert config["hub_token"] == "<redacted>" and config["learning_rate"] == 0.1
     assert reader.finish(run_dir)["error"] == "RuntimeError: failed with <redacted>"
+
+
+SLOW_TRAINING = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from helpers import make_trainer
+
+    class Slow:
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(0.05)
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "loss" in logs:
+                print("LOGGED", state.global_step, flush=True)
+
+    make_trainer(sys.argv[1], ["swanlab"], callbacks=[Slow()], max_steps=2000, logging_steps=2,
+                 eval_strategy="no", save_strategy="no").train()
+""")
+
+
+def test_sigterm_aborts_the_experiment_with_every_metric(log_dir: Path, tmp_path: Path) -> None:
+    """SwanLab hooks the process (exit handler, excepthook, console): tracklink's SIGTERM handling still
+    ends the experiment ``aborted``, once, with every metric logged before the signal."""
+    script = tmp_path / "slow_train.py"
+    script.write_text(SLOW_TRAINING)
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), str(TESTS)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    logged: list[int] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("LOGGED"):
+                logged.append(int(line.split()[1]))
+                if len(logged) >= 5:
+                    break
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, rest[-3000:]
+    run_dir = only_run(log_dir)
+    assert reader.finish(run_dir)["state"] == "RUN_STATE_ABORTED"
+    steps = [s for s, _ in reader.scalars(run_dir, "train/loss")]
+    assert set(logged) <= set(steps) and steps == list(range(2, steps[-1] + 1, 2)), (steps, logged)
