@@ -32,7 +32,9 @@ only its metrics. With a total:
 
 Updates go out at most every ``MIN_UPDATE_INTERVAL_S`` (5 s, as transformers): at the start of the run, then
 at the first log after the interval has passed; the update at the end (success, failure or SIGTERM) is
-always sent. A failed or killed run sends its last progress and metrics, never 100 %. Metrics are the
+always sent. A failed or killed run sends its last progress and metrics, never 100 %. The controller applies
+each update as a whole (fields left out are removed), so an ``evaluate()``/``predict()`` after training
+sends the training's progress again with its new metrics. Metrics are the
 latest value of each numeric key logged (raw names: ``loss``, ``learning_rate``, ``eval_loss``, ...,
 plus ``current_step``, ``total_steps`` and ``current_epoch``), values as text, as the controller takes them.
 
@@ -129,6 +131,7 @@ class KubeflowCallback(Tracker):
         self._step = 0
         self._epoch: float | None = None
         self._training = True
+        self._trained = False
         self._sent = 0
         self._failed = 0
 
@@ -158,16 +161,20 @@ class KubeflowCallback(Tracker):
         self._url = url
         self._ca_file = (os.environ.get(ENV_CA_CERT) or "").strip() or None
         self._context = None
-        self._metrics = {}
         self._training = run.training
         self._start_step = self._step = int(run.start_step or 0)
-        self._epoch = None
-        self._total = self.total_steps(run)
         self._started_at = time.monotonic()
         self._last_attempt = None
-        self._progress = self._percent(self._step) if self._training else None
-        self._remaining = None
         self._sent = self._failed = 0
+        if run.training or not self._trained:
+            self._trained = self._trained or run.training
+            self._metrics = {}
+            self._epoch = None
+            self._total = self.total_steps(run)
+            self._progress = self._percent(self._step) if run.training else None
+            self._remaining = None
+        # else: an evaluate()/predict() after training: the controller applies each update as a whole (fields
+        # left out are removed), so the progress and metrics of the training stay in every update
         self._update(final=False, force=True)
 
     @staticmethod
@@ -196,10 +203,12 @@ class KubeflowCallback(Tracker):
         self._step = max(self._step, int(end.step or 0))
         if end.epoch is not None:
             self._epoch = float(end.epoch)
-        if end == "success" and self._training:
+        if not self._training:
+            pass  # an evaluate()/predict() run: the training's progress stands
+        elif end == "success":
             self._progress, self._remaining = 100, 0
         else:  # progress where the run stopped, never 100 %; no estimate for a run that will not go on
-            if self._training and self._total:
+            if self._total:
                 self._progress = self._percent(self._step)
             self._remaining = None
         try:

@@ -370,3 +370,20 @@ def test_no_identity_to_resume(controller: Controller, tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path / "out", ["kubeflow"])
     trainer.train()
     assert trainer.callback_handler.trackers["kubeflow"].identity is None
+
+
+def test_an_evaluation_after_training_keeps_the_progress(controller: Controller, tmp_path: Path) -> None:
+    """The controller applies each update as a whole: an ``evaluate()`` after ``train()`` (a run of its own)
+    must not remove the 100 % the training reached."""
+    trainer = make_trainer(tmp_path / "out", ["kubeflow"])
+    trainer.train()
+    done = len(controller.requests)
+    result = trainer.evaluate()
+    trainer.callback_handler.wait_for_trackers()
+    trainer.callback_handler.trackers["kubeflow"].close("success")
+    later = controller.statuses[done:]
+    assert len(later) == 2, "the evaluation run sends its first and final update"
+    for status in later:
+        assert status["progressPercentage"] == 100 and status["estimatedRemainingSeconds"] == 0
+        assert metrics_of(status)["total_steps"] == "20" and "train_loss" in metrics_of(status)
+    assert float(metrics_of(later[-1])["eval_loss"]) == pytest.approx(result["eval_loss"])
