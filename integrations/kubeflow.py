@@ -147,6 +147,36 @@ class KubeflowCallback(Tracker):
     def disabled_by(cls, env: Mapping[str, str]) -> str | None:
         return f"disabled by {ENV_DISABLE}" if truthy(env.get(ENV_DISABLE)) else None
 
+    @classmethod
+    def connection_problems(cls, env: Mapping[str, str], timeout: float = 2.0) -> list[str]:
+        """What ``tracklink doctor`` can tell inside a TrainJob: the token and CA files can be read and the
+        controller accepts a TCP connection (nothing is sent). Never checked before training."""
+        import socket
+
+        url = (env.get(ENV_URL) or "").strip()
+        if not url:
+            return []
+        problems = []
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "https" or not parts.hostname:
+            problems.append(f"{ENV_URL} is not an https:// URL; the tracker will not send the token")
+        token = (env.get(ENV_TOKEN) or "").strip()
+        if not token or not os.access(token, os.R_OK):
+            problems.append(f"the token file ({ENV_TOKEN}) is {'not set' if not token else 'not readable'}")
+        ca_file = (env.get(ENV_CA_CERT) or "").strip()
+        if ca_file and not os.access(ca_file, os.R_OK):
+            problems.append(f"the CA certificate ({ENV_CA_CERT}={ca_file!r}) is not readable")
+        if parts.hostname and not problems:
+            try:
+                port = parts.port or 443
+                with socket.create_connection((parts.hostname, port), timeout=timeout):
+                    pass
+            except (OSError, ValueError) as exc:
+                shown = redact_text(url, current_secrets())
+                problems.append(f"the Kubeflow Trainer controller at {shown} does not answer "
+                                f"({getattr(exc, 'strerror', None) or exc}); progress updates will fail")
+        return problems
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def setup(self, run: RunInfo) -> None:

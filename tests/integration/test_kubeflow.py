@@ -387,3 +387,19 @@ def test_an_evaluation_after_training_keeps_the_progress(controller: Controller,
         assert status["progressPercentage"] == 100 and status["estimatedRemainingSeconds"] == 0
         assert metrics_of(status)["total_steps"] == "20" and "train_loss" in metrics_of(status)
     assert float(metrics_of(later[-1])["eval_loss"]) == pytest.approx(result["eval_loss"])
+
+
+def test_doctor_checks_the_files_and_the_controller(controller: Controller, tmp_path: Path) -> None:
+    import os
+
+    from tracklink.integrations import KubeflowCallback
+
+    env = dict(os.environ)
+    assert KubeflowCallback.connection_problems(env) == []
+    assert controller.requests == [], "the check sends nothing"
+    closed = {**env, "KUBEFLOW_TRAINER_SERVER_URL": f"https://127.0.0.1:{_free_port()}{STATUS_PATH}"}
+    (problem,) = KubeflowCallback.connection_problems(closed)
+    assert "does not answer" in problem
+    missing = {**env, "KUBEFLOW_TRAINER_SERVER_TOKEN": str(tmp_path / "no-such-token")}
+    assert KubeflowCallback.connection_problems(missing) == ["the token file (KUBEFLOW_TRAINER_SERVER_TOKEN) is not readable"]
+    assert KubeflowCallback.connection_problems({}) == []  # not in a TrainJob: nothing to check
