@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_text", "claim_directory"]
 
 
 @contextlib.contextmanager
@@ -41,3 +41,18 @@ def atomic_write_text(target: str | os.PathLike[str], text: str, encoding: str =
     """Write ``text`` to ``target`` atomically (see :func:`atomic_path`)."""
     with atomic_path(target) as temporary:
         temporary.write_text(text, encoding=encoding)
+
+
+def claim_directory(path: str | os.PathLike[str]) -> str:
+    """Create ``path`` for this run alone and return it; when it exists (another run started in the same
+    second, perhaps in another process), ``path-1``, ``path-2``, ... instead. Creating a directory is atomic,
+    so two runs never get the same one."""
+    base = os.fspath(path)
+    candidate, number = base, 0
+    while True:
+        try:
+            os.makedirs(candidate)
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = f"{base}-{number}"

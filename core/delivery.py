@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,7 @@ class DeliverySettings:
     queue_size: int = 10000
     queue_timeout: float = 300.0
     drain_timeout: float = 600.0
+    queue_bytes: int = 256 * 2**20
 
     @classmethod
     def from_env(cls) -> DeliverySettings:
@@ -81,6 +82,7 @@ class DeliverySettings:
             queue_size=_env_number("TRACKLINK_QUEUE_SIZE", 10000, minimum=1, integer=True),
             queue_timeout=_env_number("TRACKLINK_QUEUE_TIMEOUT", 300.0, minimum=0.001),
             drain_timeout=_env_number("TRACKLINK_DRAIN_TIMEOUT", 600.0, minimum=0.001),
+            queue_bytes=_env_number("TRACKLINK_QUEUE_BYTES", 256 * 2**20, minimum=1024, integer=True),
         )
 
 
@@ -112,6 +114,38 @@ def _tracker_args(args: Any) -> Any:
         _redacted_args.clear()
     _redacted_args[id(args)] = (args, clone, changes)
     return clone
+
+
+class HistoryView(Sequence[Any]):
+    """The first ``length`` entries of a log history, without copying it: a queued event holds only what it
+    needs, not a copy of the whole history (which made a backlog's memory grow with the square of the run's
+    length). The trainer only ever appends to its history, so the prefix never changes."""
+
+    __slots__ = ("_items", "_length")
+
+    def __init__(self, items: list[Any], length: int) -> None:
+        self._items = items
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self._items[i] for i in range(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError("log history index out of range")
+        return self._items[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (list, tuple, HistoryView)) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 def _shallow(obj: Any) -> Any:
@@ -153,8 +187,9 @@ def snapshot(namespace: dict[str, Any]) -> Snapshot:
 
     ``args`` is replaced by a redacted copy (secret-named fields and credentials in URLs masked, so a
     tracker calling ``args.to_dict()`` itself cannot leak them); ``state`` and ``control`` are copied
-    (with their own ``log_history`` list and ``stateful_callbacks`` mapping), ``logs``/``metrics`` are
-    copied with tensors detached; the model, optimizer and other objects are passed by reference.
+    (with their own ``stateful_callbacks`` mapping, and the log history as it is now, as a
+    :class:`HistoryView`), ``logs``/``metrics`` are copied with tensors detached; the model, optimizer and
+    other objects are passed by reference.
     """
     snap = Snapshot(namespace)
     if namespace.get("args") is not None:
@@ -162,8 +197,11 @@ def snapshot(namespace: dict[str, Any]) -> Snapshot:
     state = namespace.get("state")
     if state is not None:
         state = _shallow(state)
-        if isinstance(getattr(state, "log_history", None), list):
-            state.log_history = list(state.log_history)
+        history = getattr(state, "log_history", None)
+        if isinstance(history, list):
+            state.log_history = HistoryView(history, len(history))
+        elif isinstance(history, HistoryView):  # a snapshot of a snapshot
+            state.log_history = HistoryView(history._items, len(history))
         if isinstance(getattr(state, "stateful_callbacks", None), dict):
             state.stateful_callbacks = dict(state.stateful_callbacks)
         if isinstance(getattr(state, "trial_params", None), dict):
@@ -190,6 +228,20 @@ def invoke(call: Call, namespace: dict[str, Any]) -> Any:
 
 
 _STOP = object()
+#: Events that end a run: still handled after a drain timeout, so the run is closed.
+_RUN_ENDS = frozenset({"on_train_end", "on_exception"})
+#: Seconds a tracker that takes batches waits for more events after the first (fewer, larger SDK calls).
+BATCH_LINGER = 0.25
+#: Seconds the worker of a tracker that fell behind gets to close its run after a drain timeout.
+ABANDON_GRACE = 30.0
+#: Estimated bytes of a queued event, and of each value it carries (for ``TRACKLINK_QUEUE_BYTES``).
+_EVENT_BYTES, _VALUE_BYTES = 1024, 160
+
+
+def _size(namespace: Mapping[str, Any]) -> int:
+    """A cheap estimate of what a queued event holds beyond what it shares with other events."""
+    values = namespace.get("logs") or namespace.get("metrics")
+    return _EVENT_BYTES + _VALUE_BYTES * (len(values) if isinstance(values, Mapping) else 0)
 _live_channels: weakref.WeakSet[TrackerChannel] = weakref.WeakSet()
 
 
@@ -206,8 +258,10 @@ class TrackerChannel:
         settings: DeliverySettings,
         on_fatal: Callable[[TrackerError], None],
         on_disable: Callable[[], None] | None = None,
+        batch: Callable[[str, list[Any]], bool] | None = None,
     ) -> None:
         self.name = name
+        self._batch = batch
         self.plugin = plugin
         self.calls = calls
         self.inline = inline
@@ -222,6 +276,10 @@ class TrackerChannel:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._produced = 0
         self._consumed = 0
+        self._bytes = 0  # estimated size of the queued events (single writer each way, like the counters)
+        self._freed = 0
+        self.undelivered = 0  # events left out after a drain timeout (see abandon)
+        self._abandoned = False
         self._space = threading.Condition()
         self._producer_waiting = False
         self._worker: threading.Thread | None = None
@@ -248,7 +306,7 @@ class TrackerChannel:
         if hold is not None:
             with self._lock:
                 self._held[hold] = self._held.get(hold, 0) + 1
-        if not self._put((event, namespace, hold), self.settings.queue_timeout):
+        if not self._put((event, namespace, hold, _size(namespace)), self.settings.queue_timeout):
             self._release(hold)
             self._disable(
                 f"stalled: its queue stayed full ({self.settings.queue_size} events) for "
@@ -269,23 +327,40 @@ class TrackerChannel:
             else:
                 self._held.pop(hold, None)
 
+    def _full(self) -> bool:
+        return (self._produced - self._consumed >= self.settings.queue_size
+                or self._bytes - self._freed >= self.settings.queue_bytes)
+
     def _put(self, item: Any, timeout: float | None) -> bool:
-        """Queue ``item``, waiting (back-pressure) while the queue holds ``queue_size`` items."""
-        if self._produced - self._consumed >= self.settings.queue_size:
+        """Queue ``item``, waiting (back-pressure, nothing dropped) while the queue holds ``queue_size``
+        events or about ``queue_bytes`` bytes of them."""
+        if self._full():
             with self._space:
                 self._producer_waiting = True
                 try:
-                    if not self._space.wait_for(
-                        lambda: self._produced - self._consumed < self.settings.queue_size, timeout
-                    ):
+                    if not self._space.wait_for(lambda: not self._full(), timeout):
                         return False
                 finally:
                     self._producer_waiting = False
         self._produced += 1
+        if type(item) is tuple:
+            self._bytes += item[3]
         self._queue.put(item)
         return True
 
-    def barrier(self, timeout: float | None = None) -> bool:
+    @property
+    def pending(self) -> int:
+        """Events queued and not handled yet."""
+        return self._produced - self._consumed
+
+    def abandon(self) -> int:
+        """After a drain timeout: the worker leaves out what is still queued, except the events that end the
+        run (``on_train_end``, ``on_exception``), which it still handles: the run is closed after the worker
+        stopped delivering, never while it still does. Returns how many events are left out."""
+        self._abandoned = True
+        return max(0, self.pending)
+
+    def barrier(self, timeout: float | None = None, warn: bool = True) -> bool:
         """Wait until every event submitted so far was processed. Returns ``False`` on timeout."""
         worker = self._worker
         if self.inline or worker is None or not worker.is_alive():
@@ -296,12 +371,26 @@ class TrackerChannel:
             return False
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not done.wait(remaining):
-            logger.warning(
-                "tracklink: tracker %r did not finish its queued events within %.0f s", self.name,
-                timeout or 0,
-            )
+            if warn:
+                logger.warning(
+                    "tracklink: tracker %r did not finish its queued events within %.0f s (%d still queued)",
+                    self.name, timeout or 0, max(0, self.pending - 1),
+                )
             return False
         return True
+
+    def finish(self, timeout: float) -> bool:
+        """The end of a run: drain within ``timeout``; when that is not enough, leave the rest out
+        (:meth:`abandon`), report how much, and give the worker a moment to close the run."""
+        if self.barrier(timeout, warn=False):
+            return self.stop(timeout)
+        lost = self.abandon()
+        logger.warning(
+            "tracklink: tracker %r fell behind: %d queued event(s) were not delivered within "
+            "TRACKLINK_DRAIN_TIMEOUT=%g s and are left out; its run is closed after its worker stops",
+            self.name, lost, timeout,
+        )
+        return self.stop(ABANDON_GRACE)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Drain the queue and stop the worker thread (a later event starts a new one)."""
@@ -314,11 +403,13 @@ class TrackerChannel:
 
     def summary(self) -> str | None:
         """One line describing this tracker's failures, or ``None`` when it never failed."""
-        if not self.errors and not self.disabled:
+        if not self.errors and not self.disabled and not self.undelivered:
             return None
         text = f"tracker {self.name!r}: {self.errors} error(s)"
         if self.first_error:
             text += f", first: {self.first_error}"
+        if self.undelivered:
+            text += f"; {self.undelivered} event(s) not delivered (drain timeout)"
         if self.disabled_reason:
             text += f"; switched off ({self.disabled_reason})"
         return text
@@ -342,27 +433,93 @@ class TrackerChannel:
                     self._worker = None
 
     def _loop(self) -> None:
+        batching = self._takes_batches()
         while True:
-            item = self._queue.get()
-            try:
-                if item is _STOP:
-                    return
-                if isinstance(item, threading.Event):
-                    item.set()
-                    continue
-                event, namespace, hold = item
+            items = [self._queue.get()]
+            # a tracker that fell behind takes everything pending at once (its SDK then gets batches); one that
+            # takes batches also lingers a moment for the events right behind the first
+            deadline = time.monotonic() + BATCH_LINGER if batching and type(items[0]) is tuple else 0.0
+            while len(items) < self.settings.queue_size:
                 try:
-                    self._run(event, namespace)
-                finally:
-                    self._release(hold)
-            finally:
-                self._consumed += 1
-                if self._producer_waiting:
-                    with self._space:
-                        self._space.notify_all()
+                    wait = deadline - time.monotonic()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                items.append(item)
+                if type(item) is not tuple:  # a barrier or a stop: hand over what came before it now
+                    break
+            if self._handle(items):
+                return
+
+    def _takes_batches(self) -> bool:
+        probe = getattr(self.plugin, "_tracklink_takes_batches", None)
+        try:
+            return bool(probe()) if callable(probe) else False
+        except Exception:
+            return False
+
+    def _handle(self, items: list[Any]) -> bool:
+        """Handle ``items`` in order; consecutive ``on_log`` events go to the tracker together when it takes
+        batches. Returns whether the worker was told to stop."""
+        logs: list[Any] = []
+        for item in items:
+            if type(item) is tuple and item[0] == "on_log" and self._batch is not None:
+                logs.append(item)
+                continue
+            if logs:
+                self._deliver(logs)
+                logs = []
+            if item is _STOP:
+                self._done(item)
+                return True
+            if isinstance(item, threading.Event):
+                item.set()
+                self._done(item)
+                continue
+            self._deliver([item])
+        if logs:
+            self._deliver(logs)
+        return False
+
+    def _deliver(self, items: list[Any]) -> None:
+        try:
+            if len(items) > 1:
+                self._run_batch(items[0][0], [item[1] for item in items])
+            else:
+                self._run(items[0][0], items[0][1])
+        finally:
+            for item in items:
+                self._release(item[2])
+                self._done(item)
+
+    def _done(self, item: Any) -> None:
+        if type(item) is tuple:
+            self._freed += item[3]
+        self._consumed += 1
+        if self._producer_waiting:
+            with self._space:
+                self._space.notify_all()
+
+    def _run_batch(self, event: str, namespaces: list[Any]) -> None:
+        if self.disabled:
+            return
+        if self._abandoned:
+            self.undelivered += len(namespaces)
+            return
+        try:
+            batched = self._batch is not None and self._batch(event, namespaces)
+        except Exception as exc:  # isolation, as for one event
+            self._failed(event, exc)
+            return
+        if not batched:
+            for namespace in namespaces:
+                self._run(event, namespace)
 
     def _run(self, event: str, namespace: dict[str, Any]) -> None:
         if self.disabled:
+            return
+        if self._abandoned and event not in _RUN_ENDS:  # after a drain timeout: only what ends the run
+            self.undelivered += 1
             return
         for call in self.calls.get(event, ()):
             try:
@@ -412,11 +569,20 @@ class TrackerChannel:
                 logger.debug("tracklink: closing disabled tracker %r failed: %r", self.name, exc)
 
 
+def busy(plugin: object) -> bool:
+    """Whether a tracker's worker is still handling events (then nothing else may close its run)."""
+    for channel in list(_live_channels):
+        worker = channel._worker
+        if channel.plugin is plugin and worker is not None and worker.is_alive() and channel.pending > 0:
+            return True
+    return False
+
+
 def drain_all(timeout: float | None = None) -> None:
     """Drain every live tracker queue (used at interpreter exit and by the SIGTERM path)."""
     for channel in list(_live_channels):
         try:
-            channel.stop(timeout)
+            channel.finish(timeout) if timeout is not None else channel.stop(timeout)
         except Exception as exc:  # pragma: no cover - best effort at shutdown
             logger.debug("tracklink: draining %r failed: %r", channel.name, exc)
 

@@ -297,7 +297,7 @@ class CallbackHandler:
         on_disable = getattr(plugin, "_tracklink_on_disabled", None)
         entry.channel = TrackerChannel(
             name, plugin, entry.calls, inline=bool(run_inline), settings=self.settings,
-            on_fatal=self._set_fatal, on_disable=on_disable,
+            on_fatal=self._set_fatal, on_disable=on_disable, batch=getattr(plugin, "_tracklink_batch", None),
         )
         self._register(entry)
         return True
@@ -508,7 +508,7 @@ class CallbackHandler:
     def _finish(self, state: Any, raise_fatal: bool = True) -> None:
         for entry in self._entries:
             if entry.channel is not None:
-                entry.channel.stop(self.settings.drain_timeout)
+                entry.channel.finish(self.settings.drain_timeout)
         failures = self.tracker_failures()
         for line in failures.values():
             logger.warning("tracklink: %s", line)

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, claim_directory
 from .errors import ReportToError
 from .handler import CallbackHandler
 from .process import ProcessInfo
@@ -182,7 +182,12 @@ class Run:
         if resume not in (None, False) and dir is None and name is None:
             raise ValueError(f"resume={resume!r} needs dir= (or name=): the run directory is where the "
                              "identities of the runs to re-attach to are kept")
-        directory = Path(dir) if dir is not None else Path("tracklink-runs") / (name or _default_name())
+        if dir is not None:
+            directory = Path(dir)
+        elif name is not None:
+            directory = Path("tracklink-runs") / name
+        else:  # named by the second: claimed, so two runs started together never share one
+            directory = Path(claim_directory(Path("tracklink-runs") / _default_name()))
         saved = _read_run_file(directory) if resume not in (None, False) else None
         if resume == "must" and saved is None:
             raise ValueError(f"resume='must', but {directory / RUN_FILE} does not exist: there is no run to "

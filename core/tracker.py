@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 
 from .atomic import atomic_write_text
 from .callback import TrainerCallback
+from .delivery import busy
 from .envvars import FALSE_VALUES, KINDS, TRUE_VALUES, EnvVar, env_snapshot, truthy
 from .errors import TrackerSetupError, TrackerUnavailableError
 from .redact import declare_secret_names, declared_secret_names
@@ -327,6 +328,13 @@ class Tracker(TrainerCallback):
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
         """Send numeric metrics (names already rewritten and sanitised) at ``step``."""
 
+    def log_metrics_batch(self, points: list[tuple[dict[str, float], int, float | None]]) -> None:
+        """Send several ``(metrics, step, epoch)`` points at once, in order (the tracker fell behind and the
+        hub hands it everything queued). Override it where the SDK has a faster way than one call per
+        point (one request, one file write, one flush); the default calls :meth:`log_metrics` for each."""
+        for metrics, step, epoch in points:
+            self.log_metrics(metrics, step, epoch)
+
     def log_text(self, texts: dict[str, str], step: int) -> None:
         """Send string values; the default skips them with one warning per key."""
         for key in texts:
@@ -572,6 +580,50 @@ class Tracker(TrainerCallback):
         return name
 
     def _send(self, logs: Mapping[str, Any], state: Any) -> None:
+        self._send_many([(logs, state)])
+
+    def _tracklink_batch(self, event: str, namespaces: list[Any]) -> bool:
+        """Called by the hub with several queued ``on_log`` events at once (a tracker that fell behind): their
+        metrics reach :meth:`log_metrics_batch` in one call, in order. Returns ``False`` (the hub then hands
+        the events over one by one, each isolated) when this tracker has no batch path of its own or handles
+        ``on_log`` itself."""
+        if not self._tracklink_takes_batches():
+            return False
+        ready = [(ns["logs"], ns["state"]) for ns in namespaces
+                 if ns.get("logs") and self._ensure_started(ns["args"], ns["state"], ns.get("model"))]
+        if ready:
+            self._send_many(ready)
+        return True
+
+    def _tracklink_takes_batches(self) -> bool:
+        """Whether this tracker has a batch path of its own (and leaves ``on_log`` to the base)."""
+        cls = type(self)
+        return cls.on_log is Tracker.on_log and cls.log_metrics_batch is not Tracker.log_metrics_batch
+
+    def _send_many(self, logs_and_states: list[tuple[Mapping[str, Any], Any]]) -> None:
+        points: list[tuple[dict[str, float], int, float | None]] = []
+        later: list[tuple[str, dict[str, Any], int]] = []  # summaries and texts, in order, after the metrics
+        for logs, state in logs_and_states:
+            step, metrics, summary, texts = self._shape(logs, state)
+            if metrics:
+                points.append((metrics, step, getattr(state, "epoch", None)))
+            if summary:
+                later.append(("summary", summary, step))
+            if texts:
+                later.append(("text", texts, step))
+            self._tl.last_step = max(self._tl.last_step, step)
+        if len(points) == 1:
+            self.log_metrics(*points[0])
+        elif points:
+            self.log_metrics_batch(points)
+        for kind, values, step in later:
+            if kind == "summary":
+                self.log_summary(values, step)
+            else:
+                self.log_text(values, step)
+
+    def _shape(self, logs: Mapping[str, Any], state: Any) -> tuple[int, dict[str, float], dict[str, float], dict[str, str]]:
+        """A log as ``(step, metrics, summary, texts)`` under the backend's names."""
         step = int(getattr(state, "global_step", 0) or 0)
         # the trainer's final summary (train_runtime, train_loss, ...) goes to log_summary; the same keys in any
         # other log (a loop's per-step "train_loss") are ordinary metrics
@@ -593,13 +645,7 @@ class Tracker(TrainerCallback):
                 logger.debug("tracker %r: %s is %s", self.name, key, value)
             target = summary if key in summary_keys else metrics
             target[self.metric_name(key)] = value
-        if metrics:
-            self.log_metrics(metrics, step, getattr(state, "epoch", None))
-        if summary:
-            self.log_summary(summary, step)
-        if texts:
-            self.log_text(texts, step)
-        self._tl.last_step = max(self._tl.last_step, step)
+        return step, metrics, summary, texts
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._tl.warned:
@@ -636,6 +682,9 @@ def declared_environment() -> dict[str, bool]:
 def close_open_trackers() -> None:
     """Close every run still open (interpreter exit, after the tracker queues were drained)."""
     for tracker in list(_open_trackers):
+        if busy(tracker):  # its worker still delivers: it closes the run itself when it gets there
+            logger.warning("tracklink: tracker %r is still delivering at exit; its run is not closed", tracker.name)
+            continue
         try:
             tracker.close("success")
         except Exception as exc:  # pragma: no cover - best effort at shutdown

@@ -161,9 +161,18 @@ class DVCLiveCallback(Tracker):
 
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
         self._log(metrics, step, plot=True)
+        self.live.next_step()  # writes metrics.json / dvc.yaml; the next log sets the step again
+
+    def log_metrics_batch(self, points: list[tuple[dict[str, float], int, float | None]]) -> None:
+        """Every point's rows into the plot files, then DVCLive's step files (``metrics.json``, ``dvc.yaml``,
+        the report) written once for the batch rather than once per point."""
+        for metrics, step, _epoch in points:
+            self._log(metrics, step, plot=True)
+        self.live.next_step()  # writes metrics.json / dvc.yaml; the next log sets the step again
 
     def log_summary(self, metrics: dict[str, float], step: int) -> None:
         self._log(metrics, step, plot=False)
+        self.live.next_step()
 
     def _log(self, metrics: dict[str, float], step: int, plot: bool) -> None:
         live = self.live
@@ -176,7 +185,6 @@ class DVCLiveCallback(Tracker):
                 self._last_point[key] = (step, value)
             else:
                 live.log_metric(key, value, plot=False)  # metrics.json only
-        live.next_step()  # writes metrics.json / dvc.yaml; the next log sets the step again
 
     def log_checkpoint(self, path: str, state: Any) -> None:
         self.live.log_artifact(path)

@@ -520,13 +520,25 @@ class MLflowCallback(Tracker):
         self._log_in_batches("params", [Param(k, v) for k, v in self.params_of(run).items() if k not in existing])
 
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        self._spool_points([(metrics, step, epoch)])
+
+    def log_metrics_batch(self, points: list[tuple[dict[str, float], int, float | None]]) -> None:
+        """Every point into the spool, then one ``log_batch`` request per 1,000 metric values."""
+        self._spool_points(points)
+
+    def _spool_points(self, points: list[tuple[dict[str, float], int, float | None]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        for key, value in metrics.items():
-            if self._start_step < step <= self._floors.get(key, -1):
-                continue  # the resumed run already holds this point
-            self._spool.append(Metric(key, float(value), now, int(step)))
+        repeats: dict[tuple[str, int], int] = {}
+        for metrics, step, _epoch in points:
+            for key, value in metrics.items():
+                if self._start_step < step <= self._floors.get(key, -1):
+                    continue  # the resumed run already holds this point
+                # MLflow stores a point once per (key, step, timestamp, value): a key logged twice at one step
+                # (epoch in the train and the eval log) gets its own millisecond, as separate calls would
+                seen = repeats[(key, step)] = repeats.get((key, step), -1) + 1
+                self._spool.append(Metric(key, float(value), now + seen, int(step)))
         if len(self._spool) > _MAX_SPOOL:
             dropped = len(self._spool) - _MAX_SPOOL
             del self._spool[:dropped]

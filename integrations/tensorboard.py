@@ -26,6 +26,7 @@ import socket
 from datetime import datetime
 from typing import Any, ClassVar
 
+from tracklink.atomic import claim_directory
 from tracklink.envvars import EnvVar
 from tracklink.shaping import param_value
 from tracklink.tracker import RunEnd, RunInfo, Tracker
@@ -83,15 +84,17 @@ class TensorBoardCallback(Tracker):
         if run.resume and run.resume.get("log_dir"):
             return str(run.resume["log_dir"])
         base = getattr(run.args, "logging_dir", None) or os.environ.get("TENSORBOARD_LOGGING_DIR")
+        by_time = False
         if base:
             base = os.path.expanduser(base)
         elif run.group:  # all trials of a search side by side: <output_dir>/runs/<search>/<trial>
             base = os.path.join(run.output_dir or ".", "runs", run.group)
         else:
-            base = default_logging_dir(run.output_dir or ".")
+            base, by_time = default_logging_dir(run.output_dir or "."), True
         if run.is_hyper_param_search and run.trial_name:
             base = os.path.join(base, str(run.trial_name))
-        return base
+        # a directory named by the second (transformers' default) is claimed, so two runs never share one
+        return claim_directory(base) if by_time else base
 
     def setup(self, run: RunInfo) -> None:
         if self.tb_writer is None or not self._own_writer:
@@ -128,6 +131,13 @@ class TensorBoardCallback(Tracker):
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
         for key, value in metrics.items():
             self.tb_writer.add_scalar(key, value, step)
+        self.tb_writer.flush()
+
+    def log_metrics_batch(self, points: list[tuple[dict[str, float], int, float | None]]) -> None:
+        """Every point, then one flush (a flush per point made a backlog slow to catch up)."""
+        for metrics, step, _epoch in points:
+            for key, value in metrics.items():
+                self.tb_writer.add_scalar(key, value, step)
         self.tb_writer.flush()
 
     def log_text(self, texts: dict[str, str], step: int) -> None:
