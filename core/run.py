@@ -37,6 +37,7 @@ from .resolve import NOT_GIVEN, Resolution, canonical_name, resolve_report_to
 from .shutdown import on_exit, uncaught_exception
 from .signals import SigtermGuard, ignoring_sigterm, restore_sigterm
 from .state import TrainerControl, TrainerState, state_key
+from .system import SystemSampler, system_metrics_interval, system_prefix
 from .tracker import Tracker
 from .values import as_number, plain_logs
 
@@ -87,10 +88,17 @@ class Run:
 
     ``Run(resolution, hub=...)`` gathers the trackers into a hub for a driver that fires training events;
     :func:`tracklink.init` (``Run.start``) also starts the run for a loop that calls :meth:`log`.
+    ``system_metrics`` (``None``: ``TRACKLINK_SYSTEM_METRICS`` decides) is checked here, before any tracker
+    is built; see :meth:`start_system_metrics`.
     """
 
     def __init__(self, resolution: Resolution, *, hub: CallbackHandler | None = None,
-                 process: ProcessInfo | None = None, callbacks: Iterable[Any] = (), skip: Iterable[str] = ()):
+                 process: ProcessInfo | None = None, callbacks: Iterable[Any] = (), skip: Iterable[str] = (),
+                 system_metrics: Any = None):
+        #: seconds between system-metrics samples, or None when they are off
+        self.system_interval = system_metrics_interval(system_metrics)
+        self.system: SystemSampler | None = None  #: this process's sampler, while one runs
+        self._system_on = False
         self.process = process or ProcessInfo.from_env()
         self.resolution = resolution
         self.hub = hub if hub is not None else CallbackHandler(process=self.process, require_flow=False)
@@ -146,6 +154,38 @@ class Run:
         """One summary line per tracker that failed."""
         return self.hub.tracker_failures()
 
+    # -- system metrics (tracklink.system) --------------------------------------------------------
+
+    @property
+    def system_metrics_on(self) -> bool:
+        """Whether system metrics are being collected for this run (true on every process of it, also on
+        those that do not sample: a driver that gathers the nodes' samples decides with this on every rank)."""
+        return self._system_on
+
+    def start_system_metrics(self, *, per_node: bool = False) -> None:
+        """Start sampling system metrics when they are switched on: on the world main process only, or with
+        ``per_node`` on each node's local main process (for a driver that brings the nodes' samples to the world
+        main process itself, as the Trainer does at log time). Names: ``system/...``, ``system/node<N>/...``
+        when the run has more than one process."""
+        if self.system_interval is None or self._system_on:
+            return
+        self._system_on = True
+        if self.process.is_local_main if per_node else self.process.is_world_main:
+            sampler = SystemSampler(self.system_interval, system_prefix(self.process))
+            self.system = sampler if sampler.start() else None
+
+    def system_sample(self) -> dict[str, float] | None:
+        """The newest system-metrics sample of this process not handed out yet (each sample once), else
+        ``None``; a reference read, never a measurement (the dict must not be modified)."""
+        return self.system.take() if self.system is not None else None
+
+    def stop_system_metrics(self) -> None:
+        """Stop the sampler (its thread ends); nothing when system metrics are off."""
+        self._system_on = False
+        sampler, self.system = self.system, None
+        if sampler is not None:
+            sampler.stop()
+
     # -- a run driven by calls --------------------------------------------------------------------
 
     @classmethod
@@ -163,6 +203,7 @@ class Run:
         model: Any = None,
         handle_sigterm: bool = True,
         step: int | None = None,
+        system_metrics: Any = None,
     ) -> Run:
         """Resolve ``report_to``, build this rank's trackers and start their runs (see :func:`init`).
 
@@ -171,6 +212,7 @@ class Run:
         an older checkpoint): trackers drop or overwrite what they hold after it, as for the trainer."""
         if resume not in RESUME_CHOICES:
             raise ValueError(f"resume={resume!r} is not accepted; accepted: None, True, 'allow', 'must', 'never'")
+        interval = system_metrics_interval(system_metrics)
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config={config!r} ({type(config).__name__}) is not accepted; pass a dict of "
                             "hyper-parameters (an argparse.Namespace: vars(args))")
@@ -196,7 +238,7 @@ class Run:
             raise ValueError(f"resume='never', but {directory} already holds a run ({RUN_FILE}); choose another "
                              "dir or name, or resume it with resume=True")
 
-        run = cls(resolution, callbacks=callbacks)
+        run = cls(resolution, callbacks=callbacks, system_metrics=False if interval is None else interval)
         run.dir, run.name = directory, name
         run.args = RunArgs(output_dir=str(directory), run_name=name, project=project, config=config or {},
                            init_kwargs=per_tracker, report_to=list(resolution.names))
@@ -224,6 +266,7 @@ class Run:
             run.log_banner()
         run.hub.call_event("on_train_begin", run.args, run.state, run.control)
         run._save()
+        run.start_system_metrics()  # world main only: the other nodes' local mains cannot reach its trackers
         return run
 
     def log(self, values: Mapping[str, Any], step: int | None = None) -> None:
@@ -248,6 +291,8 @@ class Run:
         state.global_step = self._next_step(step)
         if "epoch" in logs and as_number(logs["epoch"]) is not None:
             state.epoch = float(logs["epoch"])
+        for key, value in (self.system_sample() or {}).items():  # a new sample, once; the caller's keys win
+            logs.setdefault(key, value)
         self.hub.call_event("on_log", self.args, state, self.control, logs=logs)
         if not self._identities_saved:
             self._save_when_identified()
@@ -277,6 +322,7 @@ class Run:
             raise ValueError(f"status={status!r} is not accepted; accepted: 'success', 'failed', 'killed'")
         self._finished = True
         _open_runs.discard(self)
+        self.stop_system_metrics()
         if exception is None and status == "failed":
             exception = RuntimeError("run.finish(status='failed')")
         elif exception is None and status == "killed":
@@ -370,6 +416,7 @@ def init(
     init_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     callbacks: Iterable[Any] = (),
     model: Any = None,
+    system_metrics: Any = None,
     **unknown: Any,
 ) -> Run:
     """Start a run for a hand-written training loop, in the spirit of ``wandb.init``::
@@ -388,12 +435,17 @@ def init(
     there are any, ``"must"`` requires them, ``"never"`` refuses an existing one. ``init_kwargs``: extra
     settings per tracker (``{"wandb": {"entity": "team"}, "mlflow": {"tags": {...}}}``). ``callbacks``:
     extra tracklink plugins. ``model``: the model, for trackers that describe or upload it.
+    ``system_metrics``: CPU, memory and GPU metrics sampled on a background thread and logged with the next
+    ``run.log`` under ``system/`` (``None``: ``TRACKLINK_SYSTEM_METRICS`` decides; ``True``: every 10 s; a
+    number: every that many seconds; ``False``: off).
 
     Under ``torchrun`` call it on every process: each tracker acts on the ranks its rank policy names (the
-    main process by default), the other processes get a run that logs nothing.
+    main process by default), the other processes get a run that logs nothing. System metrics are sampled on
+    the world main process only (its node, ``system/node0/...``).
     """
     if unknown:
-        accepted = ["project", "name", "config", "report_to", "dir", "resume", "init_kwargs", "callbacks", "model"]
+        accepted = ["project", "name", "config", "report_to", "dir", "resume", "init_kwargs", "callbacks", "model",
+                    "system_metrics"]
         hints = []
         for key in unknown:
             close = difflib.get_close_matches(key, accepted, n=1)
@@ -401,7 +453,7 @@ def init(
         raise TypeError(f"tracklink.init() got unknown keyword argument(s) {', '.join(hints)}; accepted: "
                         f"{', '.join(accepted)}")
     return Run.start(report_to, project=project, name=name, config=config, dir=dir, resume=resume,
-                     init_kwargs=init_kwargs, callbacks=callbacks, model=model)
+                     init_kwargs=init_kwargs, callbacks=callbacks, model=model, system_metrics=system_metrics)
 
 
 def check_init_kwargs(init_kwargs: Mapping[str, Any] | None, resolution: Resolution) -> dict[str, dict[str, Any]]:

@@ -37,6 +37,7 @@ from .arguments import TrainingArguments
 from .checks import check_setup
 from .data import build_dataloader, default_data_collator, move_to_device
 from .distributed import (
+    all_gather_objects,
     gradient_sync,
     is_distributed,
     launched_by_torchrun,
@@ -146,7 +147,8 @@ class Trainer:
             [DefaultFlowCallback], self.model, self.processing_class, self.optimizer, self.lr_scheduler,
             process=self.process,
         )
-        # the run's trackers live in this hub: the trainer drives them with its events
+        # the run's trackers live in this hub: the trainer drives them with its events. System metrics:
+        # TRACKLINK_SYSTEM_METRICS (checked here), sampled during train() on each node's local main process
         user_tracker_names = {cb.name for cb in callbacks if isinstance(cb, Tracker)}
         self.run = Run(args.report_to_resolution, hub=self.callback_handler, process=self.process,
                        skip=user_tracker_names)
@@ -279,6 +281,7 @@ class Trainer:
             self._inputs = InputFilter()
         with SigtermGuard():
             try:
+                self.run.start_system_metrics(per_node=True)
                 return self._inner_train(checkpoint_dir, trial, ignore_keys_for_eval)
             except BaseException as exc:
                 previous = ignoring_sigterm()
@@ -289,6 +292,8 @@ class Trainer:
                 finally:
                     restore_sigterm(previous)
                 raise
+            finally:
+                self.run.stop_system_metrics()
 
     def _inner_train(self, checkpoint_dir: Path | None, trial: Any, ignore_keys_for_eval: list[str] | None) -> TrainOutput:
         dataloader = self.get_train_dataloader()
@@ -611,7 +616,12 @@ class Trainer:
 
         One-element tensors and NumPy scalars are logged as Python numbers (``logs`` is updated in
         place); tensors or arrays of several elements are left out with a warning, so a checkpoint's
-        ``trainer_state.json`` always holds plain JSON."""
+        ``trainer_state.json`` always holds plain JSON.
+
+        With system metrics on (``TRACKLINK_SYSTEM_METRICS``), a sample taken since the last log is added to
+        what ``on_log`` receives (a copy of ``logs``), never to ``logs`` itself or ``state.log_history``. Under
+        torchrun the nodes' samples are gathered here (a collective: call ``log`` on every process, as
+        the trainer does)."""
         cleaned = plain_logs(logs, "Trainer.log()")
         logs.clear()
         logs.update(cleaned)
@@ -626,7 +636,20 @@ class Trainer:
             self.state.num_input_tokens_seen = self._tokens_seen_base + int(seen)
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
         self.state.log_history.append({**logs, "step": self.state.global_step})
-        self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
+        system = self._system_metrics() if self.run.system_metrics_on else None
+        event_logs = {**logs, **{k: v for k, v in system.items() if k not in logs}} if system else logs
+        self.control = self.callback_handler.on_log(self.args, self.state, self.control, event_logs)
+
+    def _system_metrics(self) -> dict[str, float]:
+        """The system-metrics samples taken since the last log: this process's, or under torchrun every node's
+        (an ``all_gather_object`` of the local main processes' samples, on logging steps only)."""
+        sample = self.run.system_sample()
+        if not is_distributed():
+            return sample or {}
+        merged: dict[str, float] = {}
+        for part in all_gather_objects(sample):
+            merged.update(part or {})
+        return merged
 
     # -- evaluation and prediction ------------------------------------------------------------------
 
