@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import threading
 import time
@@ -73,7 +74,7 @@ def system_metrics_interval(value: Any = None) -> float | None:
         return DEFAULT_INTERVAL
     if value is False:
         return None
-    if not isinstance(value, (int, float)):
+    if not isinstance(value, numbers.Real):  # a NumPy number too
         raise TypeError(f"system_metrics={value!r} ({type(value).__name__}) is not accepted; accepted: "
                         f"{_ACCEPTED_ARG}")
     if not (math.isfinite(value) and value >= MIN_INTERVAL):
