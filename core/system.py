@@ -77,9 +77,10 @@ def system_metrics_interval(value: Any = None) -> float | None:
     if not isinstance(value, numbers.Real):  # a NumPy number too
         raise TypeError(f"system_metrics={value!r} ({type(value).__name__}) is not accepted; accepted: "
                         f"{_ACCEPTED_ARG}")
-    if not (math.isfinite(value) and value >= MIN_INTERVAL):
+    seconds = float(value)
+    if not (math.isfinite(seconds) and seconds >= MIN_INTERVAL):
         raise ValueError(f"system_metrics={value!r} is not accepted; accepted: {_ACCEPTED_ARG}")
-    return float(value)
+    return seconds
 
 
 def system_prefix(process: ProcessInfo) -> str:
