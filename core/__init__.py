@@ -21,6 +21,7 @@ from .errors import (
 from .flow import DefaultFlowCallback
 from .handler import CallbackHandler
 from .hookspecs import hookimpl, hookspec
+from .media import Artifact, Figure, File, Histogram, Image, Media, MediaError, Table, Text
 from .state import ExportableState, TrainerControl, TrainerState
 from .tracker import EnvVar, RunEnd, RunInfo, Tracker
 
@@ -31,11 +32,18 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Artifact",
     "CallbackHandler",
     "DefaultFlowCallback",
     "EarlyStoppingCallback",
     "EnvVar",
     "ExportableState",
+    "Figure",
+    "File",
+    "Histogram",
+    "Image",
+    "Media",
+    "MediaError",
     "PluginRegistrationError",
     "PrinterCallback",
     "ProgressCallback",
@@ -44,7 +52,9 @@ __all__ = [
     "Run",
     "RunEnd",
     "RunInfo",
+    "Table",
     "Terminated",
+    "Text",
     "Tracker",
     "TrackerError",
     "TrackerUnavailableError",

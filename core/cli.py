@@ -2,7 +2,8 @@
 
 ``tracklink plugins [--json]`` lists every tracker plugin found (built-in or third-party): whether its
 SDK is installed and which version, whether it is ready, and whether the current ``report_to`` selects
-it or why not. ``tracklink doctor [--json]`` adds each tracker's environment variables (secret ones
+it or why not, then the matrix of media types x trackers (native, the fallback, or dropped), read from
+the trackers' declarations (``Tracker.media_support()``). ``tracklink doctor [--json]`` adds each tracker's environment variables (secret ones
 as set/unset only), its rank policy, and checks the values. Neither imports torch or any SDK.
 ``tracklink demo`` trains a small model: the trainer package adds it through the ``tracklink.commands``
 entry-point group (see ``tracklink.trainer.demo``), so this module never imports the trainer.
@@ -20,10 +21,11 @@ from typing import Any
 
 from .delivery import DeliverySettings
 from .errors import ReportToError
+from .media import KINDS, outcome
 from .registry import TrackerSpec, discover
 from .resolve import ENV_REPORT_TO, NOT_GIVEN, Resolution, resolve_report_to
 
-__all__ = ["COMMAND_GROUP", "doctor_report", "main", "plugin_rows"]
+__all__ = ["COMMAND_GROUP", "doctor_report", "main", "media_matrix", "plugin_rows"]
 
 logger = logging.getLogger("tracklink")
 
@@ -36,6 +38,22 @@ def _resolve(report_to: Any, env: Mapping[str, str], specs: dict[str, TrackerSpe
         return resolve_report_to(report_to, env, specs), None
     except ReportToError as exc:
         return None, str(exc)
+
+
+#: A hook-only plugin (not a ``Tracker``) gets media values as they are, in its ``on_log``.
+AS_IS = "as is (on_log)"
+
+
+def media_matrix(plugin: Any) -> dict[str, str] | None:
+    """What each media kind becomes at ``plugin`` (a tracker class, or a hook plugin): ``native``, the
+    fallback (:func:`tracklink.media.outcome`), ``dropped``; ``None`` when the plugin did not load."""
+    if plugin is None:
+        return None
+    support = getattr(plugin, "media_support", None)
+    if isinstance(plugin, type) and callable(support):
+        can = support()
+        return {kind: outcome(kind, can) for kind in KINDS}
+    return dict.fromkeys(KINDS, AS_IS)
 
 
 def plugin_rows(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], str | None]:
@@ -71,6 +89,7 @@ def plugin_rows(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = None
             "reason": reason,
             "rank_policy": spec.rank_policy,
             "auto": spec.auto,
+            "media": media_matrix(None if spec.load_error else spec.load()),
         })
     return rows, error
 
@@ -138,6 +157,18 @@ def _print_table(rows: list[dict[str, Any]], out: Any) -> None:
         print("  ".join(cells).rstrip(), file=out)
 
 
+def _print_media(rows: list[dict[str, Any]], out: Any) -> None:
+    """The media matrix: one line per tracker, one column per kind."""
+    table = [["media", *KINDS]]
+    for row in rows:
+        media = row.get("media")
+        table.append([row["name"], *((media or {}).get(kind, "?") for kind in KINDS)])
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    print("\nmedia values at each tracker (native, the fallback it gets, or dropped):", file=out)
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip(), file=out)
+
+
 def _cmd_plugins(ns: argparse.Namespace) -> int:
     report_to = NOT_GIVEN if ns.report_to is None else ns.report_to
     rows, error = plugin_rows(report_to)
@@ -146,6 +177,7 @@ def _cmd_plugins(ns: argparse.Namespace) -> int:
         print()
     else:
         _print_table(rows, sys.stdout)
+        _print_media(rows, sys.stdout)
         if error:
             print(f"\nreport_to error: {error}", file=sys.stdout)
     return 1 if error else 0
@@ -163,6 +195,7 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
     print("trackers: " + (", ".join(report["selected"]) or "none"))
     print()
     _print_table(report["trackers"], sys.stdout)
+    _print_media(report["trackers"], sys.stdout)
     for row in report["trackers"]:
         print(f"\n[{row['name']}] rank policy: {row['rank_policy']}; "
               + ("installed " + (row["sdk_version"] or "") if row["installed"] else f"install: {row['install']}"))

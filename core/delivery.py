@@ -88,7 +88,8 @@ class DeliverySettings:
 
 def _detach(value: Any) -> Any:
     detach = getattr(value, "detach", None)
-    if detach is not None and type(value).__module__.startswith("torch"):
+    # a media value (tracklink.media) detaches to the snapshot a queued event holds: frozen once, shared
+    if detach is not None and type(value).__module__.startswith(("torch", "tracklink.media")):
         return detach()
     return value
 
@@ -239,9 +240,16 @@ _EVENT_BYTES, _VALUE_BYTES = 1024, 160
 
 
 def _size(namespace: Mapping[str, Any]) -> int:
-    """A cheap estimate of what a queued event holds beyond what it shares with other events."""
+    """A cheap estimate of what a queued event holds beyond what it shares with other events: media values
+    (and any array) count their bytes (``nbytes``), so ``TRACKLINK_QUEUE_BYTES`` bounds a queue of images."""
     values = namespace.get("logs") or namespace.get("metrics")
-    return _EVENT_BYTES + _VALUE_BYTES * (len(values) if isinstance(values, Mapping) else 0)
+    if not isinstance(values, Mapping):
+        return _EVENT_BYTES
+    size = _EVENT_BYTES + _VALUE_BYTES * len(values)
+    for value in values.values():
+        if type(value) not in (float, int, str, bool):
+            size += int(getattr(value, "nbytes", 0) or 0)
+    return size
 _live_channels: weakref.WeakSet[TrackerChannel] = weakref.WeakSet()
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from .atomic import atomic_write_text, claim_directory
 from .errors import ReportToError
 from .handler import CallbackHandler
+from .media import Media
 from .process import ProcessInfo
 from .resolve import NOT_GIVEN, Resolution, canonical_name, resolve_report_to
 from .shutdown import on_exit, uncaught_exception
@@ -270,7 +271,8 @@ class Run:
         return run
 
     def log(self, values: Mapping[str, Any], step: int | None = None) -> None:
-        """Log ``values`` (numbers, one-element tensors or arrays, strings) at ``step``.
+        """Log ``values`` (numbers, one-element tensors or arrays, strings, media values such as
+        ``tracklink.Image``: see :mod:`tracklink.media`) at ``step``.
 
         Without ``step`` the run counts on from the last step (0 first). Steps may repeat but never go
         backwards (a backend such as W&B would drop such points silently): a smaller step is an error.
@@ -282,7 +284,7 @@ class Run:
             raise TypeError(f"run.log() takes a dict of values, got {type(values).__name__}")
         logs = {}
         for key, value in plain_logs(values, "run.log()").items():
-            if isinstance(value, str) or as_number(value) is not None:
+            if isinstance(value, (str, Media)) or as_number(value) is not None:
                 logs[key] = value
             elif key not in self._warned:
                 self._warned.add(key)

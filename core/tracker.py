@@ -11,13 +11,19 @@ A tracker declares, as class attributes the hub and the CLI read without importi
 ``rank_policy``     ``"main"`` (world rank 0, default), ``"local_main"`` (one per node) or ``"all"``;
 ``inline``          ``True`` when its SDK must be called from the training thread;
 ``auto``            ``False`` when ``report_to="all"`` must never pick it;
-``metric_style``    ``"hf"`` (``train/loss``, ``eval/loss``, ``test/...``) or ``"raw"`` (``loss``, ``eval_loss``).
+``metric_style``    ``"hf"`` (``train/loss``, ``eval/loss``, ``test/...``) or ``"raw"`` (``loss``, ``eval_loss``);
+``media``           the kinds of media value its ``log_media`` renders natively (``"image"``, ``"histogram"``,
+                    ``"table"``, ``"figure"``); text is native with ``log_text``, files with ``log_artifact``;
+``media_reserved``  key patterns (``fnmatch``) the backend reserves, where no media value may go;
+``max_image_bytes``, ``max_histogram_bins``  the backend's limits (``None``: none known).
 
 and implements a small lifecycle the base class drives from the training events:
 
 ``setup(run)``                     import the SDK and start (or re-attach to) a run; log ``run.params``;
 ``log_metrics(metrics, step, epoch)``  send numeric metrics at the trainer's ``global_step``;
 ``log_text(texts, step)``          optional: string values (otherwise skipped with one warning per key);
+``log_media(values, step)``        optional: media values of the kinds declared in ``media``;
+``log_artifact(path, name, step)`` optional: upload a file (logged ``File`` values and media fallbacks);
 ``log_summary(metrics)``           optional: the final training summary (default: ``log_metrics``);
 ``log_checkpoint(path, state)``    optional: upload the checkpoint directory the trainer just wrote;
 ``check_args(args)``               optional: refuse a configuration (runs on the training thread, raises);
@@ -25,7 +31,8 @@ and implements a small lifecycle the base class drives from the training events:
 ``finish(status)``                 close the run: ``"success"``, ``"failed"`` or ``"killed"``.
 
 The base class sets the run up once on first use (``on_train_begin``, or lazily on a standalone
-``evaluate``/``predict``), rewrites and sanitises metric names, filters values, builds the redacted
+``evaluate``/``predict``), rewrites and sanitises metric names, filters values, routes media values (native,
+or through their documented fallback: :func:`tracklink.media.outcome`), builds the redacted
 hyper-parameter view, and closes the run exactly once at ``on_train_end`` or ``on_exception``.
 Trackers run on their own worker thread (see :mod:`tracklink.delivery`); hooks receive snapshots and
 their return values are ignored.
@@ -43,6 +50,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 from .atomic import atomic_write_text
@@ -50,6 +58,20 @@ from .callback import TrainerCallback
 from .delivery import busy
 from .envvars import FALSE_VALUES, KINDS, TRUE_VALUES, EnvVar, env_snapshot, truthy
 from .errors import TrackerSetupError, TrackerUnavailableError
+from .media import (
+    NATIVE_KINDS,
+    Figure,
+    File,
+    Histogram,
+    Image,
+    Media,
+    MediaError,
+    Table,
+    TempFiles,
+    Text,
+    outcome,
+    safe_name,
+)
 from .redact import declare_secret_names, declared_secret_names
 from .shaping import SUMMARY_KEYS, flatten, hyperparameters, param_text, redacted_name, rewrite_logs
 from .shutdown import on_exit
@@ -245,6 +267,14 @@ class Tracker(TrainerCallback):
     #: What this tracker's ``init_kwargs`` (``tracklink.init(init_kwargs={name: {...}})``) are passed to, or
     #: ``None`` when it takes none (they are then ignored with a warning).
     init_kwargs_target: ClassVar[str | None] = None
+    #: The kinds of media value :meth:`log_media` renders natively (a subset of image, histogram, table,
+    #: figure). Text is native when :meth:`log_text` is overridden, files when :meth:`log_artifact` is.
+    media: ClassVar[frozenset[str]] = frozenset()
+    #: Key patterns (``fnmatch``, on backend names) the backend reserves: a media value there is left out.
+    media_reserved: ClassVar[tuple[str, ...]] = ()
+    #: The backend's limit on one image (PNG bytes), and on a histogram's bins; ``None`` when it has none.
+    max_image_bytes: ClassVar[int | None] = None
+    max_histogram_bins: ClassVar[int | None] = None
 
     _tl: _Runtime
 
@@ -343,6 +373,29 @@ class Tracker(TrainerCallback):
     def log_summary(self, metrics: dict[str, float], step: int) -> None:
         """Send the final training summary (runtime, throughput, mean loss, FLOs)."""
         self.log_metrics(metrics, step, None)
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        """Send media values at ``step``: backend name -> :class:`~tracklink.media.Image`, ``Histogram``,
+        ``Table`` or ``Figure``, only of the kinds declared in :attr:`media` (the base converts the others
+        through their fallback first). Read a value with its worker-side methods (``Image.png()``,
+        ``Histogram.histogram()``, ``Table.rows``, ...): encoding happens once, shared by the trackers."""
+
+    def log_artifact(self, path: str, name: str, step: int) -> None:
+        """Upload the file at ``path`` as ``name`` (a relative path: ``<key>/<step>.png`` for a converted
+        value, ``<key>/<file name>`` for a logged :class:`~tracklink.media.File`). The file exists until the
+        call returns: upload or copy it before returning. Override it to take files and fallbacks."""
+
+    @classmethod
+    def media_support(cls) -> frozenset[str]:
+        """The kinds this tracker renders natively: :attr:`media` (what ``log_media`` takes), ``"text"``
+        when it overrides ``log_text``, ``"file"`` when it overrides ``log_artifact``. Read from the class
+        alone (no SDK import), for the matrix of ``tracklink plugins`` and the docs."""
+        support = set(cls.media) & NATIVE_KINDS
+        if cls.log_text is not Tracker.log_text:
+            support.add("text")
+        if cls.log_artifact is not Tracker.log_artifact:
+            support.add("file")
+        return frozenset(support)
 
     def log_checkpoint(self, path: str, state: Any) -> None:
         """Upload a checkpoint directory the trainer wrote (only called when ``uploads_checkpoints``)."""
@@ -602,15 +655,17 @@ class Tracker(TrainerCallback):
 
     def _send_many(self, logs_and_states: list[tuple[Mapping[str, Any], Any]]) -> None:
         points: list[tuple[dict[str, float], int, float | None]] = []
-        later: list[tuple[str, dict[str, Any], int]] = []  # summaries and texts, in order, after the metrics
+        later: list[tuple[str, dict[str, Any], int]] = []  # summaries, texts, media, in order, after the metrics
         for logs, state in logs_and_states:
-            step, metrics, summary, texts = self._shape(logs, state)
+            step, metrics, summary, texts, media = self._shape(logs, state)
             if metrics:
                 points.append((metrics, step, getattr(state, "epoch", None)))
             if summary:
                 later.append(("summary", summary, step))
             if texts:
                 later.append(("text", texts, step))
+            if media:
+                later.append(("media", media, step))
             self._tl.last_step = max(self._tl.last_step, step)
         if len(points) == 1:
             self.log_metrics(*points[0])
@@ -619,11 +674,109 @@ class Tracker(TrainerCallback):
         for kind, values, step in later:
             if kind == "summary":
                 self.log_summary(values, step)
-            else:
+            elif kind == "text":
                 self.log_text(values, step)
+            else:
+                self._send_media(values, step)
 
-    def _shape(self, logs: Mapping[str, Any], state: Any) -> tuple[int, dict[str, float], dict[str, float], dict[str, str]]:
-        """A log as ``(step, metrics, summary, texts)`` under the backend's names."""
+    # -- media ----------------------------------------------------------------------------------
+
+    def _send_media(self, values: dict[str, Media], step: int) -> None:
+        """Route each media value (logged key -> snapshot): to :meth:`log_media` when this tracker renders
+        its kind, else through its fallback (:func:`tracklink.media.outcome`), else left out. Problems with
+        one value are warned about (once per key) and never stop the others."""
+        support = self.media_support()
+        native: dict[str, Media] = {}
+        texts: dict[str, str] = {}
+        for key, value in values.items():
+            try:
+                self._route_media(key, value, step, support, native, texts)
+            except MediaError as exc:
+                self._warn_once(f"media:{key}", f"tracker {self.name!r} left out {value.kind} {key!r}: {exc}")
+        if native:
+            self.log_media(native, step)
+        if texts:
+            self.log_text(texts, step)
+
+    def _route_media(self, key: str, value: Media, step: int, support: frozenset[str],
+                     native: dict[str, Media], texts: dict[str, str]) -> None:
+        if value.problem is not None:
+            raise MediaError(value.problem)
+        name = self.metric_name(key)
+        reserved = next((p for p in self.media_reserved if fnmatchcase(name, p)), None)
+        if reserved is not None:
+            raise MediaError(f"{name!r} is a key {self.name} reserves (pattern {reserved!r}); log the "
+                             f"{value.kind} under another key")
+        result = outcome(value.kind, support)
+        if result == "dropped":
+            self._warn_once(f"media:{key}", f"tracker {self.name!r} cannot show {value.kind} values in any form "
+                            f"(it renders {', '.join(sorted(support)) or 'no media'}); {key!r} is left out. "
+                            "`tracklink plugins` shows what each tracker renders")
+            return
+        if result != "native":
+            self._note_once(f"fallback:{key}", f"tracker {self.name!r} has no native {value.kind}: {key!r} "
+                            f"is logged as {result} (see docs/media.md)")
+        if isinstance(value, Histogram):
+            value.histogram(key)  # binned once (NaN/inf left out, with a warning naming the key), shared
+            if result == "native":
+                self._check_bins(key, value)
+                native[name] = value
+                return
+            value = value.to_image(key)
+        elif isinstance(value, Figure):
+            if result == "native":
+                native[name] = value
+                return
+            value = value.to_image(key)
+        if isinstance(value, Image):
+            self._check_image(key, value)
+            if "image" in support:
+                native[name] = value
+            else:
+                self._upload(value.png(), f"{safe_name(name)}/{step}.png", step)
+        elif isinstance(value, Table):
+            if result == "native":
+                native[name] = value
+            elif "file" in support:
+                self._upload(value.csv().encode(), f"{safe_name(name)}/{step}.csv", step)
+            else:
+                texts[name] = value.markdown()
+        elif isinstance(value, Text):
+            if "text" in support:
+                texts[name] = value.text
+            else:
+                self._upload(value.text.encode(), f"{safe_name(name)}/{step}.txt", step)
+        elif isinstance(value, File):
+            self.log_artifact(value.path, f"{safe_name(name)}/{value.name}", step)
+
+    def _check_image(self, key: str, image: Image) -> None:
+        limit = self.max_image_bytes
+        if limit is not None and len(image.png()) > limit:
+            raise MediaError(f"the image is {len(image.png()) / 2**20:.1f} MiB as PNG ({image.width}x{image.height}), "
+                             f"more than {self.name}'s limit of {limit / 2**20:g} MiB; accepted: a smaller image "
+                             "(resize it), or tracklink.File(path) to upload it as a file")
+
+    def _check_bins(self, key: str, histogram: Histogram) -> None:
+        limit = self.max_histogram_bins
+        if limit is not None and histogram.bin_count > limit:
+            raise MediaError(f"it has {histogram.bin_count} bins, more than {self.name}'s limit of {limit}; "
+                             f"accepted: tracklink.Histogram(values, bins=<= {limit})")
+
+    def _upload(self, data: bytes, name: str, step: int) -> None:
+        """Hand ``data`` to :meth:`log_artifact` as a file named ``name`` (removed when the call returns)."""
+        with TempFiles() as files:
+            self.log_artifact(files.write(data, name), name, step)
+
+    def _note_once(self, key: str, message: str) -> None:
+        """An expected, documented change (a fallback): said once per key, at INFO level."""
+        if key not in self._tl.warned:
+            self._tl.warned.add(key)
+            logger.info("tracklink: %s", message)
+
+    def _shape(self, logs: Mapping[str, Any], state: Any) -> tuple[int, dict[str, float], dict[str, float],
+                                                                     dict[str, str], dict[str, Media]]:
+        """A log as ``(step, metrics, summary, texts, media)``: numbers and texts under the backend's names,
+        media values under their logged keys (named when routed)."""
         step = int(getattr(state, "global_step", 0) or 0)
         # the trainer's final summary (train_runtime, train_loss, ...) goes to log_summary; the same keys in any
         # other log (a loop's per-step "train_loss") are ordinary metrics
@@ -631,11 +784,14 @@ class Tracker(TrainerCallback):
         metrics: dict[str, float] = {}
         summary: dict[str, float] = {}
         texts: dict[str, str] = {}
+        media: dict[str, Media] = {}
         for key, raw in logs.items():
             value = as_number(raw)
             if value is None:
                 if isinstance(raw, str):
                     texts[self.metric_name(key)] = raw
+                elif isinstance(raw, Media):
+                    media[key] = raw
                 else:
                     self._warn_once(
                         key, f"tracker {self.name!r} skipped {key!r}: {type(raw).__name__} is not a number"
@@ -645,7 +801,7 @@ class Tracker(TrainerCallback):
                 logger.debug("tracker %r: %s is %s", self.name, key, value)
             target = summary if key in summary_keys else metrics
             target[self.metric_name(key)] = value
-        return step, metrics, summary, texts
+        return step, metrics, summary, texts, media
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._tl.warned:

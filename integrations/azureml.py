@@ -10,6 +10,10 @@ What is logged where, in the run of the current job (``Run.get_context()`` at tr
   ``train_runtime``...) with ``run.log(name, value, step=global_step)`` (no step where the SDK's run object
   has none, as in its offline run); string logs with ``run.log`` too;
 * the redacted, flattened hyper-parameters (training arguments and model config) as run tags;
+* media values, where SDK v1 has them: ``tracklink.Image`` with ``run.log_image(key, path=<png>)`` (a
+  histogram or a figure as an image), ``Table`` with ``run.log_table(key, {column: [values]})`` (image
+  cells as ``[image WxH]``), ``Text`` with ``run.log``; ``File`` values with
+  ``run.upload_file("outputs/media/<key>/<name>", path)`` (the run's outputs);
 * at the end: ``run.complete()``, or ``run.fail(error_details=...)`` when training failed or was killed.
   Inside a submitted job these flush the metrics and record the error; Azure ML sets the job status from
   the process exit. A run you pass in (``azureml_run=``) is yours: it is never completed or failed.
@@ -29,6 +33,7 @@ import warnings
 from typing import Any, ClassVar
 
 from tracklink.envvars import EnvVar
+from tracklink.media import Image, Media, Table, TempFiles
 from tracklink.shaping import param_text
 from tracklink.tracker import RunEnd, RunInfo, Tracker
 
@@ -52,6 +57,7 @@ class AzureMLCallback(Tracker):
     sdk_module = "azureml.core"
     extra = "azureml"
     metric_style = "raw"
+    media = frozenset({"image", "table"})
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("AZUREML_RUN_ID", None, "Set by Azure ML inside a job (the run logged into); outside a job the "
                "SDK's offline run only prints what it would log.", read_by="sdk"),
@@ -122,6 +128,19 @@ class AzureMLCallback(Tracker):
     def log_text(self, texts: dict[str, str], step: int) -> None:
         for key, value in texts.items():
             self._log(key, value, step)
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        with TempFiles() as files:  # log_image uploads the file before it returns
+            for name, value in values.items():
+                if isinstance(value, Image):
+                    self.azureml_run.log_image(name, path=files.write(value.png(), f"{name.rsplit('/', 1)[-1]}.png"),
+                                               description=value.caption or "")
+                elif isinstance(value, Table):
+                    rows = value.text_rows()
+                    self.azureml_run.log_table(name, {c: [row[i] for row in rows] for i, c in enumerate(value.columns)})
+
+    def log_artifact(self, path: str, name: str, step: int) -> None:
+        self.azureml_run.upload_file(f"outputs/media/{name}", path)
 
     def run_identity(self) -> dict[str, Any] | None:
         run_id = getattr(self.azureml_run, "id", None)

@@ -7,6 +7,11 @@ What is logged where (``<sfx>`` is ``""``, or ``_2``, ``_3``... when several tra
   title ``test<sfx>``; everything else (``loss``, ``learning_rate``, ``grad_norm``, ``epoch``) -> title
   ``train<sfx>``, series = the key; the final summary (``train_runtime``, ``train_loss``, ``total_flos``...)
   as single values ``<key><sfx>``; string logs as console text;
+* media values at ``iteration=global_step``, title ``<key><sfx>``, series ``<key>``: ``tracklink.Image``
+  as a debug sample (``report_image``), ``Histogram`` as a histogram plot (``report_histogram``, tracklink's
+  bins, labelled by their lower edge), ``Table`` as a table plot (``report_table``; image cells as
+  ``[image WxH]``), ``Text`` as console text, a figure as a debug sample; ``File`` values as Task
+  artifacts named ``<key>/<file name>`` (``upload_artifact``);
 * hyper-parameters: section ``Transformers<sfx>`` = the redacted training arguments (flattened);
   configuration object ``Model Configuration<sfx>`` = the redacted model config. Values edited in the
   ClearML UI never override the live arguments or config;
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tracklink.envvars import FALSE_VALUES, TRUE_VALUES, EnvVar, truthy
+from tracklink.media import Histogram, Image, Media, Table
 from tracklink.redact import redacted_upload
 from tracklink.shaping import flatten, param_value
 from tracklink.tracker import RunEnd, RunInfo, Tracker
@@ -66,6 +72,7 @@ class ClearMLCallback(Tracker):
     sdk_module = "clearml"
     extra = "clearml"
     metric_style = "raw"
+    media = frozenset({"image", "histogram", "table"})
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("CLEARML_PROJECT", DEFAULT_PROJECT, "Project of the Task this plugin creates."),
         EnvVar("CLEARML_TASK", DEFAULT_TASK, "Name of the Task this plugin creates (default: the run name, "
@@ -193,6 +200,31 @@ class ClearMLCallback(Tracker):
         report = self.task.get_logger()
         for key, value in texts.items():
             report.report_text(f"{key}{self.suffix} (step {step}): {value}")
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        report = self.task.get_logger()
+        for name, value in values.items():
+            title = f"{name}{self.suffix}"
+            if isinstance(value, Image):
+                # pixels, not a path: ClearML uploads debug samples in the background, after this returns
+                pixels = value.pixels()
+                if pixels.shape[2] == 4:  # ClearML stores debug samples as JPEG: alpha over white
+                    alpha = pixels[:, :, 3:4] / 255.0
+                    pixels = (pixels[:, :, :3] * alpha + 255 * (1 - alpha)).astype("uint8")
+                report.report_image(title=title, series=name, iteration=step,
+                                    image=pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+            elif isinstance(value, Histogram):
+                counts, edges = value.histogram(name)
+                report.report_histogram(title=title, series=name, values=[float(c) for c in counts],
+                                        iteration=step, xlabels=[f"{e:.4g}" for e in edges[:-1]],
+                                        xaxis="value", yaxis="count")
+            elif isinstance(value, Table):
+                report.report_table(title=title, series=name, iteration=step,
+                                    table_plot=[value.columns, *value.text_rows()])
+
+    def log_artifact(self, path: str, name: str, step: int) -> None:
+        self.task.upload_artifact(f"{name}{self.suffix}", artifact_object=path, metadata={"step": step},
+                                  wait_on_upload=True)
 
     @property
     def uploads_checkpoints(self) -> bool:

@@ -58,6 +58,7 @@ class CodeCarbonCallback(Tracker):
     sdk_min_version = "2.4"
     sdk_module = "codecarbon"
     extra = "codecarbon"
+    media = frozenset()  # emissions only: every media value is dropped
     rank_policy = "local_main"
     metric_style = "raw"
     env_vars: ClassVar[tuple[EnvVar, ...]] = (

@@ -8,6 +8,11 @@ What is logged where (transformers' names):
 * metrics: every numeric log as ``train/...``, ``eval/...``, ``test/...`` with ``step=global_step`` and
   ``epoch``; the end-of-training summary too (``train/train_runtime``, ``train/train_loss``, ...);
   strings as text samples (metadata ``name``);
+* media values at their step: ``tracklink.Image`` with ``log_image`` (the PNG tracklink encoded; caption
+  in the metadata), ``Histogram`` with ``log_histogram_3d`` (tracklink's bins, Comet's 3-D histogram
+  chart), ``Table`` with ``log_table`` as ``<key>-<step>.csv`` (image cells as ``[image WxH]``), ``Text``
+  as a text sample, a figure as an image, ``File`` values as assets (``<key>/<file name>``). An image
+  over Comet's upload limit (200 MiB) is left out with a warning;
 * assets (``COMET_LOG_ASSETS``, default TRUE): at the end of a successful training, every file under
   ``output_dir`` (checkpoints included) with its relative path as the file name, secrets in configs and
   text files masked;
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tracklink.envvars import EnvVar
+from tracklink.media import Histogram, Image, Media, Table, TempFiles, safe_name
 from tracklink.redact import redacted_upload
 from tracklink.tracker import RunEnd, RunInfo, Tracker
 
@@ -105,6 +111,8 @@ class CometCallback(Tracker):
     sdk_min_version = "3.43.2"
     sdk_module = "comet_ml"
     extra = "comet"
+    media = frozenset({"image", "histogram", "table"})
+    max_image_bytes = 200 * 2**20  # comet_ml's DEFAULT_UPLOAD_SIZE_LIMIT for images
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("COMET_MODE", "get_or_create", "How the experiment starts: get_or_create, create, or get (needs "
                "COMET_EXPERIMENT_KEY). Deprecated: ONLINE, OFFLINE, DISABLED (turns the tracker off).",
@@ -230,6 +238,30 @@ class CometCallback(Tracker):
     def log_text(self, texts: dict[str, str], step: int) -> None:
         for key, value in texts.items() if self._experiment is not None else ():
             self._experiment.log_text(value, step=step, metadata={"name": key})
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        if self._experiment is None:
+            return
+        with TempFiles() as files:  # Comet copies each file before log_* returns (copy_to_tmp)
+            for name, value in values.items():
+                if isinstance(value, Image):
+                    metadata = {"caption": value.caption} if value.caption else None
+                    self._experiment.log_image(files.write(value.png(), f"{name.rsplit('/', 1)[-1]}.png"),
+                                               name=name, step=step, metadata=metadata)
+                elif isinstance(value, Histogram):
+                    from comet_ml.data_structure import Histogram as CometHistogram
+
+                    counts, edges = value.histogram(name)
+                    histogram = CometHistogram()
+                    histogram.add((edges[:-1] + edges[1:]) / 2, counts=counts)
+                    self._experiment.log_histogram_3d(histogram, name=name, step=step)
+                elif isinstance(value, Table):
+                    self._experiment.log_table(f"{safe_name(name).replace('/', '_')}-{step}.csv",
+                                               tabular_data=value.text_rows(), headers=value.columns)
+
+    def log_artifact(self, path: str, name: str, step: int) -> None:
+        if self._experiment is not None:
+            self._experiment.log_asset(path, file_name=name, step=step)  # copied before it returns
 
     def _log_assets_of(self, root: Path, step: int) -> None:
         offline = Path(os.environ.get("COMET_OFFLINE_DIRECTORY") or ".cometml-runs").resolve()

@@ -11,6 +11,11 @@ as with DVCLive itself; pass ``DVCLiveCallback(dir=...)`` or your own ``Live`` t
 * the final training summary (``train/runtime``, ``train/loss``, ``total_flos``, ...) in
   ``metrics.json`` only (no one-point plots);
 * the redacted training arguments and model config in ``params.yaml`` (``live.log_params``);
+* media values: ``tracklink.Image`` with ``live.log_image`` as ``plots/images/<key>/<step>.png`` (DVCLive's
+  pattern for an image slider), ``Histogram`` with ``live.log_plot`` as a custom bar plot
+  ``plots/custom/<key>.json`` (columns ``bin`` and ``count``; DVCLive's custom plots keep the latest one),
+  a figure as an image; ``File`` values and the other fallbacks (a table as CSV, ``Text`` as a ``.txt``)
+  copied into ``<dir>/artifacts/<key>/`` and, inside a DVC repository, tracked with ``live.log_artifact``;
 * models (``log_model``, or ``HF_DVCLIVE_LOG_MODEL``: ``true``/``all``/false): ``"all"`` tracks every
   checkpoint directory the trainer writes (``live.log_artifact(<checkpoint dir>)``); ``True`` tracks
   the best checkpoint (``load_best_model_at_end``) or the last one at the end of a successful training,
@@ -33,10 +38,12 @@ import inspect
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 from tracklink.envvars import EnvVar, truthy
+from tracklink.media import Histogram, Image, Media, TempFiles
 from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["DVCLiveCallback", "dvclive_metric_name"]
@@ -88,6 +95,7 @@ class DVCLiveCallback(Tracker):
     sdk_module = "dvclive"
     extra = "dvclive"
     metric_style = "raw"
+    media = frozenset({"image", "histogram"})
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar(ENV_LOG_MODEL, None,
                "Log models as DVC artifacts: 'all' (every checkpoint), true (the best/last checkpoint at "
@@ -185,6 +193,26 @@ class DVCLiveCallback(Tracker):
                 self._last_point[key] = (step, value)
             else:
                 live.log_metric(key, value, plot=False)  # metrics.json only
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        live = self.live
+        live.step = step
+        with TempFiles() as files:  # DVCLive writes the image into its plots directory before returning
+            for name, value in values.items():
+                if isinstance(value, Image):
+                    live.log_image(f"{name}/{step}.png", files.write(value.png(), "image.png"))
+                elif isinstance(value, Histogram):
+                    counts, edges = value.histogram(name)
+                    points = [{"bin": f"{low:.4g}", "count": int(count)} for low, count in zip(edges[:-1], counts)]
+                    live.log_plot(name, points, x="bin", y="count", template="bar_horizontal", title=name)
+        live.make_dvcyaml()
+
+    def log_artifact(self, path: str, name: str, step: int) -> None:
+        target = Path(self.live.dir, "artifacts", name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        if getattr(self.live, "_dvc_repo", None) is not None:  # DVCLive tracks artifacts in a DVC repository only
+            self.live.log_artifact(str(target))
 
     def log_checkpoint(self, path: str, state: Any) -> None:
         self.live.log_artifact(path)

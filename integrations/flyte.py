@@ -19,7 +19,11 @@ never chosen by ``report_to="all"`` (name it, or pass an instance in ``callbacks
   an HTML table in the Deck ``"Log History"`` (flytekitplugins-deck's ``TableRenderer`` when installed,
   else pandas, else a plain table); Flyte shows decks of tasks with ``enable_deck=True``.
 
-Both happen on the main process only. The task's Flyte context is captured at construction and
+* media values: a Deck ``"Media"`` gets a section per value as it is logged (``<key> (step N)``):
+  ``tracklink.Image`` as an inline PNG (with its caption), ``Table`` as an HTML table, ``Text`` as
+  preformatted text; a histogram or a figure as an image. Files have no place in a deck and are left out.
+
+All of this happens on the main process only. The task's Flyte context is captured at construction and
 re-entered on tracklink's worker thread (Flyte keeps its context per thread). Flyte has no run to
 re-attach to, so a resumed training has no run identity; the task's own retry is the resume mechanism.
 
@@ -28,17 +32,20 @@ Variables: flytekit's ``FLYTE_SDK_LOGGING_LEVEL``.
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from tracklink.envvars import EnvVar
+from tracklink.media import Image, Media, Table
 from tracklink.tracker import RunEnd, RunInfo, Tracker
 
 __all__ = ["FlyteCallback", "log_history_html"]
 
 DECK_NAME = "Log History"
+MEDIA_DECK = "Media"
 _NOT_IN_TASK = (
     "FlyteCallback must be created inside a Flyte task: build the Trainer (or FlyteCallback()) in the body "
     "of a function decorated with flytekit's @task, where flytekit.current_context() is the task's context"
@@ -85,6 +92,7 @@ class FlyteCallback(Tracker):
     sdk_module = "flytekit"
     extra = "flyte"
     auto = False
+    media = frozenset({"image", "table"})
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("FLYTE_SDK_LOGGING_LEVEL", None, "flytekit's log level (a number, e.g. 40 for errors only).",
                read_by="sdk", kind="int", minimum=0),
@@ -125,6 +133,7 @@ class FlyteCallback(Tracker):
                 )
         self._context = context
         self.checkpoint: Any = checkpoint if sync_checkpoints else None
+        self._media_deck: Any = None
 
     @classmethod
     def ready(cls, env: Mapping[str, str]) -> str | None:
@@ -147,6 +156,39 @@ class FlyteCallback(Tracker):
 
     def setup(self, run: RunInfo) -> None:
         pass  # the Deck is rendered at the end, from the run's log history
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        parts = []
+        for name, value in values.items():
+            if isinstance(value, Image):
+                data = base64.b64encode(value.png()).decode()
+                caption = f"<figcaption>{html.escape(value.caption)}</figcaption>" if value.caption else ""
+                body = f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}"/>{caption}</figure>'
+            elif isinstance(value, Table):
+                body = _plain_table([dict(zip(value.columns, row)) for row in value.text_rows()])
+            else:
+                continue
+            parts.append(self._section(name, step, body))
+        self._add_media("".join(parts))
+
+    def log_text(self, texts: dict[str, str], step: int) -> None:
+        self._add_media("".join(self._section(name, step, f"<pre>{html.escape(text)}</pre>")
+                                for name, text in texts.items()))
+
+    @staticmethod
+    def _section(name: str, step: int, body: str) -> str:
+        return f"<section><h3>{html.escape(name)} (step {step})</h3>{body}</section>"
+
+    def _add_media(self, fragment: str) -> None:
+        if not fragment:
+            return
+        from flytekit import Deck
+
+        with self._in_task():
+            if self._media_deck is None:
+                self._media_deck = Deck(MEDIA_DECK, fragment)
+            else:
+                self._media_deck.append(fragment)
 
     def log_checkpoint(self, path: str, state: Any) -> None:
         with self._in_task():

@@ -105,6 +105,7 @@ class KubeflowCallback(Tracker):
     sdk_min_version = None
     sdk_module = None
     extra = None
+    media = frozenset()  # progress and metrics for the TrainJob controller: no media values at all
     metric_style = "raw"
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar(ENV_URL, None, "HTTPS endpoint of the TrainJob's status, injected by the Kubeflow Trainer "

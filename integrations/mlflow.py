@@ -22,6 +22,12 @@ flattened with ``.`` when ``MLFLOW_FLATTEN_PARAMS`` is truthy (else JSON text), 
 ``global_step``; with ``HF_MLFLOW_LOG_ARTIFACTS`` truthy, every checkpoint directory as artifacts under
 ``checkpoint-<step>/``. The run ends FINISHED, FAILED (training raised) or KILLED (Ctrl-C, SIGTERM).
 
+Media values: ``tracklink.Image`` with ``log_image(key=, step=)`` (the run's image grid, with a step
+slider; needs Pillow, which MLflow installs), ``Figure`` with ``log_figure`` as
+``figures/<key>/<step>.png``, ``Table`` with ``log_table`` as ``tables/<key>/<step>.json`` (MLflow's table
+view; image cells as ``[image WxH]``), ``File`` values and fallbacks with ``log_artifact`` under
+``media/<key>/`` (a histogram is drawn as an image; ``Text`` becomes ``media/<key>/<step>.txt``).
+
 Reliability: calls run on the tracker's worker thread (training never waits). Over HTTP, MLflow retries
 failed requests (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, default 7, exponential backoff); metric batches that
 still fail stay in an in-memory spool that is replayed with the next batch and before the run ends.
@@ -44,6 +50,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from tracklink.envvars import EnvVar, truthy
+from tracklink.media import Figure, Image, Media, Table, safe_name
 from tracklink.redact import current_secrets, redact, redact_text, redacted_upload
 from tracklink.shaping import param_text
 from tracklink.tracker import RunEnd, RunInfo, Tracker
@@ -143,6 +150,7 @@ class MLflowCallback(Tracker):
     sdk_min_version = "2.8"
     sdk_module = "mlflow"
     extra = "mlflow"
+    media = frozenset({"image", "table", "figure"})
     metric_style = "raw"
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("MLFLOW_TRACKING_URI", None, "Tracking server or store URI (default: MLflow's own default, "
@@ -577,6 +585,20 @@ class MLflowCallback(Tracker):
                 return
             del self._spool[: len(chunk)]
             self._retry_at = 0.0
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        for name, value in values.items():
+            if isinstance(value, Image):
+                self._client.log_image(self._run_id, value.pil(), key=name, step=step, synchronous=True)
+            elif isinstance(value, Figure):
+                self._client.log_figure(self._run_id, value.figure(), f"figures/{safe_name(name)}/{step}.png")
+            elif isinstance(value, Table):
+                columns = {c: [row[i] for row in value.text_rows()] for i, c in enumerate(value.columns)}
+                self._client.log_table(self._run_id, columns, f"tables/{safe_name(name)}/{step}.json")
+
+    def log_artifact(self, path: str, name: str, step: int) -> None:
+        folder = posixpath.dirname(name)
+        self._client.log_artifact(self._run_id, path, artifact_path=f"media/{folder}" if folder else "media")
 
     def log_checkpoint(self, path: str, state: Any) -> None:
         """Upload the checkpoint directory under ``checkpoint-<step>/``, secrets masked in its text files."""

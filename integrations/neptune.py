@@ -10,6 +10,11 @@ What is logged where (``<ns>`` is ``base_namespace``, default ``finetuning``):
   (``train/epoch`` is a series too, where transformers assigned a single value);
 * the final summary (``<ns>/train/train_runtime``, ``.../train_loss``, ...): single float fields;
 * string logs: string series at the same step;
+* media values: ``tracklink.Image`` appended to a file series ``<ns>/<key>`` (the PNG tracklink encoded,
+  with its caption as the description; Neptune takes images under 32 MiB, larger ones are left out with a
+  warning), ``Text`` to a string series; ``File`` values and fallbacks uploaded as ``<ns>/<key>/<name>``
+  (a histogram or a figure becomes an image, a table a CSV file). Offline, the file's bytes are kept in
+  Neptune's own queue (``File.from_content``), so they survive until ``neptune sync``;
 * ``<ns>/trainer_parameters`` and ``<ns>/model_parameters``: the redacted training arguments and model
   config (``log_parameters=True``); ``source_code/integrations/tracklink``: tracklink's version;
 * checkpoints (``log_checkpoints``): each file of ``checkpoint-N/`` as a file field
@@ -35,6 +40,7 @@ from typing import Any, ClassVar
 
 from tracklink import __version__
 from tracklink.envvars import EnvVar
+from tracklink.media import Image, Media
 from tracklink.redact import redacted_upload
 from tracklink.shaping import param_value
 from tracklink.tracker import RunEnd, RunInfo, Tracker
@@ -95,6 +101,8 @@ class NeptuneCallback(Tracker):
     sdk_min_version = "1.0"
     sdk_module = "neptune"
     extra = "neptune"
+    media = frozenset({"image"})
+    max_image_bytes = 32 * 2**20  # neptune.internal.utils.limits: images smaller than 32 MB
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("NEPTUNE_API_TOKEN", None, "API token of your Neptune server (not needed offline).",
                secret=True, read_by="sdk"),
@@ -289,6 +297,29 @@ class NeptuneCallback(Tracker):
     def log_text(self, texts: dict[str, str], step: int) -> None:
         for key, value in texts.items():
             self._append(key, value, step)
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        from neptune.types import File
+
+        for name, value in values.items():
+            if not isinstance(value, Image):
+                continue
+            last = self._series_steps.get(name)
+            if last is not None and step <= last:
+                self._warn_once(f"step:{name}", f"neptune: {name!r} logged again at step {step}; kept the first image")
+                continue
+            self._series_steps[name] = step
+            self._run[f"{self.base_namespace}/{name}"].append(
+                File.from_content(value.png(), extension="png"), step=step, description=value.caption or "")
+
+    def log_artifact(self, path: str, name: str, step: int) -> None:
+        from neptune.types import File
+
+        extension = Path(name).suffix.lstrip(".") or None
+        with open(path, "rb") as handle:  # the bytes go into Neptune's queue: the file may go away after
+            content = handle.read()
+        self._run[f"{self.base_namespace}/{name.rsplit('.', 1)[0] if extension else name}"].upload(
+            File.from_content(content, extension=extension))
 
     def log_checkpoint(self, path: str, state: Any) -> None:
         step = int(getattr(state, "global_step", 0) or 0)

@@ -17,7 +17,9 @@ already open in the process (``swanlab.init()`` before training) is used and lef
 What is logged: the (redacted) hyper-parameters as the experiment's config; metrics under transformers'
 names (``train/loss``, ``eval/loss``, ...) with ``train/global_step``, at the trainer's ``global_step``; the
 final summary as transformers names it, ``single_value/train_runtime``, ``single_value/train_loss``, ...;
-string values as SwanLab text. The experiment ends ``success``, ``crashed`` (training raised; the
+string values as SwanLab text. Media values: ``tracklink.Image`` as ``swanlab.Image`` (with its caption;
+a histogram or a figure as an image), ``Text`` as SwanLab text, a table as Markdown text; files have no
+place in SwanLab's offline record and are left out. The experiment ends ``success``, ``crashed`` (training raised; the
 redacted exception is its error) or ``aborted`` (interrupted, SIGTERM).
 
 ``SWANLAB_LOG_MODEL`` behaves as in transformers, where SwanLab cannot save models yet: when set, a warning
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tracklink.envvars import EnvVar
+from tracklink.media import Image, Media
 from tracklink.redact import current_secrets, redact_text
 from tracklink.tracker import RunEnd, RunInfo, Tracker
 
@@ -92,6 +95,8 @@ class SwanLabCallback(Tracker):
     sdk_min_version = "0.10"
     sdk_module = "swanlab"
     extra = "swanlab"
+    media = frozenset({"image"})
+    media_reserved = ("train/global_step",)
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("SWANLAB_PROJECT", None, "Project of the experiment (tracklink.init(project=...) wins; default: "
                "the working directory's name)."),
@@ -172,6 +177,17 @@ class SwanLabCallback(Tracker):
     def log_summary(self, metrics: dict[str, float], step: int) -> None:
         # transformers' names: single_value/train_runtime, single_value/total_flos, ...
         self._run.log({f"single_value/{k.removeprefix('train/')}": v for k, v in metrics.items()}, step=int(step))
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        import swanlab
+
+        row = {}
+        for name, value in values.items():
+            if isinstance(value, Image):
+                pixels = value.pixels()
+                row[name] = swanlab.Image(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, caption=value.caption)
+        if row:
+            self._run.log(row, step=int(step))
 
     def log_text(self, texts: dict[str, str], step: int) -> None:
         import swanlab

@@ -5,6 +5,10 @@ What is logged, under transformers' names, at the trainer's ``global_step``:
 * numeric logs as scalars: ``train/loss``, ``train/learning_rate``, ``train/grad_norm``, ``train/epoch``,
   ``eval/<metric>``, ``test/<metric>`` and the final summary (``train/train_runtime``, ...);
 * string logs as text at the same step;
+* media values (``tracklink.Image``, ``Histogram``): images in the Images tab (the PNG tracklink encoded,
+  written as an image summary), histograms in the Histograms/Distributions tabs (the bins tracklink
+  computed, as a raw histogram summary), ``Text`` as text; a table as Markdown text (TensorBoard renders
+  Markdown tables), a figure as an image; files have no place in TensorBoard and are left out;
 * the (redacted) training arguments as text ``args`` and the model config as text ``model_config``, and
   both together as TensorBoard hyper-parameters (HParams tab).
 
@@ -28,6 +32,7 @@ from typing import Any, ClassVar
 
 from tracklink.atomic import claim_directory
 from tracklink.envvars import EnvVar
+from tracklink.media import Histogram, Image, Media
 from tracklink.shaping import param_value
 from tracklink.tracker import RunEnd, RunInfo, Tracker
 
@@ -55,6 +60,7 @@ class TensorBoardCallback(Tracker):
     sdk_min_version: ClassVar[dict[str, str]] = {"tensorboard": "2.10", "tb-nightly": "2.10", "tensorboardX": "2.2"}
     sdk_module = "tensorboard"
     extra = "tensorboard"
+    media = frozenset({"image", "histogram"})
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("TENSORBOARD_LOGGING_DIR", None,
                "Directory for the event files when TrainingArguments.logging_dir is not set "
@@ -144,6 +150,33 @@ class TensorBoardCallback(Tracker):
         for key, value in texts.items():
             self.tb_writer.add_text(key, value, step)
         self.tb_writer.flush()
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        for name, value in values.items():
+            if isinstance(value, Image):
+                self._add_image(name, value, step)
+            elif isinstance(value, Histogram):
+                counts, edges = value.histogram(name)
+                stats = value.stats(name)
+                self.tb_writer.add_histogram_raw(
+                    name, min=stats["min"], max=stats["max"], num=stats["num"], sum=stats["sum"],
+                    sum_squares=stats["sum_squares"], bucket_limits=[float(e) for e in edges[1:]],
+                    bucket_counts=[float(c) for c in counts], global_step=step,
+                )
+        self.tb_writer.flush()
+
+    def _add_image(self, name: str, image: Image, step: int) -> None:
+        """An image summary holding the PNG as it is (no decoding and re-encoding by the writer)."""
+        try:
+            from tensorboard.compat.proto.summary_pb2 import Summary
+        except ImportError:  # tensorboardX alone
+            from tensorboardX.proto.summary_pb2 import Summary  # type: ignore[no-redef]
+        png = image.png()
+        colorspace = {0: 1, 2: 3, 4: 2, 6: 4}.get(png[25], 3)  # PNG colour type -> channels
+        proto = Summary.Image(height=image.height, width=image.width, colorspace=colorspace,
+                              encoded_image_string=png)
+        summary = Summary(value=[Summary.Value(tag=name, image=proto)])
+        self.tb_writer._get_file_writer().add_summary(summary, step)
 
     def run_identity(self) -> dict[str, Any] | None:
         return {"log_dir": self.log_dir} if self.log_dir else None

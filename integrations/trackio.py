@@ -15,7 +15,11 @@ after the restored step are not logged twice.
 
 What is logged: the (redacted) hyper-parameters as the run's config (keys Trackio reserves, those starting
 with ``_``, lose the underscore); metrics under transformers' names (``train/loss``, ``eval/loss``, the final
-summary as ``train/train_runtime`` ...) at the trainer's ``global_step``. Trackio has no run status: a run
+summary as ``train/train_runtime`` ...) at the trainer's ``global_step``. Media values go into the same
+rows: ``tracklink.Image`` as ``trackio.Image`` (with its caption), ``Histogram`` as ``trackio.Histogram``
+(tracklink's bins), ``Table`` as ``trackio.Table`` (image cells as images), text (strings and ``Text``) as
+``trackio.Markdown``, a figure as an image; ``File`` values as run artifacts (``run.log_artifact``, type
+``file``, named after the key). Trackio has no run status: a run
 that fails or is killed gets an alert (level ``ERROR`` for a failure, ``WARN`` for an interruption or SIGTERM)
 titled ``training failed``/``training killed`` with the (redacted) exception, shown in the dashboard.
 """
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tracklink.envvars import EnvVar
+from tracklink.media import Histogram, Image, Media, Table
 from tracklink.redact import current_secrets, redact_text
 from tracklink.tracker import RunEnd, RunInfo, Tracker
 
@@ -78,6 +83,7 @@ class TrackioCallback(Tracker):
     sdk_min_version = "0.18"
     sdk_module = "trackio"
     extra = "trackio"
+    media = frozenset({"image", "histogram", "table"})
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("TRACKIO_PROJECT", DEFAULT_PROJECT, "Project of the run (tracklink.init(project=...) wins)."),
         EnvVar("TRACKIO_DIR", "$HF_HOME/trackio", "Directory of Trackio's local databases, one <project>.db per "
@@ -141,6 +147,40 @@ class TrackioCallback(Tracker):
         if self._start_step < step <= self._floor:
             return  # the re-attached run already holds this step
         self._run.log(dict(metrics), step=int(step))
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        import trackio
+
+        if self._start_step < step <= self._floor:
+            return  # the re-attached run already holds this step
+
+        def image(value: Image) -> Any:  # pixels: Trackio encodes them when its batch is written
+            pixels = value.pixels()
+            return trackio.Image(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, caption=value.caption)
+
+        row: dict[str, Any] = {}
+        for name, value in values.items():
+            if isinstance(value, Image):
+                row[name] = image(value)
+            elif isinstance(value, Histogram):
+                counts, edges = value.histogram(name)
+                row[name] = trackio.Histogram(np_histogram=(counts, edges))
+            elif isinstance(value, Table):
+                rows = [[image(c) if isinstance(c, Image) else c for c in r] for r in value.rows]
+                row[name] = trackio.Table(columns=value.columns, data=rows)
+        if row:
+            self._run.log(row, step=int(step))
+
+    def log_text(self, texts: dict[str, str], step: int) -> None:
+        import trackio
+
+        if not self._start_step < step <= self._floor:
+            self._run.log({k: trackio.Markdown(v) for k, v in texts.items()}, step=int(step))
+
+    def log_artifact(self, path: str, name: str, step: int) -> None:
+        key = name.rsplit("/", 1)[0] if "/" in name else name
+        self._run.log_artifact(path, name="".join(c if c.isalnum() or c in "-_." else "-" for c in key),
+                               type="file", aliases=[f"step_{step}"])
 
     def run_identity(self) -> dict[str, Any] | None:
         if self._run is None:

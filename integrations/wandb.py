@@ -15,6 +15,12 @@ What is logged where (transformers' names):
   checkpoint, or from a safetensors save of the model when no checkpoint holds it. Secrets in configs
   and text files are masked; optimizer, scheduler and RNG states are left out of the final model;
 * gradients/parameters histograms with ``wandb.watch`` when ``WANDB_WATCH`` asks for them;
+* media values in the same history row as the metrics of their step: ``tracklink.Image`` as
+  ``wandb.Image`` (from the PNG tracklink encoded, with its caption), ``Histogram`` as ``wandb.Histogram``
+  (tracklink's bins; W&B takes at most 512), ``Table`` as ``wandb.Table`` (image cells as images),
+  ``Text`` in the row; a figure as an image; ``File`` values as artifacts named after their key (type
+  ``file``, alias ``step_<n>``). Keys W&B reserves (``_step``, ``_runtime``, ... and tracklink's step metric
+  ``train/global_step``) take no media value;
 * the exit code: 0 on success, 1 when training raised, 130/143 when interrupted/terminated.
 
 Variables: ``WANDB_PROJECT`` (default ``huggingface``), ``WANDB_LOG_MODEL`` (``end``, ``checkpoint``,
@@ -30,6 +36,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -39,6 +46,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from tracklink.envvars import EnvVar, truthy
+from tracklink.media import Histogram, Image, Media, Table, TempFiles
 from tracklink.modelfiles import save_model
 from tracklink.redact import current_secrets, is_secret_key, redact_text, redacted_upload
 from tracklink.tracker import RunEnd, RunInfo, Tracker
@@ -117,6 +125,9 @@ class WandbCallback(Tracker):
     sdk_min_version = "0.16"
     sdk_module = "wandb"
     extra = "wandb"
+    media = frozenset({"image", "histogram", "table"})
+    media_reserved = ("_*", "train/global_step")
+    max_histogram_bins = 512  # wandb.Histogram.MAX_LENGTH
     env_vars: ClassVar[tuple[EnvVar, ...]] = (
         EnvVar("WANDB_PROJECT", "huggingface", "W&B project of the run."),
         EnvVar("WANDB_LOG_MODEL", "false", "Upload model artifacts: 'checkpoint' (every checkpoint and the "
@@ -231,6 +242,34 @@ class WandbCallback(Tracker):
 
     def log_text(self, texts: dict[str, str], step: int) -> None:
         self._run.log({**texts, "train/global_step": step})
+
+    def log_media(self, values: dict[str, Media], step: int) -> None:
+        import wandb
+
+        row: dict[str, Any] = {}
+        with TempFiles() as files:  # wandb copies each file into the run when the row is logged
+            def image(value: Image, name: str) -> Any:
+                return wandb.Image(files.write(value.png(), f"{name.rsplit('/', 1)[-1]}.png"), caption=value.caption)
+
+            for name, value in values.items():
+                if isinstance(value, Image):
+                    row[name] = image(value, name)
+                elif isinstance(value, Histogram):
+                    counts, edges = value.histogram(name)
+                    row[name] = wandb.Histogram(np_histogram=(counts.tolist(), edges.tolist()))
+                elif isinstance(value, Table):
+                    rows = [[image(c, f"{name}-cell") if isinstance(c, Image) else c for c in r] for r in value.rows]
+                    row[name] = wandb.Table(columns=value.columns, data=rows, allow_mixed_types=True)
+            self._run.log({**row, "train/global_step": step})
+
+    def log_artifact(self, path: str, name: str, step: int) -> None:
+        import wandb
+
+        key = name.rsplit("/", 1)[0] if "/" in name else name
+        artifact = wandb.Artifact(name=re.sub(r"[^\w.-]", "-", key).strip("-.") or "file", type="file",
+                                  metadata={"step": step, "key": key})
+        artifact.add_file(path, name=name.rsplit("/", 1)[-1])  # copied when added
+        self._run.log_artifact(artifact, aliases=[f"step_{step}"])
 
     def log_summary(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():  # transformers' raw names: train_runtime, total_flos, ...
