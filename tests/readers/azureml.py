@@ -11,12 +11,15 @@ from typing import Any
 
 _METRIC = re.compile(r"^Attempted to log (\w+) metric (.+?):\n(.*)$", re.M)
 _TAGS = re.compile(r"^Attempted to set tags (\{.*\})$", re.M)
+_FILE = re.compile(r"^Attempted to track file (.+?) at (.+)$", re.M)
 _FAILED = re.compile(r"^Run failed with error code (\S+):\n(.*)$", re.M)
 
 
 @dataclass
 class OfflineLog:
     metrics: dict[str, list[Any]] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # metric name -> scalar, image, table, ...
+    files: dict[str, str] = field(default_factory=dict)  # uploaded name -> local path
     tags: dict[str, str] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
@@ -30,8 +33,10 @@ def _value(text: str) -> Any:
 
 def parse_stdout(text: str) -> OfflineLog:
     log = OfflineLog()
-    for _kind, name, value in _METRIC.findall(text):
+    for kind, name, value in _METRIC.findall(text):
         log.metrics.setdefault(name, []).append(_value(value))
+        log.kinds[name] = kind
+    log.files.update(dict(_FILE.findall(text)))
     for tags in _TAGS.findall(text):
         log.tags.update(ast.literal_eval(tags))
     log.failures = [details for _code, details in _FAILED.findall(text)]

@@ -23,6 +23,9 @@ class CometArchive:
     others: dict[str, Any] = field(default_factory=dict)
     assets: dict[str, bytes] = field(default_factory=dict)
     texts: list[dict[str, Any]] = field(default_factory=list)
+    images: list[dict[str, Any]] = field(default_factory=list)
+    histograms: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    asset_steps: dict[str, Any] = field(default_factory=dict)
     graph: str | None = None
 
     @property
@@ -54,8 +57,18 @@ def read_archive(path: Path) -> CometArchive:
                 archive.texts.append({"text": zf.read(payload["file_path"]).decode(),
                                       "step": payload["additional_params"]["step"],
                                       "metadata": payload.get("metadata") or {}})
+            elif kind == "file_upload" and "figName" in payload.get("additional_params", {}):  # log_image
+                params = payload["additional_params"]
+                archive.images.append({"name": params["figName"], "step": params.get("step"),
+                                       "metadata": payload.get("metadata") or {}, "data": zf.read(payload["file_path"])})
+            elif kind == "file_upload" and payload.get("additional_params", {}).get("type") == "histogram3d":
+                params = payload["additional_params"]
+                archive.histograms.setdefault(params["fileName"], []).append(
+                    {"content": json.loads(zf.read(payload["file_path"])), "step": params.get("step")})
             elif kind == "file_upload":
-                archive.assets[payload["additional_params"]["fileName"]] = zf.read(payload["file_path"])
+                params = payload["additional_params"]
+                archive.assets[params["fileName"]] = zf.read(payload["file_path"])
+                archive.asset_steps[params["fileName"]] = params.get("step")
             elif kind == "graph":
                 archive.graph = payload["graph"]
     return archive

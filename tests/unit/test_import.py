@@ -12,7 +12,9 @@ import textwrap
 import pytest
 
 HEAVY = ("torch", "wandb", "mlflow", "comet_ml", "neptune", "clearml", "dvclive", "codecarbon", "azureml",
-         "dagshub", "flytekit", "tensorboard", "trackio", "swanlab", "transformers", "tensorflow")
+         "dagshub", "flytekit", "tensorboard", "trackio", "swanlab", "transformers", "tensorflow",
+         # optional heavy inputs of media values (tracklink.media imports them only when a value needs them)
+         "numpy", "PIL", "pandas", "matplotlib")
 
 
 def heavy_modules_after(code: str) -> list[str]:
