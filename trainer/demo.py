@@ -5,6 +5,12 @@ and saves every 50 steps, keeps the latest checkpoint and the best one, reports 
 and a local MLflow store under the output directory (when those SDKs are installed), writes
 ``loss.png`` and prints where to look.
 
+At every evaluation it also logs media values (:mod:`tracklink.media`) through ``compute_metrics``: the
+evaluation set drawn as an image, each point coloured by the class the model predicts, mistakes in red
+(``eval_predictions``; a picture of the decision the model learned, step by step), and a histogram of the
+first layer's weights (``eval_hidden_weights``). TensorBoard shows them in its Images and Histograms tabs,
+MLflow in the run's images (the histogram drawn as an image).
+
 Two runs with the same arguments train identically: the seed (``TrainingArguments.seed``) is set before the
 model is built, as transformers' examples do with ``set_seed``. The terminal stays readable: a local MLflow
 store is created (with its "Creating initial MLflow database tables" lines) before the progress bar
@@ -23,13 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from tracklink import EarlyStoppingCallback
+from tracklink import EarlyStoppingCallback, Histogram, Image
 from tracklink.registry import discover
 
 from .arguments import TrainingArguments
 from .trainer import Trainer, set_seed
 
-__all__ = ["SpiralClassifier", "SpiralDataset", "run_demo"]
+__all__ = ["DemoMetrics", "SpiralClassifier", "SpiralDataset", "prediction_picture", "run_demo"]
 
 logger = logging.getLogger("tracklink")
 
@@ -75,6 +81,43 @@ class SpiralClassifier(nn.Module):
 def accuracy(eval_pred: Any) -> dict[str, float]:
     predictions, labels = eval_pred
     return {"accuracy": float((predictions.argmax(-1) == labels).mean())}
+
+
+#: Colours of the prediction picture: class 0, class 1, a mistake.
+_COLOURS = ((31, 119, 180), (255, 127, 14), (214, 39, 40))
+
+
+def prediction_picture(points: Any, predicted: Any, labels: Any, size: int = 192, span: float = 4.0) -> Any:
+    """The evaluation points as an RGB ``size``x``size`` image (NumPy only): each a 3x3 dot coloured by its
+    predicted class, red where the prediction is wrong."""
+    import numpy as np
+
+    canvas = np.full((size, size, 3), 255, dtype=np.uint8)
+    pixels = np.clip(((np.asarray(points) + span) / (2 * span) * (size - 1)).round().astype(int), 1, size - 2)
+    colours = np.asarray(_COLOURS, dtype=np.uint8)
+    classes = np.where(np.asarray(predicted) == np.asarray(labels), np.asarray(predicted), 2)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            canvas[size - 1 - (pixels[:, 1] + dy), pixels[:, 0] + dx] = colours[classes]
+    return canvas
+
+
+class DemoMetrics:
+    """``compute_metrics`` for the demo: accuracy, plus media values logged with every evaluation."""
+
+    def __init__(self, model: nn.Module, dataset: SpiralDataset) -> None:
+        self.model = model
+        self.points = dataset.x.numpy()
+
+    def __call__(self, eval_pred: Any) -> dict[str, Any]:
+        predictions, labels = eval_pred
+        predicted = predictions.argmax(-1)
+        return {
+            "accuracy": float((predicted == labels).mean()),
+            "predictions": Image(prediction_picture(self.points, predicted, labels),
+                                 caption="evaluation set: predicted class (blue 0, orange 1), mistakes red"),
+            "hidden_weights": Histogram(self.model.net[0].weight, bins=40),  # copied off the device at log()
+        }
 
 
 def _default_trackers() -> list[str]:
@@ -195,12 +238,13 @@ def run_demo(
     callbacks = [EarlyStoppingCallback(early_stopping)] if early_stopping else []
     set_seed(args.seed)  # before the model's weights are drawn: every run with the same arguments is the same
     model = SpiralClassifier()
+    eval_dataset = SpiralDataset(1024, seed=2)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=SpiralDataset(4096, seed=1),
-        eval_dataset=SpiralDataset(1024, seed=2),
-        compute_metrics=accuracy,
+        eval_dataset=eval_dataset,
+        compute_metrics=DemoMetrics(model, eval_dataset),
         callbacks=callbacks,
     )
     result = trainer.train()
@@ -222,7 +266,8 @@ def run_demo(
     for name, line in failures.items():
         lines.append(f"  {name} failed: {line}")
     if "tensorboard" in args.report_to and "tensorboard" not in failures:
-        lines.append(f"  TensorBoard:  tensorboard --logdir {out / 'runs'}")
+        lines.append(f"  TensorBoard:  tensorboard --logdir {out / 'runs'}   (Images and Histograms tabs: "
+                     "eval/predictions, eval/hidden_weights)")
     if "mlflow" in args.report_to and "mlflow" not in failures:
         lines.append(f"  MLflow UI:    mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
     print("\n".join(lines), file=sys.stdout)

@@ -1,6 +1,7 @@
 """``tracklink demo``, run as a user runs it (a subprocess).
 
-Bad behaviours caught: a non-zero exit, no ``loss.png`` or checkpoints, commands printed for trackers that
+Bad behaviours caught: a non-zero exit, no ``loss.png`` or checkpoints, no prediction images or weight
+histogram in TensorBoard and MLflow, commands printed for trackers that
 are not installed (or missing for installed ones), TensorBoard event files not where the printed command
 looks (also when the output directory is under the working directory), a traceback (instead of a one-line error naming the value and what is accepted) for a bad
 ``--device`` or ``--max-steps``, output created before a bad argument is rejected.
@@ -53,10 +54,22 @@ def test_demo_trains_plots_checkpoints_and_prints_where_to_look(tmp_path: Path) 
     if tensorboard:
         assert f"tensorboard --logdir {out / 'runs'}" in stdout
         assert list((out / "runs").rglob("events.out.tfevents.*")), "no event files under the printed logdir"
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(out / "runs" / "demo"), size_guidance={"images": 0, "histograms": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Images("eval/predictions")][:2] == [50, 60], "prediction samples as images"
+        assert [e.step for e in acc.Histograms("eval/hidden_weights")][:2] == [50, 60], "a weight histogram"
     mlflow = installed("mlflow")
     if mlflow and "mlflow failed" not in stdout:
         assert f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in stdout
         assert (out / "mlflow.db").is_file()
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        images = {a.path.split("+")[0] for a in client.list_artifacts(run.info.run_id, "images")}
+        assert images == {"images/eval_predictions", "images/eval_hidden_weights"}, images
     if not mlflow:
         assert "MLflow UI" not in stdout
 
