@@ -3,6 +3,7 @@ drift from the code:
 
 ``tracklink-env-vars <name>``   the environment variables a tracker declares (name, default, meaning, secret)
 ``tracklink-events``            the hook contract: every event with its arguments and documentation
+``tracklink-media <name>``      what each media type becomes at a tracker (native, its fallback, or dropped)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
-from tracklink_tables import env_table_rows, markdown_table
+from tracklink_tables import env_table_rows, markdown_table, media_tracker_lines
 
 
 class _MarkdownDirective(SphinxDirective):
@@ -32,6 +33,13 @@ class EnvVarsDirective(_MarkdownDirective):
             return self.render(["This tracker reads no environment variables of its own."])
         table = markdown_table(["Variable", "Default", "Read by", "Secret", "Meaning"], rows)
         return self.render(_rst_table(table))
+
+
+class MediaDirective(_MarkdownDirective):
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        return self.render(_rst_table(media_tracker_lines(self.arguments[0])))
 
 
 def _rst_table(markdown: list[str]) -> list[str]:
@@ -73,4 +81,5 @@ class EventsDirective(_MarkdownDirective):
 def setup(app: Any) -> dict[str, Any]:
     app.add_directive("tracklink-env-vars", EnvVarsDirective)
     app.add_directive("tracklink-events", EventsDirective)
+    app.add_directive("tracklink-media", MediaDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,8 +1,9 @@
 """Tables rendered from tracklink's own declarations, without Sphinx: the environment-variable rows of
-each tracker and the generated ``docs/environment.md``. The Sphinx directives in ``tracklink_docs`` and
-the docs drift tests both use these.
+each tracker and the generated ``docs/environment.md``, and the matrix of media types x trackers in
+``docs/media.md`` (between its ``media-matrix`` markers; ``tracklink plugins`` prints the same matrix).
+The Sphinx directives in ``tracklink_docs`` and the docs drift tests both use these.
 
-Regenerate the page with ``python docs/_ext/tracklink_tables.py``.
+Regenerate both with ``python docs/_ext/tracklink_tables.py``.
 """
 
 from __future__ import annotations
@@ -66,9 +67,64 @@ def environment_page() -> str:
     return "\n".join(lines)
 
 
+MEDIA_PAGE = "media.md"
+MEDIA_BEGIN = "<!-- media-matrix:begin (generated from the trackers' declarations by docs/_ext/tracklink_tables.py) -->"
+MEDIA_END = "<!-- media-matrix:end -->"
+
+
+def media_row(name: str) -> dict[str, str]:
+    """What each media kind becomes at the built-in tracker ``name`` (``tracklink plugins``' matrix)."""
+    from tracklink.cli import media_matrix
+    from tracklink.registry import discover
+
+    spec = discover()[name]
+    obj = spec.load()
+    if spec.load_error:
+        raise RuntimeError(f"tracker {name!r} failed to load: {spec.load_error}")
+    matrix = media_matrix(obj)
+    assert matrix is not None
+    return matrix
+
+
+def _cell(result: str) -> str:
+    return "**native**" if result == "native" else "—" if result == "dropped" else result
+
+
+def media_matrix_lines() -> list[str]:
+    """The matrix as a Markdown table: one row per built-in tracker, one column per kind."""
+    from tracklink.media import KINDS
+    from tracklink.registry import BUILTIN_ORDER
+
+    rows = []
+    for name in BUILTIN_ORDER:
+        row = media_row(name)
+        rows.append([f"[{name}](trackers/{name}.md)", *(_cell(row[kind]) for kind in KINDS)])
+    return markdown_table(["tracker", *KINDS], rows)
+
+
+def media_tracker_lines(name: str) -> list[str]:
+    """One tracker's row of the matrix, as a two-column table (for its page)."""
+    from tracklink.media import KINDS
+
+    row = media_row(name)
+    return markdown_table(["media value", "at this tracker"], [[f"`tracklink.{k.capitalize()}`", _cell(row[k])]
+                                                                for k in KINDS])
+
+
+def media_page(current: str) -> str:
+    """``docs/media.md`` with its matrix regenerated between the markers."""
+    head, rest = current.split(MEDIA_BEGIN, 1)
+    _, tail = rest.split(MEDIA_END, 1)
+    return head + MEDIA_BEGIN + "\n\n" + "\n".join(media_matrix_lines()) + "\n\n" + MEDIA_END + tail
+
+
 if __name__ == "__main__":
     from pathlib import Path
 
-    target = Path(__file__).resolve().parent.parent / GENERATED
+    docs = Path(__file__).resolve().parent.parent
+    target = docs / GENERATED
     target.write_text(environment_page())
     print(f"wrote {target}")
+    page = docs / MEDIA_PAGE
+    page.write_text(media_page(page.read_text()))
+    print(f"wrote the media matrix in {page}")

@@ -157,6 +157,25 @@ def test_environment_page_matches_the_declarations() -> None:
     )
 
 
+def test_media_matrix_matches_the_declarations() -> None:
+    import tracklink_tables
+
+    committed = (DOCS / tracklink_tables.MEDIA_PAGE).read_text()
+    assert committed == tracklink_tables.media_page(committed), (
+        "the media matrix in docs/media.md is out of date; regenerate it with `python docs/_ext/tracklink_tables.py`"
+    )
+    from tracklink.cli import plugin_rows
+
+    rows, _ = plugin_rows("none")
+    cli = {row["name"]: row["media"] for row in rows}
+    from tracklink.registry import BUILTIN_ORDER
+
+    for name in BUILTIN_ORDER:
+        assert tracklink_tables.media_row(name) == cli[name], f"docs and `tracklink plugins` agree on {name}"
+        page = (DOCS / "trackers" / f"{name}.md").read_text()
+        assert f"```{{tracklink-media}} {name}" in page, f"docs/trackers/{name}.md shows its media row"
+
+
 def test_every_tracker_page_renders_its_declared_variables() -> None:
     import tracklink_tables
 
