@@ -71,6 +71,11 @@ def test_declarations(spec: Any) -> None:
         assert var.read_by in ("tracklink", "sdk")
     names = [var.name for var in obj.env_vars]
     assert len(names) == len(set(names)), "each variable declared once"
+    # media: the kinds log_media renders are known ones, and a tracker that declares any implements log_media
+    assert set(obj.media) <= {"image", "histogram", "table", "figure"}, obj.media
+    assert not obj.media or obj.log_media is not Tracker.log_media, "declares media without log_media"
+    assert all(isinstance(p, str) and p for p in obj.media_reserved)
+    assert obj.max_image_bytes is None or obj.max_image_bytes > 0
     if spec.source != "builtin":
         return
     extras = PYPROJECT["project"]["optional-dependencies"]
@@ -83,6 +88,7 @@ def test_declarations(spec: Any) -> None:
     page = ROOT / "docs" / "trackers" / f"{spec.name}.md"
     assert page.is_file(), f"no docs page {page}"
     assert f"{{tracklink-env-vars}} {spec.name}" in page.read_text()
+    assert f"{{tracklink-media}} {spec.name}" in page.read_text(), "the page shows what media values become"
     assert obj.__module__.startswith("tracklink.integrations.")
     assert getattr(tracklink.integrations, type(obj).__name__ if not isinstance(obj, type) else obj.__name__) is obj
 
