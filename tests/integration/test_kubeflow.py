@@ -32,6 +32,9 @@ from helpers import make_trainer, raise_at
 from tracklink.integrations import kubeflow
 
 TOKEN = "kf-token-7f1c2a9e4b"
+# The controller stub's certificates are made with ``cryptography`` (an SDK dependency, absent from the
+# core environment, where these tests skip; the SDK environment requires it).
+NEEDS_CA = pytest.mark.sdk("cryptography")
 STATUS_PATH = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team/trainjobs/job-1/status"
 
 
@@ -190,6 +193,7 @@ class _Slow:
 # -- what the controller receives -----------------------------------------------------------------------
 
 
+@NEEDS_CA
 def test_progress_time_remaining_and_metrics(controller: Controller, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kubeflow, "MIN_UPDATE_INTERVAL_S", 0.2)
@@ -227,6 +231,7 @@ def test_progress_time_remaining_and_metrics(controller: Controller, tmp_path: P
     assert all(gap >= 0.2 for gap in gaps), gaps  # the rate limit (the final update is always sent)
 
 
+@NEEDS_CA
 def test_at_most_one_update_per_five_seconds(controller: Controller, tmp_path: Path) -> None:
     """A training shorter than the interval: the update at the start and the final one, nothing between."""
     trainer = make_trainer(tmp_path / "out", ["kubeflow"], logging_steps=1)
@@ -236,6 +241,7 @@ def test_at_most_one_update_per_five_seconds(controller: Controller, tmp_path: P
 
 
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()], ids=["failed", "killed"])
+@NEEDS_CA
 def test_a_stopped_training_reports_where_it_stopped(controller: Controller, tmp_path: Path,
                                                      error: BaseException) -> None:
     trainer = make_trainer(tmp_path / "out", ["kubeflow"], callbacks=[raise_at(7, error)])
@@ -247,6 +253,7 @@ def test_a_stopped_training_reports_where_it_stopped(controller: Controller, tmp
     assert metrics_of(last)["current_step"] == "7" and "loss" in metrics_of(last)
 
 
+@NEEDS_CA
 def test_plain_run_without_a_known_length(controller: Controller, tmp_path: Path) -> None:
     with tracklink.init(name="loop", report_to=["kubeflow"], dir=tmp_path / "run") as run:
         for step in range(1, 4):
@@ -261,6 +268,7 @@ def test_plain_run_without_a_known_length(controller: Controller, tmp_path: Path
 
 
 @pytest.mark.parametrize("code", [401, 403])
+@NEEDS_CA
 def test_refused_token(controller: Controller, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                        caplog: pytest.LogCaptureFixture, code: int) -> None:
     controller.refuse_with = code
@@ -275,6 +283,7 @@ def test_refused_token(controller: Controller, tmp_path: Path, monkeypatch: pyte
     assert len(warned) == 1 and f"HTTP {code}" in warned[0]  # warned once, then only the final failure
 
 
+@NEEDS_CA
 def test_token_is_read_again_for_every_update(controller: Controller, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The projected token rotates: a token file rewritten during training is the one sent next."""
@@ -324,6 +333,7 @@ def test_server_that_never_answers_does_not_hold_training(tmp_path: Path, monkey
         silent.close()
 
 
+@NEEDS_CA
 def test_certificate_from_another_authority_is_refused(controller: Controller, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     other = tmp_path / "other"
@@ -366,12 +376,14 @@ def test_ready_only_inside_a_trainjob_and_disable_switch() -> None:
         tracklink.resolve_report_to(["kubeflow"], env={"DISABLE_KUBEFLOW_INTEGRATION": "maybe"})
 
 
+@NEEDS_CA
 def test_no_identity_to_resume(controller: Controller, tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path / "out", ["kubeflow"])
     trainer.train()
     assert trainer.callback_handler.trackers["kubeflow"].identity is None
 
 
+@NEEDS_CA
 def test_an_evaluation_after_training_keeps_the_progress(controller: Controller, tmp_path: Path) -> None:
     """The controller applies each update as a whole: an ``evaluate()`` after ``train()`` (a run of its own)
     must not remove the 100 % the training reached."""
@@ -389,6 +401,7 @@ def test_an_evaluation_after_training_keeps_the_progress(controller: Controller,
     assert float(metrics_of(later[-1])["eval_loss"]) == pytest.approx(result["eval_loss"])
 
 
+@NEEDS_CA
 def test_doctor_checks_the_files_and_the_controller(controller: Controller, tmp_path: Path) -> None:
     import os
 

@@ -5,7 +5,7 @@ the Comet archive, Neptune's offline queue, the ClearML offline session, the DVC
 deck, AzureML's offline run output, Trackio's database, SwanLab's record file) and each value is found where
 the tracker's documentation (and ``tracklink plugins``' matrix) says: natively, or as its fallback.
 
-Bad input on the tracker's side (tracker warnings; the unit tests cover the rest, see test_media.py):
+Bad input on the tracker's side (tracker warnings; the unit tests cover the rest, see tests/unit/test_media_values.py):
 * a media value under a key W&B reserves (``global_step`` becomes ``train/global_step``, W&B's step axis
   here): left out with a warning, the other values of the log kept;
 * a histogram with more bins than W&B takes (512): left out with a warning;

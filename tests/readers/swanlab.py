@@ -8,8 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 def run_dirs(log_dir: Path) -> list[Path]:
     """The run directories under ``log_dir``, oldest first (their names start with the start time)."""
@@ -53,5 +51,7 @@ def columns(run_dir: Path) -> dict[str, str]:
 
 def config(run_dir: Path) -> dict[str, Any]:
     """``files/config.yaml``: each key's value (SwanLab stores ``{desc, sort, value}`` per key)."""
+    import yaml  # swanlab's own dependency; absent in the core environment
+
     data = yaml.safe_load((Path(run_dir) / "files" / "config.yaml").read_text()) or {}
     return {k: v.get("value") if isinstance(v, dict) and "value" in v else v for k, v in data.items()}
