@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s directory; when the block succeeds, the file written there
     is flushed to disk and renamed to ``target``. When the block raises, the temporary file is removed
     and ``target`` is left as it was."""
+    import tempfile  # lazy: ``import tracklink`` stays cheap (stdlib, slow to import)
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

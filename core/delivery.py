@@ -21,7 +21,6 @@ import os
 import queue
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -538,6 +537,8 @@ class TrackerChannel:
                     return
 
     def _failed(self, event: str, exc: Exception) -> None:
+        import traceback  # lazy: only on a failure (stdlib, slow to import)
+
         self.errors += 1
         setup_failed = isinstance(exc, TrackerSetupError)
         cause = exc.error if isinstance(exc, TrackerSetupError) else exc

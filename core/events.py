@@ -7,8 +7,6 @@ event means adding its specification (and its ``TrainerCallback`` method); every
 
 from __future__ import annotations
 
-import inspect
-
 from . import hookspecs
 
 __all__ = ["EVENTS", "EXTRAS", "RESETS", "STANDARD_ARGS"]
@@ -19,7 +17,8 @@ def _specs() -> list[tuple[str, tuple[str, ...]]]:
     found = []
     for name, function in vars(hookspecs).items():
         if callable(function) and hasattr(function, f"{hookspecs.PROJECT}_spec"):
-            found.append((name, tuple(inspect.signature(function).parameters)))
+            code = function.__code__  # the specs are plain functions: their parameters, without importing inspect
+            found.append((name, tuple(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])))
     return found
 
 

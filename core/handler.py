@@ -16,8 +16,6 @@ pluggy ``PluginManager``, and adds:
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import logging
 import types
 from collections.abc import Iterable
@@ -114,6 +112,8 @@ def _check_named_impl(hookimpl: Any, event: str) -> None:
 def _check_hf_method(hookimpl: Any, event: str) -> None:
     """A transformers-style method must accept what transformers passes: three positional arguments
     (args, state, control, whatever their names) and the event's keyword arguments."""
+    import inspect  # lazy: only when a transformers-style callback is registered (stdlib, slow to import)
+
     try:
         signature = inspect.signature(hookimpl.function)
     except (TypeError, ValueError):
@@ -151,6 +151,8 @@ _FOREIGN_NAMES = {
 def _misspelt_methods(plugin: object) -> list[tuple[str, str]]:
     """Unmarked ``on_*`` methods of a transformers-style plugin that look like a misspelt event or an
     event name of another framework."""
+    import difflib  # lazy: stdlib, slow to import; ``import tracklink`` stays cheap
+
     if isinstance(plugin, types.ModuleType):
         return []
     found = []
@@ -623,10 +625,14 @@ def _forwarder(event: str) -> Any:
     """transformers' handler method for ``event``: ``on_x(args, state, control, *extras, **kwargs)``, the
     event's own arguments (``logs``, ``metrics``, ...) also accepted by position, as transformers passes them."""
     extras = EXTRAS.get(event, ())
-
-    def forward(self: CallbackHandler, args: Any, state: Any, control: Any, *values: Any, **kwargs: Any) -> Any:
-        kwargs.update(zip(extras, values))
-        return self.call_event(event, args, state, control, **kwargs)
+    forward: Any
+    if extras:
+        def forward(self: CallbackHandler, args: Any, state: Any, control: Any, *values: Any, **kwargs: Any) -> Any:
+            kwargs.update(zip(extras, values))
+            return self.call_event(event, args, state, control, **kwargs)
+    else:  # the per-step events: nothing to map, the shortest call
+        def forward(self: CallbackHandler, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            return self.call_event(event, args, state, control, **kwargs)
 
     forward.__name__ = event
     forward.__qualname__ = f"CallbackHandler.{event}"
@@ -642,6 +648,8 @@ for _event in EVENTS:
 
 def _instantiate(cls: type) -> Any:
     """A callback given as a class is built without arguments, as in transformers."""
+    import inspect  # lazy: stdlib, slow to import
+
     try:
         inspect.signature(cls).bind()
     except TypeError as exc:
@@ -664,6 +672,8 @@ def _accept_control(result: Any, entry: _Entry, event: str) -> Any:
 
 
 def _explain(plugin: object, exc: pluggy.PluginValidationError) -> str:
+    import difflib  # lazy: only for a plugin that cannot be registered
+
     text = str(exc)
     for name in dir(plugin):
         if name.startswith("on_") and name not in _EVENT_SET and f"'{name}'" in text:

@@ -24,8 +24,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -245,6 +243,8 @@ def _mirror(source: Path, target: Path) -> None:
         try:
             os.symlink(source.resolve(), target)
         except OSError:
+            import shutil  # lazy: only for an upload (stdlib, slow to import)
+
             shutil.copy2(source, target)
 
 
@@ -264,6 +264,8 @@ def redacted_upload(path: str | os.PathLike[str], env_secrets: Iterable[str] | N
     if not masked:
         yield source
         return
+    import tempfile  # lazy: only for an upload (stdlib, slow to import)
+
     with tempfile.TemporaryDirectory(prefix="tracklink-redacted-") as scratch:
         root = Path(scratch) / source.name
         for file in files:

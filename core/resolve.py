@@ -24,7 +24,6 @@ Resolution reads entry points and package metadata; it imports no SDK and not to
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -114,6 +113,8 @@ def _env_disabled(env: Mapping[str, str], specs: Mapping[str, Any]) -> set[str]:
 
 
 def _unknown(name: str, specs: Mapping[str, TrackerSpec]) -> UnknownTrackerError:
+    import difflib  # lazy: only for an unknown name (stdlib, slow to import)
+
     known = sorted(specs)
     guess = ALIASES.get(name) or _SUGGESTIONS.get(name)
     suggestion = guess if guess in specs else None

@@ -40,7 +40,6 @@ their return values are ignored.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -621,6 +620,8 @@ class Tracker(TrainerCallback):
         name = self.sanitize_metric_name(name)
         owner = self._tl.owners.get(name)
         if owner is not None and owner != key:
+            import hashlib  # lazy: only when two keys collide (stdlib, slow to import)
+
             suffix = hashlib.sha1(key.encode()).hexdigest()[:6]
             unique = self.sanitize_metric_name(f"{name}_{suffix}")
             if not unique.endswith(suffix):  # cut to the backend's length limit
