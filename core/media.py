@@ -38,19 +38,12 @@ logged or converted: ``import tracklink`` stays light.
 
 from __future__ import annotations
 
-import copyreg
-import csv
 import io
 import logging
 import math
 import os
-import pickle
-import shutil
-import struct
-import tempfile
 import threading
 import weakref
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -297,12 +290,18 @@ def _kind_of_dtype(array: Any) -> str:
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
+    import struct  # lazy, like zlib, csv, shutil and tempfile below: ``import tracklink`` stays cheap
+    import zlib
+
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
 
 def encode_png(pixels: Any, level: int = 6) -> bytes:
     """PNG bytes of a uint8 array ``HxW`` or ``HxWxC`` (C = 1, 2, 3 or 4), with NumPy and zlib only (zlib
     releases the GIL while it compresses)."""
+    import struct
+    import zlib
+
     import numpy as np
 
     array = np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -321,6 +320,8 @@ def encode_png(pixels: Any, level: int = 6) -> bytes:
 def png_size(data: bytes) -> tuple[int, int] | None:
     """``(width, height)`` from a PNG's header, or ``None`` when ``data`` is not a PNG."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        import struct
+
         width, height = struct.unpack(">II", data[16:24])
         return int(width), int(height)
     return None
@@ -746,6 +747,8 @@ class Table(Media):
 
     def csv(self) -> str:
         def make() -> str:
+            import csv
+
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
             writer.writerow(self.columns)
@@ -850,21 +853,26 @@ class Text(Media):
         return f"text ({self.meta.get('nbytes', 0)} characters)" if not self.problem else "text (left out)"
 
 
-class _FigurePickler(pickle.Pickler):
-    """Pickles a matplotlib figure without its pyplot registration, so the copy a worker thread unpickles
-    is never attached to pyplot (or a GUI) there."""
+def _pickle_figure(figure: Any) -> bytes:
+    """The figure pickled without its pyplot registration, so the copy a worker thread unpickles is never
+    attached to pyplot (or a GUI) there."""
+    import copyreg  # lazy, like pickle: only figures need them
+    import pickle
 
-    def __init__(self, buffer: io.BytesIO, figure: Any) -> None:
-        super().__init__(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        self._figure: Any = figure
+    pending = [figure]  # the figure's own reduction is replaced once; later references are pickle's memo
 
-    def reducer_override(self, obj: Any) -> Any:
-        if obj is not self._figure:
-            return NotImplemented
-        self._figure = None
-        state = obj.__getstate__()
-        state.pop("_restore_to_pylab", None)
-        return (copyreg.__newobj__, (type(obj),), state)  # type: ignore[attr-defined]
+    class FigurePickler(pickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if not pending or obj is not pending[0]:
+                return NotImplemented
+            pending.clear()
+            state = obj.__getstate__()
+            state.pop("_restore_to_pylab", None)
+            return (copyreg.__newobj__, (type(obj),), state)  # type: ignore[attr-defined]
+
+    buffer = io.BytesIO()
+    FigurePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(figure)
+    return buffer.getvalue()
 
 
 class Figure(Media):
@@ -883,10 +891,8 @@ class Figure(Media):
         figure = self._input
         if not (hasattr(figure, "savefig") and hasattr(figure, "get_axes")):
             raise MediaError(f"got {type(figure).__name__}; {ACCEPTED['figure']}")
-        buffer = io.BytesIO()
         try:
-            _FigurePickler(buffer, figure).dump(figure)
-            payload: Any = ("pickle", buffer.getvalue())
+            payload: Any = ("pickle", _pickle_figure(figure))
         except Exception as exc:  # an artist that cannot be pickled: draw it now instead
             logger.debug("tracklink: a figure could not be pickled (%r); drawn at log()", exc)
             image = Image.from_png(_savefig_png(figure))
@@ -909,6 +915,8 @@ class Figure(Media):
         form, data = self.data
         if form != "pickle":
             raise MediaError("the figure could only be kept as an image")
+        import pickle  # lazy: only figures need it
+
         return pickle.loads(data)
 
     def to_image(self, key: str = "") -> Image:
@@ -938,6 +946,9 @@ class _HeldFile:
     """A private link (or copy) of a logged file, removed when the last snapshot holding it is gone."""
 
     def __init__(self, source: Path, name: str) -> None:
+        import shutil
+        import tempfile
+
         self.folder = tempfile.mkdtemp(prefix="tracklink-file-")
         self.path = os.path.join(self.folder, os.path.basename(name) or source.name)
         if source.stat().st_size <= _COPY_LIMIT:
@@ -995,6 +1006,8 @@ class TempFiles:
     sdk_call(files.write(image.png(), "samples.png"))``."""
 
     def __enter__(self) -> TempFiles:
+        import tempfile
+
         self.folder = tempfile.mkdtemp(prefix="tracklink-media-")
         self._count = 0
         return self
@@ -1010,6 +1023,8 @@ class TempFiles:
         return path
 
     def __exit__(self, *exc: object) -> None:
+        import shutil
+
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -27,13 +27,16 @@ SUMMARY_KEYS = frozenset(
 
 
 def rewrite_logs(logs: Mapping[str, Any]) -> dict[str, Any]:
-    """transformers' metric naming: ``eval_x`` -> ``eval/x``, ``test_x`` -> ``test/x``, else ``train/x``."""
+    """transformers' metric naming: ``eval_x`` -> ``eval/x``, ``test_x`` -> ``test/x``, else ``train/x``;
+    system metrics (``system/...``, which transformers never logs) keep their own section."""
     out: dict[str, Any] = {}
     for key, value in logs.items():
         if key.startswith("eval_"):
             out["eval/" + key[5:]] = value
         elif key.startswith("test_"):
             out["test/" + key[5:]] = value
+        elif key.startswith("system/"):
+            out[key] = value
         else:
             out["train/" + key] = value
     return out

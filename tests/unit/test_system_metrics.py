@@ -396,7 +396,7 @@ def test_nvml_that_cannot_start_leaves_gpu_metrics_out(monkeypatch: pytest.Monke
 @needs_psutil
 def test_plain_loop_logs_each_sample_once_under_the_prefix(tmp_path: Path, psutil_threads: list[str]) -> None:
     recorder = RawRecorder(tmp_path / "raw.jsonl")
-    styled = RecordingTracker(tmp_path / "hf.jsonl")  # transformers' naming: train/ before a plain key
+    styled = RecordingTracker(tmp_path / "hf.jsonl")  # transformers' naming (system/ keys excepted)
     with tracklink.init(report_to="none", dir=tmp_path / "run", callbacks=[recorder, styled],
                         system_metrics=0.1) as run:
         assert run.system is not None and run.system.running
@@ -417,7 +417,8 @@ def test_plain_loop_logs_each_sample_once_under_the_prefix(tmp_path: Path, psuti
     assert logged[2][1] == {"loss": 0.25}
     assert logged[3][1]["system/cpu_percent"] == -1.0, "a key the caller logged wins over the sample"
     hf = _metrics(styled.path)
-    assert "train/system/cpu_percent" in hf[0][1] and "train/loss" in hf[0][1]
+    assert "system/cpu_percent" in hf[0][1] and "train/loss" in hf[0][1], "system metrics keep their section"
+    assert not any(key.startswith("train/system/") for _, metrics, _ in hf for key in metrics)
     assert psutil_threads and set(psutil_threads) == {THREAD_NAME}
 
 
