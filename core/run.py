@@ -17,14 +17,13 @@ Trackers implement only the tracker contract (:class:`tracklink.Tracker`: ``setu
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
 import shutil
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,7 +43,7 @@ from .values import as_number, plain_logs
 
 logger = logging.getLogger("tracklink")
 
-__all__ = ["RUN_FILE", "Run", "RunArgs", "check_init_kwargs", "init"]
+__all__ = ["RUN_FILE", "Run", "RunArgs", "check_init_kwargs", "init", "refuse_unknown_keywords"]
 
 #: The file in a run's directory that keeps its trackers' run identities (for ``resume``).
 RUN_FILE = "tracklink-run.json"
@@ -445,17 +444,25 @@ def init(
     main process by default), the other processes get a run that logs nothing. System metrics are sampled on
     the world main process only (its node, ``system/node0/...``).
     """
-    if unknown:
-        accepted = ["project", "name", "config", "report_to", "dir", "resume", "init_kwargs", "callbacks", "model",
-                    "system_metrics"]
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise TypeError(f"tracklink.init() got unknown keyword argument(s) {', '.join(hints)}; accepted: "
-                        f"{', '.join(accepted)}")
+    refuse_unknown_keywords("tracklink.init()", unknown, (
+        "project", "name", "config", "report_to", "dir", "resume", "init_kwargs", "callbacks", "model", "system_metrics"))
     return Run.start(report_to, project=project, name=name, config=config, dir=dir, resume=resume,
                      init_kwargs=init_kwargs, callbacks=callbacks, model=model, system_metrics=system_metrics)
+
+
+def refuse_unknown_keywords(caller: str, unknown: Iterable[str], accepted: Sequence[str]) -> None:
+    """A ``TypeError`` naming each unknown keyword argument of ``caller`` (with the accepted name it most
+    resembles) and every accepted one; nothing when ``unknown`` is empty. For drivers that take ``**unknown``."""
+    unknown = list(unknown)
+    if not unknown:
+        return
+    import difflib  # lazy: only for a mistake
+
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), list(accepted), n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(f"{caller} got unknown keyword argument(s) {', '.join(hints)}; accepted: {', '.join(accepted)}")
 
 
 def check_init_kwargs(init_kwargs: Mapping[str, Any] | None, resolution: Resolution) -> dict[str, dict[str, Any]]:
@@ -470,6 +477,8 @@ def check_init_kwargs(init_kwargs: Mapping[str, Any] | None, resolution: Resolut
     for key, settings in init_kwargs.items():
         name = canonical_name(str(key), resolution.specs)
         if name not in resolution.specs:
+            import difflib  # lazy: only for a mistake
+
             close = difflib.get_close_matches(str(key), list(resolution.specs), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ReportToError(f"init_kwargs names {key!r}, which is not a tracker.{hint} Known trackers: "

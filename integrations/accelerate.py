@@ -50,7 +50,6 @@ tracklink.integrations`` do not.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import sys
@@ -66,7 +65,7 @@ from accelerate.tracking import GeneralTracker, on_main_process
 import tracklink
 from tracklink.errors import Terminated
 from tracklink.resolve import NOT_GIVEN, resolve_report_to
-from tracklink.run import Run
+from tracklink.run import Run, refuse_unknown_keywords
 
 logger = logging.getLogger("tracklink")
 
@@ -111,13 +110,7 @@ class TracklinkTracker(GeneralTracker):
         model: Any = None,
         **unknown: Any,
     ) -> None:
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, _ACCEPTED, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise TypeError(f"TracklinkTracker() got unknown keyword argument(s) {', '.join(hints)}; accepted: "
-                            f"{', '.join(_ACCEPTED)}")
+        refuse_unknown_keywords("TracklinkTracker()", unknown, _ACCEPTED)
         for label, value in (("project", project), ("run_name", run_name)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{label}={value!r} ({type(value).__name__}) is not accepted; pass a string")

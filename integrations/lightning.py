@@ -90,7 +90,6 @@ tracklink.integrations`` do not.
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import shutil
@@ -104,7 +103,7 @@ from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from tracklink.resolve import NOT_GIVEN, resolve_report_to
-from tracklink.run import RESUME_CHOICES, RUN_FILE, Run, check_init_kwargs
+from tracklink.run import RESUME_CHOICES, RUN_FILE, Run, check_init_kwargs, refuse_unknown_keywords
 from tracklink.values import as_number
 
 logger = logging.getLogger("tracklink")
@@ -158,13 +157,7 @@ class TracklinkLogger(Logger):
         callbacks: Iterable[Any] = (),
         **unknown: Any,
     ) -> None:
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, _ACCEPTED, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise TypeError(f"TracklinkLogger() got unknown keyword argument(s) {', '.join(hints)}; accepted: "
-                            f"{', '.join(_ACCEPTED)}")
+        refuse_unknown_keywords("TracklinkLogger()", unknown, _ACCEPTED)
         for label, value in (("project", project), ("name", name)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{label}={value!r} ({type(value).__name__}) is not accepted; pass a string")
