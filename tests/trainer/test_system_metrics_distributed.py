@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from trainer_testlib import run_two_nodes
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.sdk("psutil")]
 
@@ -80,35 +78,12 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_each_node_samples_and_rank_zero_logs_both_nodes(tmp_path: Path) -> None:
     script = tmp_path / "train_nodes.py"
     script.write_text(SCRIPT)
-    tests_dir = Path(__file__).resolve().parent.parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRACKLINK_LOG_LEVEL": "warning", "TRACKLINK_SYSTEM_METRICS": "0.1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    port = free_port()
-    launches = [
-        subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-             "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
-             str(script), str(tmp_path), str(tests_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
-        )
-        for node in (0, 1)
-    ]
-    try:
-        outputs = [p.communicate(timeout=240)[0] for p in launches]
-    finally:
-        for p in launches:
-            p.kill()
-    for node, (p, out) in enumerate(zip(launches, outputs)):
-        assert p.returncode == 0, f"node {node} failed:\n{out[-5000:]}"
+    run_two_nodes(script, tmp_path, env)
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["samplers"] == ["system/node0/"] * 4

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -248,3 +251,33 @@ class LossReadingClassifier(nn.Module):
             if self.training:
                 out["loss"].item()
         return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_two_nodes(script: Path, tmp_path: Path, env: dict[str, str], timeout: float = 240) -> list[str]:
+    """Launch ``script`` as two torchrun nodes of one process each on this machine (arguments: ``tmp_path``
+    and the tests directory); fails unless both exit 0. Returns each node's output."""
+    tests_dir = Path(__file__).resolve().parent.parent
+    port = free_port()
+    launches = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+             "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
+             str(script), str(tmp_path), str(tests_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+        )
+        for node in (0, 1)
+    ]
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in launches]
+    finally:
+        for p in launches:
+            p.kill()
+    for node, (p, out) in enumerate(zip(launches, outputs)):
+        assert p.returncode == 0, f"node {node} failed:\n{out[-5000:]}"
+    return outputs
