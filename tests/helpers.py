@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -224,3 +228,62 @@ def raise_at(step: int, error: BaseException) -> TrainerCallback:
     """A user callback that raises ``error`` at the end of ``step``; as in transformers, it propagates out
     of ``train()``."""
     return _RaiseAt(step, error)
+
+
+_SLOW_TRAINING = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, sys.argv[2])
+    from helpers import make_trainer
+
+    class Slow:
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(0.05)
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "loss" in logs:
+                print("LOGGED", state.global_step, flush=True)
+
+    make_trainer(sys.argv[1], json.loads(sys.argv[3]), callbacks=[Slow()], max_steps=2000, logging_steps=2,
+                 eval_strategy="no", save_strategy="no", **json.loads(sys.argv[4])).train()
+""")
+
+
+@dataclasses.dataclass
+class Terminated:
+    """What :func:`sigterm_during_training` saw: the exit code, the steps whose loss was logged, the output."""
+
+    returncode: int
+    logged: list[int]
+    output: str
+
+
+def sigterm_during_training(tmp_path: Any, report_to: list[str], after: int = 5, timeout: float = 240,
+                            **trainer_kwargs: Any) -> Terminated:
+    """Train reporting to ``report_to`` in a subprocess (0.05 s a step, the loss logged every 2 steps, the
+    process's environment inherited) and send it SIGTERM once ``after`` losses were logged."""
+    import json
+    from pathlib import Path
+
+    script = Path(tmp_path) / "slow_train.py"
+    script.write_text(_SLOW_TRAINING)
+    tests = str(Path(__file__).resolve().parent)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(Path(tmp_path) / "out"), tests, json.dumps(report_to),
+         json.dumps(trainer_kwargs)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    seen: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            if sum(text.startswith("LOGGED") for text in seen) >= after:
+                break
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = "".join(seen) + rest
+    logged = [int(line.split()[1]) for line in output.splitlines() if line.startswith("LOGGED")]
+    assert len(logged) >= after, output[-3000:]
+    return Terminated(process.returncode, logged, output)

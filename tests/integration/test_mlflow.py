@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import urllib.request
 import uuid
@@ -37,6 +35,7 @@ from helpers import (
     files_containing,
     make_trainer,
     raise_at,
+    sigterm_during_training,
     stop_at,
 )
 
@@ -136,47 +135,13 @@ def test_keyboard_interrupt_is_killed(server_env, tmp_path: Path) -> None:
     assert only_run(client, experiment).info.status == "KILLED"
 
 
-SLOW_TRAINING = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, sys.argv[2])
-    from helpers import make_trainer
-
-    class Slow:
-        def on_step_end(self, args, state, control, **kwargs):
-            time.sleep(0.05)
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if "loss" in logs:
-                print("LOGGED", state.global_step, flush=True)
-
-    make_trainer(sys.argv[1], ["mlflow"], callbacks=[Slow()], max_steps=2000, logging_steps=2,
-                 eval_strategy="no", save_strategy="no").train()
-""")
 
 
 def test_sigterm_ends_run_killed_with_every_metric(server_env, tmp_path: Path) -> None:
     client, experiment = server_env
-    script = tmp_path / "slow_train.py"
-    script.write_text(SLOW_TRAINING)
-    stderr = open(tmp_path / "stderr.txt", "w")
-    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), str(TESTS)],
-                               stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path)
-    stderr.close()
-    logged: list[int] = []
-    try:
-        for line in process.stdout:
-            if line.startswith("LOGGED"):
-                logged.append(int(line.split()[1]))
-                if len(logged) >= 5:
-                    break
-        assert len(logged) >= 5, (tmp_path / "stderr.txt").read_text()[-3000:]
-        process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=240)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    logged += [int(line.split()[1]) for line in rest.splitlines() if line.startswith("LOGGED")]
-    assert process.returncode == 143, (tmp_path / "stderr.txt").read_text()[-3000:]
+    result = sigterm_during_training(tmp_path, ["mlflow"])
+    logged = result.logged
+    assert result.returncode == 143, result.output[-3000:]
     run = only_run(client, experiment)
     assert run.info.status == "KILLED"
     steps = [s for s, _ in history(client, run.info.run_id, "loss")]

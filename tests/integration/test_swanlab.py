@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -30,6 +26,7 @@ from helpers import (
     files_containing,
     make_trainer,
     raise_at,
+    sigterm_during_training,
     stop_at,
 )
 from readers import swanlab as reader
@@ -212,45 +209,14 @@ def test_no_secret_in_the_run_files(log_dir: Path, tmp_path: Path, monkeypatch: 
     assert reader.finish(run_dir)["error"] == "RuntimeError: failed with <redacted>"
 
 
-SLOW_TRAINING = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, sys.argv[2])
-    from helpers import make_trainer
-
-    class Slow:
-        def on_step_end(self, args, state, control, **kwargs):
-            time.sleep(0.05)
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if "loss" in logs:
-                print("LOGGED", state.global_step, flush=True)
-
-    make_trainer(sys.argv[1], ["swanlab"], callbacks=[Slow()], max_steps=2000, logging_steps=2,
-                 eval_strategy="no", save_strategy="no").train()
-""")
 
 
 def test_sigterm_aborts_the_experiment_with_every_metric(log_dir: Path, tmp_path: Path) -> None:
     """SwanLab hooks the process (exit handler, excepthook, console): tracklink's SIGTERM handling still
     ends the experiment ``aborted``, once, with every metric logged before the signal."""
-    script = tmp_path / "slow_train.py"
-    script.write_text(SLOW_TRAINING)
-    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), str(TESTS)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    logged: list[int] = []
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("LOGGED"):
-                logged.append(int(line.split()[1]))
-                if len(logged) >= 5:
-                    break
-        process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 143, rest[-3000:]
+    result = sigterm_during_training(tmp_path, ["swanlab"], timeout=120)
+    logged = result.logged
+    assert result.returncode == 143, result.output[-3000:]
     run_dir = only_run(log_dir)
     assert reader.finish(run_dir)["state"] == "RUN_STATE_ABORTED"
     steps = [s for s, _ in reader.scalars(run_dir, "train/loss")]

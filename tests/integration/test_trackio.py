@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 import uuid
@@ -33,6 +31,7 @@ from helpers import (
     files_containing,
     make_trainer,
     raise_at,
+    sigterm_during_training,
     stop_at,
 )
 from readers import trackio as reader
@@ -210,43 +209,12 @@ def test_dashboard_serves_the_run_on_loopback(project: str, tmp_path: Path) -> N
         server.wait(10)
 
 
-SLOW_TRAINING = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, sys.argv[2])
-    from helpers import make_trainer
-
-    class Slow:
-        def on_step_end(self, args, state, control, **kwargs):
-            time.sleep(0.05)
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if "loss" in logs:
-                print("LOGGED", state.global_step, flush=True)
-
-    make_trainer(sys.argv[1], ["trackio"], callbacks=[Slow()], run_name="slow", max_steps=2000, logging_steps=2,
-                 eval_strategy="no", save_strategy="no").train()
-""")
 
 
 def test_sigterm_leaves_an_alert_and_every_metric(project: str, tmp_path: Path) -> None:
-    script = tmp_path / "slow_train.py"
-    script.write_text(SLOW_TRAINING)
-    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), str(TESTS)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    logged: list[int] = []
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("LOGGED"):
-                logged.append(int(line.split()[1]))
-                if len(logged) >= 5:
-                    break
-        process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 143, rest[-3000:]
+    result = sigterm_during_training(tmp_path, ["trackio"], timeout=120, run_name="slow")
+    logged = result.logged
+    assert result.returncode == 143, result.output[-3000:]
     ((run_id, _),) = reader.runs(project)
     (alert,) = reader.alerts(project)
     assert alert["title"] == "training killed" and alert["level"] == "warn"
