@@ -258,3 +258,14 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_samples(sample: dict[str, float] | None) -> dict[str, float]:
+    """System-metrics samples of every node merged (an ``all_gather_object`` of the local main processes'
+    samples: a collective, on logging steps only); this process's sample alone without torchrun."""
+    if not is_distributed():
+        return sample or {}
+    merged: dict[str, float] = {}
+    for part in all_gather_objects(sample):
+        merged.update(part or {})
+    return merged

@@ -1,8 +1,8 @@
 """Evaluation and prediction: the data each process reads, the loop over it, and what the loop returns.
 
 Functions given the trainer they work for (``Trainer.evaluate``, ``predict`` and ``get_eval_dataloader`` call
-them); they use its public pieces and the overridable ``prediction_step``, and never import the trainer
-module. Under torchrun every process evaluates its own share and the shares are gathered once, after the
+them); they use its pieces and the overridable ``prediction_step`` (whose work is :func:`predict_batch`),
+and never import the trainer module. Under torchrun every process evaluates its own share and the shares are gathered once, after the
 loop (see :func:`prediction_loop`).
 """
 
@@ -125,6 +125,27 @@ def speed(trainer: Any, prefix: str, start: float, dataset: Any, num_samples: in
     samples = len(dataset) if has_length(dataset) else num_samples
     total_batch = trainer.args.per_device_eval_batch_size * max(1, trainer.process.world_size)
     return speed_metrics(prefix, start, samples, math.ceil(samples / total_batch))
+
+
+def predict_batch(trainer: Any, model: torch.nn.Module, inputs: Any, ignore_keys: list[str] | None) -> tuple[Any, Any, Any]:
+    """``Trainer.prediction_step``'s work: loss (when labels are present), logits and labels of one batch,
+    without gradients; the loss comes from ``trainer.compute_loss``, so an overridden one applies."""
+    inputs = trainer._prepare_inputs(inputs)
+    label_names = trainer.args.label_names or ["labels"]
+    has_labels = isinstance(inputs, Mapping) and all(inputs.get(n) is not None for n in label_names)
+    labels = None
+    if has_labels:  # read before compute_loss, which may pop them (a common override pattern)
+        labels = inputs[label_names[0]] if len(label_names) == 1 else tuple(inputs[n] for n in label_names)
+    loss = None
+    with torch.no_grad(), trainer._autocast():
+        if has_labels:  # the loss is computed as in training, so an overridden compute_loss applies
+            loss, outputs = trainer.compute_loss(model, inputs, return_outputs=True)
+        else:
+            outputs = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    if isinstance(loss, torch.Tensor):
+        loss = loss.detach()
+    logits = logits_of(outputs, has_labels and loss is not None, ignore_keys or [])
+    return loss, logits, labels
 
 
 def prediction_loop(

@@ -37,7 +37,7 @@ from .arguments import TrainingArguments
 from .checks import check_setup
 from .data import build_dataloader, default_data_collator, move_to_device
 from .distributed import (
-    all_gather_objects,
+    gather_samples,
     gradient_sync,
     is_distributed,
     launched_by_torchrun,
@@ -636,20 +636,9 @@ class Trainer:
             self.state.num_input_tokens_seen = self._tokens_seen_base + int(seen)
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
         self.state.log_history.append({**logs, "step": self.state.global_step})
-        system = self._system_metrics() if self.run.system_metrics_on else None
+        system = gather_samples(self.run.system_sample()) if self.run.system_metrics_on else None
         event_logs = {**logs, **{k: v for k, v in system.items() if k not in logs}} if system else logs
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, event_logs)
-
-    def _system_metrics(self) -> dict[str, float]:
-        """The system-metrics samples taken since the last log: this process's, or under torchrun every node's
-        (an ``all_gather_object`` of the local main processes' samples, on logging steps only)."""
-        sample = self.run.system_sample()
-        if not is_distributed():
-            return sample or {}
-        merged: dict[str, float] = {}
-        for part in all_gather_objects(sample):
-            merged.update(part or {})
-        return merged
 
     # -- evaluation and prediction ------------------------------------------------------------------
 
@@ -692,19 +681,4 @@ class Trainer:
         self, model: torch.nn.Module, inputs: Any, ignore_keys: list[str] | None,
     ) -> tuple[Any, Any, Any]:
         """Loss (when labels are present), logits and labels of one batch, without gradients."""
-        inputs = self._prepare_inputs(inputs)
-        label_names = self.args.label_names or ["labels"]
-        has_labels = isinstance(inputs, Mapping) and all(inputs.get(n) is not None for n in label_names)
-        labels = None
-        if has_labels:  # read before compute_loss, which may pop them (a common override pattern)
-            labels = inputs[label_names[0]] if len(label_names) == 1 else tuple(inputs[n] for n in label_names)
-        loss = None
-        with torch.no_grad(), self._autocast():
-            if has_labels:  # the loss is computed as in training, so an overridden compute_loss applies
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-            else:
-                outputs = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-        if isinstance(loss, torch.Tensor):
-            loss = loss.detach()
-        logits = evaluation.logits_of(outputs, has_labels and loss is not None, ignore_keys or [])
-        return loss, logits, labels
+        return evaluation.predict_batch(self, model, inputs, ignore_keys)
