@@ -42,8 +42,10 @@ import io
 import logging
 import math
 import os
+import struct
 import threading
 import weakref
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -290,18 +292,12 @@ def _kind_of_dtype(array: Any) -> str:
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
-    import struct  # lazy, like zlib, csv, shutil and tempfile below: ``import tracklink`` stays cheap
-    import zlib
-
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
 
 def encode_png(pixels: Any, level: int = 6) -> bytes:
     """PNG bytes of a uint8 array ``HxW`` or ``HxWxC`` (C = 1, 2, 3 or 4), with NumPy and zlib only (zlib
     releases the GIL while it compresses)."""
-    import struct
-    import zlib
-
     import numpy as np
 
     array = np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -320,8 +316,6 @@ def encode_png(pixels: Any, level: int = 6) -> bytes:
 def png_size(data: bytes) -> tuple[int, int] | None:
     """``(width, height)`` from a PNG's header, or ``None`` when ``data`` is not a PNG."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-        import struct
-
         width, height = struct.unpack(">II", data[16:24])
         return int(width), int(height)
     return None
@@ -747,7 +741,7 @@ class Table(Media):
 
     def csv(self) -> str:
         def make() -> str:
-            import csv
+            import csv  # lazy, like pickle, shutil and tempfile below: ``import tracklink`` stays cheap
 
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")

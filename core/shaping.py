@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .redact import current_secrets, redact, redact_text
+from .system import PREFIX as SYSTEM_PREFIX
 
 __all__ = [
     "SUMMARY_KEYS", "args_dict", "flatten", "hyperparameters", "model_config", "num_parameters", "param_text",
@@ -35,7 +36,7 @@ def rewrite_logs(logs: Mapping[str, Any]) -> dict[str, Any]:
             out["eval/" + key[5:]] = value
         elif key.startswith("test_"):
             out["test/" + key[5:]] = value
-        elif key.startswith("system/"):
+        elif key.startswith(SYSTEM_PREFIX):
             out[key] = value
         else:
             out["train/" + key] = value

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -260,9 +262,6 @@ def sigterm_during_training(tmp_path: Any, report_to: list[str], after: int = 5,
                             **trainer_kwargs: Any) -> Terminated:
     """Train reporting to ``report_to`` in a subprocess (0.05 s a step, the loss logged every 2 steps, the
     process's environment inherited) and send it SIGTERM once ``after`` losses were logged."""
-    import json
-    from pathlib import Path
-
     script = Path(tmp_path) / "slow_train.py"
     script.write_text(_SLOW_TRAINING)
     tests = str(Path(__file__).resolve().parent)

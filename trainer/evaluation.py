@@ -2,8 +2,8 @@
 
 Functions given the trainer they work for (``Trainer.evaluate``, ``predict`` and ``get_eval_dataloader`` call
 them); they use its pieces and the overridable ``prediction_step`` (whose work is :func:`predict_batch`),
-and never import the trainer module. Under torchrun every process evaluates its own share and the shares are gathered once, after the
-loop (see :func:`prediction_loop`).
+and never import the trainer module. Under torchrun every process evaluates its own share and the shares are
+gathered once, after the loop (see :func:`prediction_loop`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import torch
 
 import tracklink
 from tracklink import TrainerCallback
+from tracklink.system import THREAD_NAME
 
 pytestmark = [
     pytest.mark.gpu,
@@ -49,7 +50,7 @@ def test_gpu_readings_come_from_nvml(tmp_path: Any) -> None:
         assert run.system.wait(10)
         run.log({"loss": 0.5}, step=2)
         del block
-    assert not [t for t in threading.enumerate() if t.name == "tracklink-system-metrics"]
+    assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
     first, second = (entry for entry in logs.logged if "loss" in entry)
     prefix = f"system/gpu{device}/"
     gpu = {key[len(prefix):]: value for key, value in second.items() if key.startswith(prefix)}
