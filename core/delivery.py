@@ -293,28 +293,37 @@ class TrackerChannel:
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}
+        #: the run journal (tracklink.journal) whose events this channel delivers, when there is one
+        self.journal: Any = None
+        self._cursor_stuck = False  # an event this tracker did not accept: its cursor stays before it
+        self._identity: Any = None
         _live_channels.add(self)
 
     @property
     def disabled(self) -> bool:
         return self.disabled_reason is not None
 
-    def submit(self, event: str, namespace: dict[str, Any], hold: str | None = None) -> None:
+    def submit(self, event: str, namespace: dict[str, Any], hold: str | None = None, seq: int | None = None) -> None:
         """Deliver an event (already snapshotted) to the tracker, asynchronously unless inline.
 
         ``hold`` names a resource (a checkpoint directory) the event needs until the tracker has
-        handled it: :meth:`holds` is true for it in the meantime."""
+        handled it: :meth:`holds` is true for it in the meantime. ``seq`` is the event's id in the run
+        journal: it is delivered once the journal committed it, and the tracker's cursor moves to it
+        once the tracker accepted it."""
         if self.disabled_reason is not None:
             return
         if self.inline:
+            errors = self.errors
             self._run(event, namespace)
+            if seq is not None:
+                self._advance(event, seq, errors)
             return
         if self._worker is None:
             self._ensure_worker()
         if hold is not None:
             with self._lock:
                 self._held[hold] = self._held.get(hold, 0) + 1
-        if not self._put((event, namespace, hold, _size(namespace)), self.settings.queue_timeout):
+        if not self._put((event, namespace, hold, _size(namespace), seq), self.settings.queue_timeout):
             self._release(hold)
             self._disable(
                 f"stalled: its queue stayed full ({self.settings.queue_size} events) for "
@@ -373,6 +382,8 @@ class TrackerChannel:
         worker = self._worker
         if self.inline or worker is None or not worker.is_alive():
             return True
+        if self.journal is not None:  # the events before the barrier are delivered once committed: commit now
+            self.journal.request_commit()
         done = threading.Event()
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._put(done, timeout):
@@ -490,6 +501,11 @@ class TrackerChannel:
         return False
 
     def _deliver(self, items: list[Any]) -> None:
+        seq = max((item[4] for item in items if item[4] is not None), default=None)
+        journal = self.journal
+        if seq is not None and journal is not None:
+            journal.wait_committed(seq)  # a tracker never gets an event the journal could still lose
+        errors = self.errors
         try:
             if len(items) > 1:
                 self._run_batch(items[0][0], [item[1] for item in items])
@@ -499,6 +515,30 @@ class TrackerChannel:
             for item in items:
                 self._release(item[2])
                 self._done(item)
+        if seq is not None:
+            self._advance(items[-1][0], seq, errors)
+
+    def _advance(self, event: str, seq: int, errors: int) -> None:
+        """Move this tracker's journal cursor to ``seq`` when the tracker accepted every event up to it: no
+        failure now or before, not switched off, nothing held back in a spool of its own."""
+        journal = self.journal
+        if journal is None or journal.failed:
+            return
+        if self.errors != errors or self.disabled or self._abandoned:
+            self._cursor_stuck = True
+        if self._cursor_stuck:
+            return
+        unsent = getattr(self.plugin, "unsent_count", None)
+        try:
+            if callable(unsent) and unsent():
+                return  # the tracker keeps points its backend has not taken yet: the cursor waits for them
+            identity = getattr(self.plugin, "identity", None)
+        except Exception:
+            return
+        if identity is not None and identity != self._identity:
+            self._identity = identity
+            journal.identify(self.name, identity)
+        journal.advance(self.name, seq, closed=event in _RUN_ENDS)
 
     def _done(self, item: Any) -> None:
         if type(item) is tuple:
