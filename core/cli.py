@@ -21,9 +21,11 @@ from typing import Any
 
 from .delivery import DeliverySettings
 from .errors import ReportToError
+from .journal import JournalError
 from .media import KINDS, outcome
 from .registry import TrackerSpec, discover
 from .resolve import ENV_REPORT_TO, NOT_GIVEN, Resolution, resolve_report_to
+from .sync import SyncError, status, sync
 
 __all__ = ["COMMAND_GROUP", "doctor_report", "main", "media_matrix", "plugin_rows"]
 
@@ -220,9 +222,6 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
 
 
 def _cmd_sync(ns: argparse.Namespace) -> int:
-    from .journal import JournalError
-    from .sync import SyncError, status, sync
-
     try:
         if ns.status:
             rows = status(ns.run_dir)

@@ -667,7 +667,7 @@ class CallbackHandler:
         if event == "on_train_begin":
             self._open_journal(snap.get("args"))
         journal = self.journal
-        if journal is None or journal.failed:
+        if journal is None or journal.failed or journal.closed:
             return None
         state = snap.get("state")
         data = journal_event_data(event, snap)

@@ -181,10 +181,16 @@ class Journal:
             return None
         return cls(path, db, interval, trackers)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # -- the training thread -----------------------------------------------------------------------
 
     def record(self, event: str, step: int, epoch: Any, data: Mapping[str, Any]) -> int:
         """Hand one event to the writer; returns its id (its place in the journal). Cheap: no I/O here."""
+        if self._closed:
+            return 0
         seq = next(self._ids)
         self.last = seq
         self._ops.put(("event", seq, KINDS[event], step, epoch, data, time.time()))
@@ -207,10 +213,11 @@ class Journal:
 
     def wait_committed(self, seq: int, timeout: float | None = None) -> bool:
         """Wait until event ``seq`` is durable (or the journal was switched off)."""
-        if seq <= self.committed or self.failed:
+        if seq <= self.committed or self.failed or self._closed:
             return True
         with self._cond:
-            return self._cond.wait_for(lambda: seq <= self.committed or self.failed is not None, timeout)
+            return self._cond.wait_for(lambda: seq <= self.committed or self.failed is not None or self._closed,
+                                       timeout)
 
     def advance(self, tracker: str, seq: int, closed: bool = False) -> None:
         """``tracker``'s SDK accepted every event up to ``seq`` (and closed its run when ``closed``)."""
@@ -227,6 +234,8 @@ class Journal:
         self._ops.put(("close", done))
         done.wait(timeout)
         self._closed = True
+        with self._cond:
+            self._cond.notify_all()
 
     def pending(self) -> dict[str, int]:
         """Events each tracker has not accepted yet (read from the file: call after :meth:`commit`)."""
@@ -291,14 +300,15 @@ class Journal:
                 continue
             self._write(events, cursors, identities, close=kind == "close")
             events, cursors, identities, deadline = [], {}, {}, None
-            for done in waiting:
-                done.set()
-            waiting.clear()
-            if kind == "close":
+            if kind == "close":  # closed (the write-ahead log checkpointed into the file) before anyone is told
                 try:
                     self._db.close()
                 except Exception:
                     pass
+            for done in waiting:
+                done.set()
+            waiting.clear()
+            if kind == "close":
                 return
 
     def _write(self, events: list[tuple[Any, ...]], cursors: dict[str, tuple[int, bool]],

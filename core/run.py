@@ -349,6 +349,8 @@ class Run:
             restore_sigterm(previous)
             self._guard.restore()
             self._save()
+            if self.hub.journal is not None:  # nothing can be logged after finish(): the journal is complete
+                self.hub.journal.close()
 
     def __enter__(self) -> Run:
         """``with tracklink.init(...) as run:`` — SIGTERM inside the block ends the runs as ``killed``, an

@@ -149,17 +149,19 @@ def _replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool) -> 
         state = TrainerState()
         control = TrainerControl()
         after = cursor.position
+        replayed_begin = False
         if cursor.identity is not None:
             # re-attach; the backend drops (or keeps once) what it holds from the first pending step on
             first = journal.event(cursor.position + 1)
             start = journal.step_start(first.id) if first is not None else cursor.position + 1
             after = max(start - 1, begin.id if begin is not None else 0)
             step = first.step if first is not None else 0
-            state.global_step = max(step - 1, 0)
+            state.global_step = step - 1  # resumed at the step before: the backend drops what it holds after it
             tracker.load_state({"attributes": {"run": cursor.identity}})
             tracker.on_train_begin(args, state, control)
         elif begin is not None:
             after = begin.id
+            replayed_begin = True
             state.global_step = begin.step
             tracker.on_train_begin(args, state, control)
         identity = tracker.identity
@@ -168,7 +170,7 @@ def _replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool) -> 
         total = journal.count(after)
         bar = tqdm(total=total, unit="event", desc=f"{cursor.tracker} {journal.path.name}", disable=not progress,
                    file=sys.stderr, leave=True)
-        sent = 0
+        sent = int(replayed_begin)
         ended = False
         try:
             batch: list[Event] = []
