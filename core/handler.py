@@ -670,8 +670,11 @@ class CallbackHandler:
         if journal is None or journal.failed or journal.closed:
             return None
         state = snap.get("state")
-        data = journal_event_data(event, snap)
-        seq = journal.record(event, int(getattr(state, "global_step", 0) or 0), getattr(state, "epoch", None), data)
+        step, epoch = int(getattr(state, "global_step", 0) or 0), getattr(state, "epoch", None)
+        if event == "on_log" or event == "on_predict":  # the values are filtered on the journal's thread
+            key = "logs" if event == "on_log" else "metrics"
+            return journal.record_values(event, step, epoch, key, snap.get(key))
+        seq = journal.record(event, step, epoch, journal_event_data(event, snap))
         if event == "on_save":  # a checkpoint is a durability point
             journal.commit(timeout=10.0)
         return seq

@@ -142,6 +142,7 @@ class Journal:
         self.committed = 0  # the id of the last event committed (writer thread)
         self._cond = threading.Condition()
         self._closed = False
+        self._asked = False  # a commit was asked for by a waiting tracker and has not happened yet
         self.trackers = dict(trackers)  # name -> live (False: offline, only recorded)
         self._thread = threading.Thread(target=self._work, name="tracklink-journal", daemon=True)
         self._thread.start()
@@ -196,6 +197,16 @@ class Journal:
         self._ops.put(("event", seq, KINDS[event], step, epoch, data, time.time()))
         return seq
 
+    def record_values(self, event: str, step: int, epoch: Any, key: str, values: Any) -> int:
+        """:meth:`record` for ``on_log``/``on_predict``: ``values`` (the event's snapshot copy, never changed
+        afterwards) is filtered and redacted on the writer thread, not on the training thread."""
+        if self._closed:
+            return 0
+        seq = next(self._ids)
+        self.last = seq
+        self._ops.put(("values", seq, KINDS[event], step, epoch, key, values, time.time()))
+        return seq
+
     def commit(self, timeout: float | None = 10.0) -> bool:
         """Commit everything recorded so far now and wait for it (at a checkpoint, at the end)."""
         if self.failed or self._closed:
@@ -215,6 +226,9 @@ class Journal:
         """Wait until event ``seq`` is durable (or the journal was switched off)."""
         if seq <= self.committed or self.failed or self._closed:
             return True
+        if not self._asked:  # a tracker is ready for it: commit what is queued now rather than at the deadline
+            self._asked = True
+            self._ops.put(("commit", None))
         with self._cond:
             return self._cond.wait_for(lambda: seq <= self.committed or self.failed is not None or self._closed,
                                        timeout)
@@ -233,6 +247,8 @@ class Journal:
         done = threading.Event()
         self._ops.put(("close", done))
         done.wait(timeout)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
         self._closed = True
         with self._cond:
             self._cond.notify_all()
@@ -266,6 +282,14 @@ class Journal:
             except queue.Empty:
                 op = ("commit", None)
             kind = op[0]
+            if kind == "values":
+                _, seq, ekind, step, epoch, key, values, when = op
+                skipped: list[str] = []
+                data: dict[str, Any] = {key: _plain(values, skipped)}
+                if skipped:
+                    data["not_journaled"] = skipped
+                op = ("event", seq, ekind, step, epoch, data, when)
+                kind = "event"
             if kind == "event":
                 _, seq, ekind, step, epoch, data, when = op
                 if not self.failed:
@@ -293,6 +317,7 @@ class Journal:
             if op[1] is not None:
                 waiting.append(op[1])
             if kind == "commit" and not events and not cursors and not identities:
+                self._asked = False
                 for done in waiting:
                     done.set()
                 waiting.clear()
@@ -340,6 +365,7 @@ class Journal:
             with self._cond:
                 self._cond.notify_all()
             return
+        self._asked = False
         if events:
             with self._cond:
                 self.committed = events[-1][0]
@@ -538,17 +564,21 @@ def journal_files(target: str | os.PathLike[str]) -> list[Path]:
 # -- what goes into an event ---------------------------------------------------------------------------
 
 
-def _plain(values: Any, secrets: list[str], skipped: list[str]) -> dict[str, Any]:
+def _plain(values: Any, skipped: list[str]) -> dict[str, Any]:
     """The loggable values of a log: numbers and text (secrets masked); media values are not journaled."""
     out: dict[str, Any] = {}
     if not isinstance(values, Mapping):
         return out
+    secrets: list[str] | None = None
     for key, value in values.items():
-        if isinstance(value, str):
-            out[str(key)] = redact_text(value, secrets)
+        kind = type(value)
+        if kind is float or kind is int or kind is bool:
+            out[key if type(key) is str else str(key)] = value
             continue
-        if isinstance(value, bool) or type(value) in (int, float):
-            out[str(key)] = value
+        if isinstance(value, str):
+            if secrets is None:  # the environment is read only for a log that holds text
+                secrets = current_secrets()
+            out[str(key)] = redact_text(value, secrets)
             continue
         number = as_number(value)
         if number is None:
@@ -560,6 +590,13 @@ def _plain(values: Any, secrets: list[str], skipped: list[str]) -> dict[str, Any
 
 def journal_event_data(event: str, snap: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a hub event a tracker needs, as plain JSON-able data, redacted (the training thread)."""
+    if event in ("on_log", "on_predict"):
+        key = "logs" if event == "on_log" else "metrics"
+        skipped: list[str] = []
+        data: dict[str, Any] = {key: _plain(snap.get(key), skipped)}
+        if skipped:
+            data["not_journaled"] = skipped
+        return data
     secrets = current_secrets()
     if event == "on_train_begin":
         args = snap.get("args")
@@ -581,13 +618,6 @@ def journal_event_data(event: str, snap: Mapping[str, Any]) -> dict[str, Any]:
             },
             "config": config, "args_config": args_config, "model_config": model_config,
         }
-    if event in ("on_log", "on_predict"):
-        key = "logs" if event == "on_log" else "metrics"
-        skipped: list[str] = []
-        data: dict[str, Any] = {key: _plain(snap.get(key), secrets, skipped)}
-        if skipped:
-            data["not_journaled"] = skipped
-        return data
     if event == "on_save":
         return {"checkpoint_dir": str(snap.get("checkpoint_dir") or "")}
     if event == "on_exception":

@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 
 import tracklink
-from tracklink import cli, sync as sync_module
+from tracker_doubles import FailingTracker
+from tracklink import cli
+from tracklink import sync as sync_module
 from tracklink.handler import CallbackHandler
 from tracklink.journal import JOURNAL_DIR, Journal, JournalFile, JournalSettings, journal_files
 from tracklink.process import ProcessInfo
 from tracklink.run import RunArgs
 from tracklink.state import TrainerControl, TrainerState
-from tracker_doubles import FailingTracker
 
 SECRET = "sk-journal-SECRET-7f3a9c"
 
