@@ -21,7 +21,7 @@ from typing import Any
 
 from .delivery import DeliverySettings
 from .errors import ReportToError
-from .journal import JournalError
+from .journal import JournalError, JournalSettings
 from .media import KINDS, outcome
 from .registry import TrackerSpec, discover
 from .resolve import ENV_REPORT_TO, NOT_GIVEN, Resolution, resolve_report_to
@@ -107,6 +107,10 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
     except ValueError as exc:
         problems.append(str(exc))
         settings = None
+    try:
+        JournalSettings.from_env(env)
+    except ValueError as exc:
+        problems.append(str(exc))
     for row in rows:
         spec = specs[row["name"]]
         variables = []

@@ -643,6 +643,7 @@ class CallbackHandler:
         if self.journal is not None:
             self.journal.close()
             self.journal = None
+        self._begin = None
         directory = getattr(args, "output_dir", None)
         if not isinstance(directory, (str, os.PathLike)) or not str(directory):
             return
@@ -666,6 +667,8 @@ class CallbackHandler:
         """Put one event into the journal (on the training thread: a hand-off, no I/O); its id, or None."""
         if event == "on_train_begin":
             self._open_journal(snap.get("args"))
+        elif self.journal is not None and self.journal.closed and self._begin is not None and not self.journal.failed:
+            self._continue_journal()  # an evaluation after train() ended: a new file, same run
         journal = self.journal
         if journal is None or journal.failed or journal.closed:
             return None
@@ -674,13 +677,42 @@ class CallbackHandler:
         if event == "on_log" or event == "on_predict":  # the values are filtered on the journal's thread
             key = "logs" if event == "on_log" else "metrics"
             return journal.record_values(event, step, epoch, key, snap.get(key))
-        seq = journal.record(event, step, epoch, journal_event_data(event, snap))
+        data = journal_event_data(event, snap)
+        seq = journal.record(event, step, epoch, data)
+        if event == "on_train_begin":
+            self._begin = (step, epoch, data)
         if event == "on_save":  # a checkpoint is a durability point
             journal.commit(timeout=10.0)
         return seq
 
+    _begin: tuple[int, Any, dict[str, Any]] | None = None
+
+    def _continue_journal(self) -> None:
+        """Events after the end of a training session (a standalone evaluation): a new journal file that starts
+        with the session's ``begin`` event and the trackers' run identities, so ``tracklink sync`` re-attaches."""
+        previous, begin = self.journal, self._begin
+        assert previous is not None and begin is not None
+        self.journal = Journal.create(previous.run_dir, previous.trackers, interval=self.journal_settings.interval,
+                                      rank=self.process.rank, world_size=self.process.world_size)
+        for entry in self._entries:
+            if entry.channel is not None:
+                entry.channel.journal = self.journal
+                entry.channel._cursor_stuck = False
+                entry.channel._identity = None
+        if self.journal is not None:
+            register_journal(self.journal)
+            for entry in self._entries:
+                identity = getattr(entry.plugin, "identity", None) if entry.channel is not None else None
+                if identity is not None and entry.tracker is not None:
+                    self.journal.identify(entry.tracker, identity)
+            seq = self.journal.record("on_train_begin", begin[0], begin[1], begin[2])
+            for entry in self._entries:  # the begin event is not delivered again: the trackers have it
+                if entry.channel is not None and entry.tracker is not None and not entry.channel.disabled:
+                    self.journal.advance(entry.tracker, seq)
+
     def _report_journal(self) -> None:
-        """At the end of a training session: one line per tracker whose events are still only in the journal."""
+        """At the end of a training session: one line per tracker whose events are still only in the journal;
+        the journal is then closed (events after the end go to a continuation, see :meth:`_continue_journal`)."""
         journal = self.journal
         if journal is None:
             return
@@ -688,6 +720,7 @@ class CallbackHandler:
         if journal.failed:
             return
         pending = journal.pending()
+        journal.close()
         for name, count in pending.items():
             if count and name not in self.offline:
                 logger.warning("tracklink: tracker %r did not accept %d event(s); they are kept in the run journal. "

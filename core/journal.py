@@ -158,7 +158,7 @@ class Journal:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for n in itertools.count():
-                path = folder / f"{stamp}-{os.getpid()}{suffix}{f'-{n}' if n else ''}.sqlite"
+                path = folder / f"{stamp}-{n:03d}-{os.getpid()}{suffix}.sqlite"  # sorts by time, then n
                 try:
                     os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
                     break

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import tracklink
-from tracker_doubles import FailingTracker
+from tracker_doubles import FailingTracker, RecordingTracker, read_records
 from tracklink import cli
 from tracklink import sync as sync_module
 from tracklink.handler import CallbackHandler
@@ -281,3 +281,36 @@ def test_offline_journals_follow_the_rank_policies(tmp_path: Path, monkeypatch: 
     other.call_event("on_train_begin", RunArgs(output_dir=str(tmp_path / "other"), run_name=None, project=None,
                                                config={}, init_kwargs={}, report_to=[]), state, control)
     assert other.journal is None and not (tmp_path / "other").exists()
+
+
+def test_events_after_the_end_of_training_go_to_a_continuation_journal(tmp_path: Path) -> None:
+    """The trainer's evaluate() after train(): the session's journal was closed at the end; the evaluation's
+    events go to a new file that starts with the session's begin event and the run identity (nothing pending)."""
+    recorder = RecordingTracker(tmp_path / "rec.jsonl")
+    hub = CallbackHandler(require_flow=False)
+    hub.add_tracker(recorder, "recording")
+    args = RunArgs(output_dir=str(tmp_path / "run"), run_name="r", project=None, config={"lr": 1}, init_kwargs={},
+                   report_to=[])
+    state, control = TrainerState(), TrainerControl()
+    hub.call_event("on_train_begin", args, state, control)
+    hub.call_event("on_log", args, state, control, logs={"loss": 1.0})
+    hub.on_train_end(args, state, control)
+    state.global_step = 7
+    hub.call_event("on_log", args, state, control, logs={"eval_loss": 0.5})
+    assert hub.wait_for_trackers(30)
+    hub.journal.commit()
+    first, second = journal_files(tmp_path / "run")
+    files = [JournalFile(first), JournalFile(second)]
+    try:
+        assert [e.kind for e in files[0].events()] == ["begin", "log", "end"]
+        events = list(files[1].events())
+        assert [e.kind for e in events] == ["begin", "log"] and events[1].data == {"logs": {"eval_loss": 0.5}}
+        assert events[0].data == next(iter(files[0].events())).data
+        for journal in files:
+            (cursor,) = journal.cursors()
+            assert cursor.pending == 0 and cursor.identity == {"run_id": recorder.run_id}
+    finally:
+        for journal in files:
+            journal.close()
+    assert [r["metrics"] for r in read_records(recorder.path) if r["kind"] == "metrics"] == [
+        {"train/loss": 1.0}, {"eval/loss": 0.5}]
