@@ -654,9 +654,7 @@ class CallbackHandler:
         self._journal_dir = str(directory)
         for entry in self._entries:
             if entry.channel is not None:
-                entry.channel.journal = self.journal
-                entry.channel._cursor_stuck = False
-                entry.channel._identity = None
+                entry.channel.use_journal(self.journal, self.journal_settings.retry_budget)
         if self.journal is not None:
             register_journal(self.journal)
             if (self.offline and self.process.is_world_main) or (self.offline and not self._entries):
@@ -696,9 +694,7 @@ class CallbackHandler:
                                       rank=self.process.rank, world_size=self.process.world_size)
         for entry in self._entries:
             if entry.channel is not None:
-                entry.channel.journal = self.journal
-                entry.channel._cursor_stuck = False
-                entry.channel._identity = None
+                entry.channel.use_journal(self.journal, self.journal_settings.retry_budget)
         if self.journal is not None:
             register_journal(self.journal)
             for entry in self._entries:

@@ -36,6 +36,7 @@ from .envvars import EnvVar, truthy
 from .redact import current_secrets, redact, redact_text
 from .shaping import hyperparameters
 from .shutdown import on_exit
+from .state import TrainerState
 from .values import as_number
 
 logger = logging.getLogger("tracklink")
@@ -70,6 +71,9 @@ ENV_VARS = (
     EnvVar("TRACKLINK_JOURNAL_COMMIT_MS", "200", "Milliseconds between the journal's commits at most (an "
            "event is durable once its commit returned; commits also happen at every checkpoint and at the end).",
            kind="number", minimum=1),
+    EnvVar("TRACKLINK_RETRY_BUDGET", "300", "Seconds a tracker whose backend does not answer (connection refused, "
+           "timeout) is retried with backoff from the journal before it is switched off; its events wait in the "
+           "journal meanwhile, and for `tracklink sync` after.", kind="number", minimum=0),
     EnvVar("TRACKLINK_OFFLINE", "0", "1/true: record every event in the journal only; no tracker is contacted "
            "during training. Send them later with `tracklink sync RUN_DIR`.", kind="bool"),
 )
@@ -90,10 +94,12 @@ class JournalError(Exception):
 class JournalSettings:
     """``TRACKLINK_JOURNAL``, ``TRACKLINK_JOURNAL_COMMIT_MS`` and ``TRACKLINK_OFFLINE``, checked."""
 
-    def __init__(self, enabled: bool = True, interval: float = 0.2, offline: bool = False) -> None:
+    def __init__(self, enabled: bool = True, interval: float = 0.2, offline: bool = False,
+                 retry_budget: float = 300.0) -> None:
         self.enabled = enabled
         self.interval = interval
         self.offline = offline
+        self.retry_budget = retry_budget
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JournalSettings:
@@ -106,10 +112,12 @@ class JournalSettings:
         offline = truthy(env.get("TRACKLINK_OFFLINE"))
         raw = (env.get("TRACKLINK_JOURNAL_COMMIT_MS") or "").strip()
         interval = float(raw) / 1000 if raw else 0.2
+        budget = (env.get("TRACKLINK_RETRY_BUDGET") or "").strip()
+        retry_budget = float(budget) if budget else 300.0
         if offline and not enabled:
             raise ValueError("TRACKLINK_OFFLINE=1 records the run in the journal, but TRACKLINK_JOURNAL=0 switches "
                              "the journal off; accepted: TRACKLINK_JOURNAL=1 (the default) with TRACKLINK_OFFLINE=1")
-        return cls(enabled, interval, offline)
+        return cls(enabled, interval, offline, retry_budget)
 
 
 def _dumps(value: Any) -> str:
@@ -644,3 +652,52 @@ def _close_all() -> None:
             journal.close()
         except Exception as exc:  # pragma: no cover - best effort at shutdown
             logger.debug("tracklink: closing the journal %s failed: %r", journal.path, exc)
+
+
+# -- replaying events into a tracker ---------------------------------------------------------------------
+
+
+def deliver_events(tracker: Any, events: list[Event], args: Any, state: Any, control: Any) -> bool:
+    """Hand journal ``events`` to ``tracker`` (a :class:`tracklink.Tracker`) as the hub would (consecutive logs as
+    one batch; ``state`` is updated to each event's step): ``tracklink sync`` and a live tracker catching up.
+    An exception propagates (the cursor stays before these events). Returns whether an end event was among them."""
+    ended = False
+    logs: list[dict[str, Any]] = []
+
+    def flush_logs() -> None:
+        if not logs:
+            return
+        if len(logs) > 1 and tracker._tracklink_batch("on_log", logs):
+            pass
+        else:
+            for namespace in logs:
+                tracker.on_log(namespace["args"], namespace["state"], control, logs=namespace["logs"])
+        logs.clear()
+
+    for event in events:
+        state.global_step, state.epoch = event.step, event.epoch or 0.0
+        if event.kind == "log":
+            snap = TrainerState(global_step=event.step, epoch=event.epoch or 0.0)
+            logs.append({"args": args, "state": snap, "control": control, "logs": event.data.get("logs") or {},
+                         "model": None})
+            continue
+        flush_logs()
+        if event.kind == "predict":
+            tracker.on_predict(args, state, control, metrics=event.data.get("metrics") or {})
+        elif event.kind == "save":
+            folder = event.data.get("checkpoint_dir")
+            if folder and os.path.isdir(folder):
+                tracker.on_save(args, state, control, checkpoint_dir=folder)
+        elif event.kind == "end":
+            ended = True
+            status = event.data.get("status") or "success"
+            if status == "success":
+                tracker.on_train_end(args, state, control)
+            else:
+                error: BaseException = KeyboardInterrupt() if status == "killed" else \
+                    RuntimeError(event.data.get("error") or "training failed")
+                tracker.on_exception(args, state, control, exception=error)
+        elif event.kind == "begin" and not tracker.is_active:
+            tracker.on_train_begin(args, state, control)
+    flush_logs()
+    return ended

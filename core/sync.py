@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .journal import Cursor, Event, JournalError, JournalFile, journal_files
+from .journal import Cursor, Event, JournalError, JournalFile, deliver_events, journal_files
 from .registry import discover
 from .resolve import resolve_report_to
 from .run import RunArgs
@@ -177,13 +177,13 @@ def _replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool) -> 
             for event in journal.events(after):
                 batch.append(event)
                 if len(batch) >= BATCH:
-                    ended = _send(tracker, batch, args, state, control) or ended
+                    ended = deliver_events(tracker, batch, args, state, control) or ended
                     sent += len(batch)
                     _accepted(journal, cursor.tracker, tracker, batch[-1].id)
                     bar.update(len(batch))
                     batch = []
             if batch:
-                ended = _send(tracker, batch, args, state, control) or ended
+                ended = deliver_events(tracker, batch, args, state, control) or ended
                 sent += len(batch)
                 _accepted(journal, cursor.tracker, tracker, batch[-1].id)
                 bar.update(len(batch))
@@ -207,48 +207,3 @@ def _run_end(status: str, state: TrainerState) -> Any:
 def _accepted(journal: JournalFile, name: str, tracker: Any, position: int) -> None:
     if not tracker.unsent_count():
         journal.move(name, position, identity=tracker.identity)
-
-
-def _send(tracker: Any, events: list[Event], args: Any, state: TrainerState, control: TrainerControl) -> bool:
-    """Hand ``events`` to ``tracker`` as the hub would (consecutive logs as one batch); an exception
-    propagates (the cursor stays before this batch). Returns whether an end event was among them."""
-    ended = False
-    logs: list[dict[str, Any]] = []
-
-    def flush_logs() -> None:
-        if not logs:
-            return
-        if len(logs) > 1 and tracker._tracklink_batch("on_log", logs):
-            pass
-        else:
-            for namespace in logs:
-                tracker.on_log(namespace["args"], namespace["state"], control, logs=namespace["logs"])
-        logs.clear()
-
-    for event in events:
-        state.global_step, state.epoch = event.step, event.epoch or 0.0
-        if event.kind == "log":
-            snap = TrainerState(global_step=event.step, epoch=event.epoch or 0.0)
-            logs.append({"args": args, "state": snap, "control": control, "logs": event.data.get("logs") or {},
-                         "model": None})
-            continue
-        flush_logs()
-        if event.kind == "predict":
-            tracker.on_predict(args, state, control, metrics=event.data.get("metrics") or {})
-        elif event.kind == "save":
-            folder = event.data.get("checkpoint_dir")
-            if folder and os.path.isdir(folder):
-                tracker.on_save(args, state, control, checkpoint_dir=folder)
-        elif event.kind == "end":
-            ended = True
-            status = event.data.get("status") or "success"
-            if status == "success":
-                tracker.on_train_end(args, state, control)
-            else:
-                error: BaseException = KeyboardInterrupt() if status == "killed" else \
-                    RuntimeError(event.data.get("error") or "training failed")
-                tracker.on_exception(args, state, control, exception=error)
-        elif event.kind == "begin" and not tracker.is_active:
-            tracker.on_train_begin(args, state, control)
-    flush_logs()
-    return ended

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +316,68 @@ def test_events_after_the_end_of_training_go_to_a_continuation_journal(tmp_path:
             journal.close()
     assert [r["metrics"] for r in read_records(recorder.path) if r["kind"] == "metrics"] == [
         {"train/loss": 1.0}, {"eval/loss": 0.5}]
+
+
+class Flaky(RecordingTracker):
+    """Its backend goes away while ``down`` is set: every call raises ConnectionError, as an SDK does."""
+
+    name = "flaky"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.down = threading.Event()
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        if self.down.is_set():
+            raise ConnectionError("connection refused (planted)")
+        super().log_metrics(metrics, step, epoch)
+
+
+def test_a_tracker_whose_backend_is_down_waits_in_the_journal_and_catches_up_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # a queue of 20 events that would stall training within a second if the outage's events waited in memory
+    monkeypatch.setenv("TRACKLINK_QUEUE_SIZE", "20")
+    monkeypatch.setenv("TRACKLINK_QUEUE_TIMEOUT", "5")
+    flaky = Flaky(tmp_path / "flaky.jsonl")
+    with caplog.at_level(logging.WARNING, logger="tracklink"), tracklink.init(
+            report_to="none", dir=tmp_path / "run", callbacks=[flaky]) as run:
+        for step in range(400):
+            if step == 50:
+                assert run.wait(30)
+                flaky.down.set()
+            if step == 300:
+                flaky.down.clear()
+            run.log({"loss": float(step)}, step=step)
+            if 50 <= step < 300:
+                time.sleep(0.005)  # the outage lasts about a second and a quarter: several retries
+    assert "cannot reach its backend" in caplog.text and "caught up" in caplog.text
+    assert run.failures() == {}, "an outage is not a tracker error"
+    steps = [r["step"] for r in read_records(flaky.path) if r["kind"] == "metrics"]
+    assert steps == list(range(400)), "every event, in order, once"
+    assert [r["kind"] for r in read_records(flaky.path)][-1] == "finish"
+    journal = only_journal(tmp_path / "run")
+    (cursor,) = journal.cursors()
+    journal.close()
+    assert cursor.pending == 0 and cursor.closed
+
+
+def test_a_backend_down_past_the_retry_budget_leaves_its_events_in_the_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("TRACKLINK_RETRY_BUDGET", "1")
+    flaky = Flaky(tmp_path / "flaky.jsonl")
+    with caplog.at_level(logging.WARNING, logger="tracklink"), tracklink.init(
+            report_to="none", dir=tmp_path / "run", callbacks=[flaky]) as run:
+        for step in range(100):
+            if step == 10:
+                assert run.wait(30)
+                flaky.down.set()
+            run.log({"loss": float(step)}, step=step)
+            time.sleep(0.03)
+    assert "did not answer for 1 s" in caplog.text
+    line = next(r.getMessage() for r in caplog.records if "kept in the run journal. Send them" in r.getMessage())
+    assert "'flaky'" in line and f"tracklink sync {tmp_path / 'run'}" in line
+    assert [r["step"] for r in read_records(flaky.path) if r["kind"] == "metrics"] == list(range(10))
+    journal = only_journal(tmp_path / "run")
+    (cursor,) = journal.cursors()
+    journal.close()
+    assert cursor.pending == cursor.last - cursor.position > 90
