@@ -666,7 +666,8 @@ class CallbackHandler:
         if event == "on_train_begin":
             self._open_journal(snap.get("args"))
         elif self.journal is not None and self.journal.closed and self._begin is not None and not self.journal.failed:
-            self._continue_journal()  # an evaluation after train() ended: a new file, same run
+            # an evaluation after train() ended: a new file, same run
+            self._continue_journal(int(getattr(snap.get("state"), "global_step", 0) or 0))
         journal = self.journal
         if journal is None or journal.failed or journal.closed:
             return None
@@ -685,13 +686,14 @@ class CallbackHandler:
 
     _begin: tuple[int, Any, dict[str, Any]] | None = None
 
-    def _continue_journal(self) -> None:
+    def _continue_journal(self, step: int) -> None:
         """Events after the end of a training session (a standalone evaluation): a new journal file that starts
         with the session's ``begin`` event and the trackers' run identities, so ``tracklink sync`` re-attaches."""
         previous, begin = self.journal, self._begin
         assert previous is not None and begin is not None
         self.journal = Journal.create(previous.run_dir, previous.trackers, interval=self.journal_settings.interval,
-                                      rank=self.process.rank, world_size=self.process.world_size)
+                                      rank=self.process.rank, world_size=self.process.world_size,
+                                      continues=previous.path.name)
         for entry in self._entries:
             if entry.channel is not None:
                 entry.channel.use_journal(self.journal, self.journal_settings.retry_budget)
@@ -701,7 +703,7 @@ class CallbackHandler:
                 identity = getattr(entry.plugin, "identity", None) if entry.channel is not None else None
                 if identity is not None and entry.tracker is not None:
                     self.journal.identify(entry.tracker, identity)
-            seq = self.journal.record("on_train_begin", begin[0], begin[1], begin[2])
+            seq = self.journal.record("on_train_begin", step, begin[1], begin[2])  # re-attached at this step
             for entry in self._entries:  # the begin event is not delivered again: the trackers have it
                 if entry.channel is not None and entry.tracker is not None and not entry.channel.disabled:
                     self.journal.advance(entry.tracker, seq)

@@ -157,7 +157,7 @@ class Journal:
 
     @classmethod
     def create(cls, run_dir: str | os.PathLike[str], trackers: Mapping[str, bool], *, interval: float,
-               rank: int = 0, world_size: int = 1) -> Journal | None:
+               rank: int = 0, world_size: int = 1, continues: str | None = None) -> Journal | None:
         """A new journal file in ``run_dir``/tracklink-journal, or ``None`` (with a warning) when it cannot be
         written: the run then delivers from memory."""
         folder = Path(run_dir) / JOURNAL_DIR
@@ -178,7 +178,8 @@ class Journal:
             for statement in _SCHEMA:
                 db.execute(statement)
             meta = {"format": FORMAT, "tracklink": _version(), "created": time.time(), "host": socket.gethostname(),
-                    "pid": os.getpid(), "cwd": os.getcwd(), "rank": rank, "world_size": world_size, "closed": False}
+                    "pid": os.getpid(), "cwd": os.getcwd(), "rank": rank, "world_size": world_size, "closed": False,
+                    "continues": continues}
             db.execute("BEGIN")
             db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, _dumps(v)) for k, v in meta.items()])
             db.executemany("INSERT INTO cursors (tracker, position, live) VALUES (?, 0, ?)",

@@ -48,6 +48,7 @@ class _ReplayArgs(RunArgs):
     """The run's arguments as the journal kept them (redacted), with the hyper-parameter views trackers log."""
 
     _tracklink_hparams: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+    _tracklink_replay = False  # re-attached after events its run may hold (RunInfo.replay)
 
 
 def _args(begin: Event | None, run_dir: Path, report_to: list[str]) -> _ReplayArgs:
@@ -150,14 +151,23 @@ def _replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool) -> 
         control = TrainerControl()
         after = cursor.position
         replayed_begin = False
-        if cursor.identity is not None:
+        identity = cursor.identity or _carried_identity(journal, cursor.tracker)
+        first = journal.event(cursor.position + 1)
+        if identity is not None and first is not None and first.kind == "begin":
+            # a continuation (events after the end of a session, e.g. an evaluation after train()): re-attach at
+            # its step, as the live tracker did, and leave alone what the run holds
+            state.global_step = first.step
+            after = first.id
+            tracker.load_state({"attributes": {"run": identity}})
+            tracker.on_train_begin(args, state, control)
+        elif identity is not None:
             # re-attach; the backend drops (or keeps once) what it holds from the first pending step on
-            first = journal.event(cursor.position + 1)
             start = journal.step_start(first.id) if first is not None else cursor.position + 1
             after = max(start - 1, begin.id if begin is not None else 0)
             step = first.step if first is not None else 0
             state.global_step = step - 1  # resumed at the step before: the backend drops what it holds after it
-            tracker.load_state({"attributes": {"run": cursor.identity}})
+            args._tracklink_replay = True
+            tracker.load_state({"attributes": {"run": identity}})
             tracker.on_train_begin(args, state, control)
         elif begin is not None:
             after = begin.id
@@ -188,8 +198,10 @@ def _replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool) -> 
                 _accepted(journal, cursor.tracker, tracker, batch[-1].id)
                 bar.update(len(batch))
             if tracker.is_active:
-                # the run ended without an end event: its process died (kill -9, OOM): closed as killed
-                tracker.close(_run_end("success" if ended else "killed", state))
+                # no end event: an evaluation after train() in a process that exited normally (its journal was
+                # closed), or a process that died (kill -9, OOM): closed as killed
+                clean = ended or journal.meta.get("closed") is True
+                tracker.close(_run_end("success" if clean else "killed", state))
             if tracker.unsent_count():
                 raise SyncError(f"tracker {cursor.tracker!r} still holds {tracker.unsent_count()} point(s) its backend "
                                 "did not take; run tracklink sync again when it answers")
@@ -198,6 +210,20 @@ def _replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool) -> 
             bar.close()
     logger.info("tracklink: sync: %d event(s) of %s sent to %s", sent, journal.path, cursor.tracker)
     return sent
+
+
+def _carried_identity(journal: JournalFile, tracker: str) -> dict[str, Any] | None:
+    """A continuation journal of a tracker that had no run yet when it was written (offline): the run that the
+    sync of the journal it continues created."""
+    previous = journal.meta.get("continues")
+    if not isinstance(previous, str) or not (journal.path.parent / previous).is_file():
+        return None
+    earlier = _open(journal.path.parent / previous)
+    try:
+        cursor = earlier.cursor(tracker)
+        return cursor.identity if cursor is not None else None
+    finally:
+        earlier.close()
 
 
 def _run_end(status: str, state: TrainerState) -> Any:

@@ -603,7 +603,7 @@ class Tracker(TrainerCallback):
             project=getattr(args, "project", None),
             extra=dict((getattr(args, "init_kwargs", None) or {}).get(self.name) or {}),
             training=training,
-            replay=saved is not None,
+            replay=bool(getattr(args, "_tracklink_replay", False)),
         )
         if run.extra and self.init_kwargs_target is None:
             self._warn_once("init_kwargs", f"tracker {self.name!r} takes no init_kwargs; ignored: {sorted(run.extra)}")

@@ -32,6 +32,7 @@ from mlflow_server import MlflowServer, mlflow_server  # noqa: F401 - the sessio
 import tracklink
 from tracklink import cli
 from tracklink.journal import JournalFile, journal_files
+from tracklink.tracker import close_open_trackers
 
 TESTS = Path(__file__).resolve().parent.parent
 SECRET = "sk-journal-SECRET-0c41e2"
@@ -244,3 +245,44 @@ def test_offline_run_replayed_into_mlflow_wandb_and_tensorboard_reads_back_like_
     assert live["mlflow"][3]["loss"] == [(s, 1.0 / (s + 1)) for s in range(40)]
     assert live["mlflow"][2]["api_key"] == "<redacted>"
     json.dumps(results, default=str)  # plain data
+
+
+# -- the trainer ---------------------------------------------------------------------------------------
+
+
+def test_a_trainer_run_recorded_offline_and_synced_reads_back_like_a_live_one(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal belongs to the run, whichever loop drives it: tracklink's Trainer (evaluations, checkpoints,
+    the final summary, an evaluate() after train()) recorded offline, then synced into TensorBoard and MLflow
+    (local SQLite store)."""
+    from helpers import make_trainer
+
+    results = {}
+    for mode in ("live", "offline"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / f'{mode}-mlflow.db'}")
+        if mode == "offline":
+            monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+        trainer = make_trainer(workdir / mode, ["tensorboard", "mlflow"], run_name="trained")
+        trainer.train()
+        trainer.evaluate()
+        monkeypatch.delenv("TRACKLINK_OFFLINE", raising=False)
+        # as at interpreter exit: the run the evaluation re-opened is closed, the journal too
+        assert trainer.callback_handler.wait_for_trackers(60)
+        close_open_trackers()
+        trainer.callback_handler.journal.close()
+        if mode == "offline":
+            assert not (workdir / mode / "runs").exists(), "nothing written by a tracker during training"
+            assert cli.main(["sync", "--quiet", str(workdir / mode)]) == 0
+            assert len(journal_files(workdir / mode)) == 2, "the evaluation after train() has its continuation"
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{workdir / f'{mode}-mlflow.db'}")
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        metrics = {key: sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(run.info.run_id, key))
+                   for key in ("loss", "eval_loss", "train_loss", "learning_rate")}
+        (log_dir,) = {p.parent for p in (workdir / mode).rglob("events.out.tfevents.*")}
+        board = {tag: tensorboard_points(log_dir, tag) for tag in ("train/loss", "eval/loss", "train/learning_rate")}
+        params = {k: v for k, v in run.data.params.items() if k not in ("output_dir", "logging_dir")}
+        results[mode] = (run.info.status, run.info.run_name, params, metrics, board)
+    assert results["live"] == results["offline"]
+    assert results["live"][3]["eval_loss"] and len(results["live"][3]["loss"]) == 4
