@@ -46,6 +46,7 @@ __all__ = [
     "FORMAT",
     "JOURNALED",
     "JOURNAL_DIR",
+    "EmptyJournal",
     "Journal",
     "JournalError",
     "JournalFile",
@@ -89,6 +90,10 @@ _SCHEMA = (
 
 class JournalError(Exception):
     """A journal that cannot be read: corrupt, truncated, not a journal, or written in another format."""
+
+
+class EmptyJournal(JournalError):
+    """A journal file that holds nothing: its process ended while creating it (before its first commit)."""
 
 
 class JournalSettings:
@@ -175,12 +180,12 @@ class Journal:
             db = _connect(path, create=True)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA:
-                db.execute(statement)
             meta = {"format": FORMAT, "tracklink": _version(), "created": time.time(), "host": socket.gethostname(),
                     "pid": os.getpid(), "cwd": os.getcwd(), "rank": rank, "world_size": world_size, "closed": False,
                     "continues": continues}
-            db.execute("BEGIN")
+            db.execute("BEGIN")  # the tables and what describes the journal in one transaction: all or nothing
+            for statement in _SCHEMA:
+                db.execute(statement)
             db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, _dumps(v)) for k, v in meta.items()])
             db.executemany("INSERT INTO cursors (tracker, position, live) VALUES (?, 0, ?)",
                            [(name, int(live)) for name, live in trackers.items()])
@@ -443,6 +448,8 @@ class JournalFile:
                     raise JournalError(f"{self.path} is corrupt ({'; '.join(str(r[0]) for r in rows[:3])}); "
                                        "nothing was replayed from it")
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                raise EmptyJournal(f"{self.path} holds nothing (its process ended while creating it)")
             if not {"meta", "events", "cursors"} <= tables:
                 raise JournalError(f"{self.path} is not a tracklink journal (it has no meta/events/cursors tables)")
             self.meta = {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}

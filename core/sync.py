@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .journal import Cursor, Event, JournalError, JournalFile, deliver_events, journal_files
+from .journal import Cursor, EmptyJournal, Event, JournalError, JournalFile, deliver_events, journal_files
 from .registry import discover
 from .resolve import resolve_report_to
 from .run import RunArgs
@@ -67,7 +67,10 @@ def status(target: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Per journal and tracker: events pending, whether its run was closed, its identity."""
     rows = []
     for path in _files(target):
-        journal = _open(path)
+        try:
+            journal = _open(path)
+        except EmptyJournal:
+            continue
         try:
             alive = journal.writer_alive()
             for cursor in journal.cursors():
@@ -91,7 +94,11 @@ def sync(target: str | os.PathLike[str], to: Sequence[str] = (), *, progress: bo
         resolution = resolve_report_to(list(to), specs=specs)
         names = list(resolution.names)
     for path in files:
-        journal = _open(path, check=True)
+        try:
+            journal = _open(path, check=True)
+        except EmptyJournal as exc:
+            logger.info("tracklink: sync: %s", exc)
+            continue
         try:
             if journal.writer_alive():
                 raise SyncError(f"{path} is still being written by process {journal.meta.get('pid')}; sync it after "

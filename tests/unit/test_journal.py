@@ -381,3 +381,13 @@ def test_a_backend_down_past_the_retry_budget_leaves_its_events_in_the_journal(
     (cursor,) = journal.cursors()
     journal.close()
     assert cursor.pending == cursor.last - cursor.position > 90
+
+
+def test_a_journal_its_process_never_committed_is_skipped(recorder: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Killed while creating its journal (an empty file, created before the first commit): nothing to replay, and
+    the run's other journals are still synced."""
+    log_run(tmp_path / "run", steps=3)
+    (tmp_path / "run" / JOURNAL_DIR / "20990101T000000-000-1.sqlite").write_bytes(b"")
+    assert cli.main(["sync", "--quiet", "--to", "testrecorder", str(tmp_path / "run")]) == 0
+    assert "nothing pending" in capsys.readouterr().out  # the live run's journal: testrecorder has it all
