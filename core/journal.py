@@ -520,12 +520,13 @@ class JournalFile:
         return self.event(int(row[0])) if row else None
 
     def step_start(self, id_: int) -> int:
-        """The id of the first ``log`` event of the run of ``log`` events at the same step that ends at ``id_``."""
+        """The id of the first event (after the ``begin``) at the step of event ``id_``: a re-attached backend that
+        drops what it holds from a step on gets the whole step again."""
         event = self.event(id_)
-        if event is None or event.kind != "log":
+        if event is None or event.kind == "begin":
             return id_
         row = self._db.execute(
-            "SELECT MAX(id) FROM events WHERE id < ? AND (kind != 'log' OR step != ?)", (id_, event.step)).fetchone()
+            "SELECT MAX(id) FROM events WHERE id < ? AND (kind = 'begin' OR step != ?)", (id_, event.step)).fetchone()
         return int(row[0] or 0) + 1
 
     def has_end(self) -> Event | None:

@@ -167,12 +167,17 @@ def _replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool) -> 
             after = first.id
             tracker.load_state({"attributes": {"run": identity}})
             tracker.on_train_begin(args, state, control)
-        elif identity is not None:
+        elif identity is not None and first is None:
+            # everything was accepted, the run was not closed (the process died first): re-attach to close it
+            last = journal.event(cursor.position)
+            state.global_step = last.step if last is not None else 0
+            tracker.load_state({"attributes": {"run": identity}})
+            tracker.on_train_begin(args, state, control)
+        elif identity is not None and first is not None:
             # re-attach; the backend drops (or keeps once) what it holds from the first pending step on
-            start = journal.step_start(first.id) if first is not None else cursor.position + 1
+            start = journal.step_start(first.id)
             after = max(start - 1, begin.id if begin is not None else 0)
-            step = first.step if first is not None else 0
-            state.global_step = step - 1  # resumed at the step before: the backend drops what it holds after it
+            state.global_step = first.step - 1  # resumed before that step: the backend drops what it holds after it
             args._tracklink_replay = True
             tracker.load_state({"attributes": {"run": identity}})
             tracker.on_train_begin(args, state, control)

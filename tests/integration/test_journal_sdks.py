@@ -286,3 +286,42 @@ def test_a_trainer_run_recorded_offline_and_synced_reads_back_like_a_live_one(
         results[mode] = (run.info.status, run.info.run_name, params, metrics, board)
     assert results["live"] == results["offline"]
     assert results["live"][3]["eval_loss"] and len(results["live"][3]["loss"]) == 4
+
+
+# -- where a killed process left a tracker's cursor ------------------------------------------------------
+
+
+@pytest.mark.parametrize("left", ["all-accepted", "end-pending", "mid-step", "after-begin"])
+def test_sync_after_a_kill_keeps_each_tensorboard_point_once_wherever_the_cursor_stopped(
+        workdir: Path, left: str) -> None:
+    """A process killed after its tracker accepted some events: its cursor is anywhere (everything accepted but
+    the run not closed; only the end pending; in the middle of a step's events; right after the setup). After
+    ``tracklink sync`` TensorBoard's reader sees every point once, and the run is closed."""
+    import sqlite3
+
+    directory = workdir / "run"
+    with tracklink.init(name="cut", report_to=["tensorboard"], dir=directory) as run:
+        for step in range(30):
+            run.log({"loss": 1.0 / (step + 1)}, step=step)
+            run.log({"acc": step / 30}, step=step)  # two events per step
+    (path,) = journal_files(directory)
+    journal = JournalFile(path)
+    events = list(journal.events())
+    log_dir = journal.cursors()[0].identity["log_dir"]
+    journal.close()
+    position = {"all-accepted": len(events), "end-pending": len(events) - 1,
+                "mid-step": next(e.id for e in events if e.kind == "log" and e.step == 17 and "acc" in e.data["logs"]) - 1,
+                "after-begin": 1}[left]
+    db = sqlite3.connect(path)
+    db.execute("UPDATE cursors SET position = ?, closed = 0", (position,))
+    db.execute("UPDATE meta SET value = 'false' WHERE key = 'closed'")
+    db.commit()
+    db.close()
+    assert cli.main(["sync", "--quiet", str(directory)]) == 0
+    expected = [(s, round(1.0 / (s + 1), 6)) for s in range(30)]
+    assert tensorboard_points(log_dir, "train/loss") == expected
+    assert tensorboard_points(log_dir, "train/acc") == [(s, round(s / 30, 6)) for s in range(30)]
+    journal = JournalFile(path)
+    (cursor,) = journal.cursors()
+    journal.close()
+    assert cursor.closed and cursor.pending == 0
