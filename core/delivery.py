@@ -16,6 +16,7 @@ exit and on SIGTERM (the trainer turns SIGTERM into ``on_exception``).
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import os
 import queue
@@ -240,6 +241,11 @@ ABANDON_GRACE = 30.0
 #: Seconds before the first retry of a tracker whose backend does not answer (doubling each time, at most
 #: ``RETRY_MAX``), while its events wait in the run journal.
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
+#: What a backend that does not answer raises: socket errors of the network, and the HTTP clients' errors by name.
+_NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                             errno.ENETUNREACH, errno.ENETDOWN, errno.ETIMEDOUT, errno.EHOSTDOWN})
+_NETWORK_ERRORS = frozenset({"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "MaxRetryError",
+                             "NewConnectionError", "ProtocolError", "RemoteDisconnected"})
 #: Estimated bytes of a queued event, and of each value it carries (for ``TRACKLINK_QUEUE_BYTES``).
 _EVENT_BYTES, _VALUE_BYTES = 1024, 160
 
@@ -560,8 +566,9 @@ class TrackerChannel:
         self._delivered = 0
 
     def _can_wait(self, exc: BaseException) -> bool:
-        """Whether a failure means the backend is unreachable (a connection refused or reset, a timeout), and
-        this tracker can wait for it in the journal: retried with backoff instead of counted."""
+        """Whether a failure means the backend is unreachable (a connection refused or reset, a timeout: the
+        exception or one it was raised from), and this tracker can wait for it in the journal: retried with
+        backoff instead of counted. A full disk, a missing file, a bug are not."""
         if self.journal is None or self.journal.failed or self.inline or isinstance(
                 exc, TrackerSetupError) or not hasattr(self.plugin, "_tracklink_batch"):
             return False
@@ -569,10 +576,9 @@ class TrackerChannel:
         error: BaseException | None = exc
         while error is not None and id(error) not in seen:
             seen.add(id(error))
-            if isinstance(error, (ConnectionError, TimeoutError)):
+            if isinstance(error, (ConnectionError, TimeoutError)) or type(error).__name__ in _NETWORK_ERRORS:
                 return True
-            if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError,
-                                                                     IsADirectoryError, NotADirectoryError)):
+            if isinstance(error, OSError) and error.errno in _NETWORK_ERRNOS:
                 return True
             error = error.__cause__ or error.__context__
         return False
@@ -580,8 +586,10 @@ class TrackerChannel:
     def _catch_up(self) -> None:
         """The backend did not answer: new journaled events stay in the journal (not in memory); retry with
         backoff (``RETRY_FIRST`` doubling up to ``RETRY_MAX``) from the event after the last one accepted,
-        until the tracker has caught up (then it takes its queue again, in order) or ``retry_budget`` seconds
-        passed (then it is switched off: its events stay in the journal for ``tracklink sync``)."""
+        until the tracker has caught up (then it takes its queue again, in order), or ``retry_budget`` seconds
+        passed, or the run ends after one more try: then it is switched off (its run closed as failed where the
+        backend takes that call, the failure summary names it) and its events stay in the journal for
+        ``tracklink sync``, which re-attaches, sends them and closes the run with the recorded status."""
         journal = self.journal
         assert journal is not None
         self._behind = True
@@ -613,6 +621,9 @@ class TrackerChannel:
                         self._failed("catch-up", exc)
                         return
                     if self._ending:  # the run ends: what is left waits in the journal for tracklink sync
+                        self._cursor_stuck = True
+                        self._disable(f"its backend did not answer ({type(exc).__name__}: {exc}); what it did not "
+                                      "accept waits in the run journal for tracklink sync")
                         return
                     if time.monotonic() > deadline:
                         self._cursor_stuck = True

@@ -123,6 +123,7 @@ def test_hard_kill_at_random_points_then_sync_holds_every_durable_event_once(
         process.wait(60)
         if not journal_files(directory):
             continue
+        time.sleep(1.1)  # TensorBoard orders event files by name (<time>.<host>.<pid>...): sync's in a later second
         assert cli.main(["sync", "--quiet", str(directory)]) == 0
         durable = [(s, round(v, 6)) for s, v in journal_points(directory, "loss")]
         assert [s for s, _ in durable] == list(range(len(durable))), "the journal is a prefix of the run"
@@ -317,6 +318,9 @@ def test_sync_after_a_kill_keeps_each_tensorboard_point_once_wherever_the_cursor
     db.execute("UPDATE meta SET value = 'false' WHERE key = 'closed'")
     db.commit()
     db.close()
+    # TensorBoard reads a directory's event files in name order: <time>.<host>.<pid>.<n>, where a process's tenth
+    # writer (n=10) sorts before its ninth; a later second keeps the synced file after the live one
+    time.sleep(1.1)
     assert cli.main(["sync", "--quiet", str(directory)]) == 0
     expected = [(s, round(1.0 / (s + 1), 6)) for s in range(30)]
     assert tensorboard_points(log_dir, "train/loss") == expected
