@@ -21,9 +21,11 @@ from typing import Any
 
 from .delivery import DeliverySettings
 from .errors import ReportToError
+from .journal import JournalError, JournalSettings
 from .media import KINDS, outcome
 from .registry import TrackerSpec, discover
 from .resolve import ENV_REPORT_TO, NOT_GIVEN, Resolution, resolve_report_to
+from .sync import SyncError, status, sync
 
 __all__ = ["COMMAND_GROUP", "doctor_report", "main", "media_matrix", "plugin_rows"]
 
@@ -105,6 +107,10 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
     except ValueError as exc:
         problems.append(str(exc))
         settings = None
+    try:
+        JournalSettings.from_env(env)
+    except ValueError as exc:
+        problems.append(str(exc))
     for row in rows:
         spec = specs[row["name"]]
         variables = []
@@ -219,6 +225,32 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sync(ns: argparse.Namespace) -> int:
+    try:
+        if ns.status:
+            rows = status(ns.run_dir)
+            if ns.json:
+                json.dump(rows, sys.stdout, indent=2, default=str)
+                print()
+                return 0
+            for row in rows:
+                state = "pending" if row["pending"] else ("done" if row["closed"] else "run not closed")
+                note = " (still being written)" if row["writing"] else ""
+                print(f"{row['journal']}  {row['tracker']:<12} {row['pending']:>9} event(s) pending of "
+                      f"{row['last']}  {state}{note}  identity: {json.dumps(row['identity'])}")
+            return 0
+        names = [n.strip() for n in (ns.to or "").split(",") if n.strip()]
+        sent = sync(ns.run_dir, names, progress=not ns.quiet)
+    except (JournalError, SyncError, ReportToError) as exc:
+        print(f"tracklink sync: {exc}", file=sys.stderr)
+        return 2
+    if not sent:
+        print("tracklink sync: nothing pending")
+    for name, count in sent.items():
+        print(f"tracklink sync: {count} event(s) sent to {name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracklink", description="Experiment-tracking hub for PyTorch training.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--report-to", default=None,
                        help=f"report_to value to evaluate (default: ${ENV_REPORT_TO} or 'all')")
+    p = sub.add_parser("sync", help="send what a run's journal holds and its trackers did not accept")
+    p.add_argument("run_dir", help="the run's directory (holding tracklink-journal/), or one journal file")
+    p.add_argument("--to", default=None, metavar="NAMES",
+                   help="comma-separated trackers to replay the whole run into (instead of the pending events)")
+    p.add_argument("--status", action="store_true", help="list, per journal and tracker, what is pending")
+    p.add_argument("--json", action="store_true", help="with --status: machine-readable output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     for command in _command_plugins():
         command(sub)
     return parser
@@ -252,7 +291,7 @@ def _command_plugins() -> list[Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    handlers = {"plugins": _cmd_plugins, "doctor": _cmd_doctor}
+    handlers = {"plugins": _cmd_plugins, "doctor": _cmd_doctor, "sync": _cmd_sync}
     handler = handlers.get(ns.command) or ns.handler
     return int(handler(ns))
 

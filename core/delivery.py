@@ -16,6 +16,7 @@ exit and on SIGTERM (the trainer turns SIGTERM into ``on_exception``).
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import os
 import queue
@@ -27,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import TrackerError, TrackerSetupError
+from .journal import JournalFile, deliver_events
 from .redact import current_secrets, redacted_copy
 from .shutdown import on_exit
+from .state import TrainerControl, TrainerState
 
 logger = logging.getLogger("tracklink")
 
@@ -234,6 +237,14 @@ _RUN_ENDS = frozenset({"on_train_end", "on_exception"})
 BATCH_LINGER = 0.25
 #: Seconds the worker of a tracker that fell behind gets to close its run after a drain timeout.
 ABANDON_GRACE = 30.0
+#: Seconds before the first retry of a tracker whose backend does not answer (doubling each time, at most
+#: ``RETRY_MAX``), while its events wait in the run journal.
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0
+#: What a backend that does not answer raises: socket errors of the network, and the HTTP clients' errors by name.
+_NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                             errno.ENETUNREACH, errno.ENETDOWN, errno.ETIMEDOUT, errno.EHOSTDOWN})
+_NETWORK_ERRORS = frozenset({"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "MaxRetryError",
+                             "NewConnectionError", "ProtocolError", "RemoteDisconnected"})
 #: Estimated bytes of a queued event, and of each value it carries (for ``TRACKLINK_QUEUE_BYTES``).
 _EVENT_BYTES, _VALUE_BYTES = 1024, 160
 
@@ -292,28 +303,47 @@ class TrackerChannel:
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}
+        #: the run journal (tracklink.journal) whose events this channel delivers, when there is one
+        self.journal: Any = None
+        self._cursor_stuck = False  # an event this tracker did not accept: its cursor stays before it
+        self._identity: Any = None
+        #: seconds a tracker whose backend does not answer is retried from the journal before it is switched off
+        self.retry_budget = 300.0
+        self._behind = False  # catching up from the journal: new journaled events wait there, not in the queue
+        self._down: BaseException | None = None  # the backend failure that started a catch-up
+        self._delivered = 0  # the last journal event id handed to the tracker without an error
+        self._last_args: Any = None
+        self._wake = threading.Event()
+        self._ending = False
         _live_channels.add(self)
 
     @property
     def disabled(self) -> bool:
         return self.disabled_reason is not None
 
-    def submit(self, event: str, namespace: dict[str, Any], hold: str | None = None) -> None:
+    def submit(self, event: str, namespace: dict[str, Any], hold: str | None = None, seq: int | None = None) -> None:
         """Deliver an event (already snapshotted) to the tracker, asynchronously unless inline.
 
         ``hold`` names a resource (a checkpoint directory) the event needs until the tracker has
-        handled it: :meth:`holds` is true for it in the meantime."""
+        handled it: :meth:`holds` is true for it in the meantime. ``seq`` is the event's id in the run
+        journal: it is delivered once the journal committed it, and the tracker's cursor moves to it
+        once the tracker accepted it."""
         if self.disabled_reason is not None:
             return
+        if self._behind and seq is not None:
+            return  # its backend is down: the event waits in the journal, the worker reads it from there
         if self.inline:
+            errors = self.errors
             self._run(event, namespace)
+            if seq is not None:
+                self._advance(event, seq, errors)
             return
         if self._worker is None:
             self._ensure_worker()
         if hold is not None:
             with self._lock:
                 self._held[hold] = self._held.get(hold, 0) + 1
-        if not self._put((event, namespace, hold, _size(namespace)), self.settings.queue_timeout):
+        if not self._put((event, namespace, hold, _size(namespace), seq), self.settings.queue_timeout):
             self._release(hold)
             self._disable(
                 f"stalled: its queue stayed full ({self.settings.queue_size} events) for "
@@ -372,6 +402,10 @@ class TrackerChannel:
         worker = self._worker
         if self.inline or worker is None or not worker.is_alive():
             return True
+        if self._behind:  # what was logged is in the journal; nothing waits for a tracker that is down
+            return True
+        if self.journal is not None:  # the events before the barrier are delivered once committed: commit now
+            self.journal.request_commit()
         done = threading.Event()
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._put(done, timeout):
@@ -389,6 +423,8 @@ class TrackerChannel:
     def finish(self, timeout: float) -> bool:
         """The end of a run: drain within ``timeout``; when that is not enough, leave the rest out
         (:meth:`abandon`), report how much, and give the worker a moment to close the run."""
+        self._ending = True  # a tracker catching up from the journal tries once more, then leaves the rest there
+        self._wake.set()
         if self.barrier(timeout, warn=False):
             return self.stop(timeout)
         lost = self.abandon()
@@ -489,15 +525,157 @@ class TrackerChannel:
         return False
 
     def _deliver(self, items: list[Any]) -> None:
+        seq = max((item[4] for item in items if item[4] is not None), default=None)
+        journal = self.journal
+        run = items
+        if seq is not None and journal is not None:
+            journal.wait_committed(seq)  # a tracker never gets an event the journal could still lose
+            if self._delivered and min(item[4] or seq for item in items) <= self._delivered:
+                run = [item for item in items if item[4] is None or item[4] > self._delivered]  # read from the journal
+        errors = self.errors
         try:
-            if len(items) > 1:
-                self._run_batch(items[0][0], [item[1] for item in items])
-            else:
-                self._run(items[0][0], items[0][1])
+            if self._behind:
+                run = [item for item in run if item[4] is None]  # they wait in the journal
+            if len(run) > 1:
+                self._run_batch(run[0][0], [item[1] for item in run])
+            elif run:
+                self._run(run[0][0], run[0][1])
         finally:
             for item in items:
                 self._release(item[2])
                 self._done(item)
+        if seq is None or not run:
+            return
+        self._last_args = run[-1][1].get("args") if isinstance(run[-1][1], Mapping) else self._last_args
+        if self._down is not None:
+            self._catch_up()
+            return
+        if self.errors == errors and not self.disabled:
+            self._delivered = max(self._delivered, seq)
+        self._advance(items[-1][0], seq, errors)
+
+    # -- a tracker whose backend is down: its events wait in the journal --------------------------------
+
+    def use_journal(self, journal: Any, retry_budget: float) -> None:
+        """Deliver the events of ``journal`` (a new training session's) from now on."""
+        self.journal = journal
+        self.retry_budget = retry_budget
+        self._cursor_stuck = self._behind = self._ending = False
+        self._identity = self._down = None
+        self._delivered = 0
+
+    def _can_wait(self, exc: BaseException) -> bool:
+        """Whether a failure means the backend is unreachable (a connection refused or reset, a timeout: the
+        exception or one it was raised from), and this tracker can wait for it in the journal: retried with
+        backoff instead of counted. A full disk, a missing file, a bug are not."""
+        if self.journal is None or self.journal.failed or self.inline or isinstance(
+                exc, TrackerSetupError) or not hasattr(self.plugin, "_tracklink_batch"):
+            return False
+        seen: set[int] = set()
+        error: BaseException | None = exc
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            if isinstance(error, (ConnectionError, TimeoutError)) or type(error).__name__ in _NETWORK_ERRORS:
+                return True
+            if isinstance(error, OSError) and error.errno in _NETWORK_ERRNOS:
+                return True
+            error = error.__cause__ or error.__context__
+        return False
+
+    def _catch_up(self) -> None:
+        """The backend did not answer: new journaled events stay in the journal (not in memory); retry with
+        backoff (``RETRY_FIRST`` doubling up to ``RETRY_MAX``) from the event after the last one accepted,
+        until the tracker has caught up (then it takes its queue again, in order), or ``retry_budget`` seconds
+        passed, or the run ends after one more try: then it is switched off (its run closed as failed where the
+        backend takes that call, the failure summary names it) and its events stay in the journal for
+        ``tracklink sync``, which re-attaches, sends them and closes the run with the recorded status."""
+        journal = self.journal
+        assert journal is not None
+        self._behind = True
+        down, self._down = self._down, None
+        logger.warning("tracklink: tracker %r cannot reach its backend (%s: %s); its events wait in the run journal "
+                       "and are retried while the run lives", self.name, type(down).__name__, down)
+        delay = RETRY_FIRST
+        deadline = time.monotonic() + self.retry_budget
+        reader: JournalFile | None = None
+        try:
+            while True:
+                if not self._ending:
+                    self._wake.wait(delay)
+                    self._wake.clear()
+                try:
+                    reader = reader or JournalFile(journal.path)
+                    self._replay(reader, journal.committed)
+                    self._behind = False  # new events are queued again; replay those recorded in between
+                    last = journal.last
+                    journal.wait_committed(last, 30.0)
+                    self._replay(reader, min(last, journal.committed))
+                    logger.warning("tracklink: tracker %r reaches its backend again and caught up", self.name)
+                    return
+                except Exception as exc:
+                    self._behind = True
+                    if not self._can_wait(exc):
+                        self._cursor_stuck = True
+                        self._down = None
+                        self._failed("catch-up", exc)
+                        return
+                    if self._ending:  # the run ends: what is left waits in the journal for tracklink sync
+                        self._cursor_stuck = True
+                        self._disable(f"its backend did not answer ({type(exc).__name__}: {exc}); what it did not "
+                                      "accept waits in the run journal for tracklink sync")
+                        return
+                    if time.monotonic() > deadline:
+                        self._cursor_stuck = True
+                        self._disable(f"its backend did not answer for {self.retry_budget:g} s ({type(exc).__name__}: "
+                                      f"{exc}); its events are kept in the run journal")
+                        return
+                    delay = min(delay * 2, RETRY_MAX)
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def _replay(self, reader: JournalFile, upto: int) -> None:
+        """Hand the journal's events after the last delivered one, up to ``upto``, to the tracker in batches;
+        the cursor follows each batch."""
+        state, control = TrainerState(), TrainerControl()
+        batch: list[Any] = []
+        for event in reader.events(self._delivered):
+            if event.id > upto:
+                break
+            batch.append(event)
+            if len(batch) >= 1000:
+                self._replay_batch(batch, state, control)
+                batch = []
+        if batch:
+            self._replay_batch(batch, state, control)
+
+    def _replay_batch(self, batch: list[Any], state: Any, control: Any) -> None:
+        events = [e for e in batch if e.kind != "begin"]  # the run was set up before the backend went away
+        ended = deliver_events(self.plugin, events, self._last_args, state, control) if events else False
+        self._delivered = batch[-1].id
+        self._advance("on_train_end" if ended else "on_log", batch[-1].id, self.errors)
+
+    def _advance(self, event: str, seq: int, errors: int) -> None:
+        """Move this tracker's journal cursor to ``seq`` when the tracker accepted every event up to it: no
+        failure now or before, not switched off, nothing held back in a spool of its own."""
+        journal = self.journal
+        if journal is None or journal.failed:
+            return
+        if self.errors != errors or self.disabled or self._abandoned:
+            self._cursor_stuck = True
+        if self._cursor_stuck:
+            return
+        unsent = getattr(self.plugin, "unsent_count", None)
+        try:
+            if callable(unsent) and unsent():
+                return  # the tracker keeps points its backend has not taken yet: the cursor waits for them
+            identity = getattr(self.plugin, "identity", None)
+        except Exception:
+            return
+        if identity is not None and identity != self._identity:
+            self._identity = identity
+            journal.identify(self.name, identity)
+        journal.advance(self.name, seq, closed=event in _RUN_ENDS)
 
     def _done(self, item: Any) -> None:
         if type(item) is tuple:
@@ -537,6 +715,10 @@ class TrackerChannel:
                     return
 
     def _failed(self, event: str, exc: Exception) -> None:
+        if (self.settings.on_error != "raise" and self._down is None and not self._behind and not self._ending
+                and self._can_wait(exc)):
+            self._down = exc  # the worker retries from the journal after this delivery (see _catch_up)
+            return
         import traceback  # lazy: only on a failure (stdlib, slow to import)
 
         self.errors += 1

@@ -17,6 +17,7 @@ pluggy ``PluginManager``, and adds:
 from __future__ import annotations
 
 import logging
+import os
 import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .delivery import HF_STYLE, NAMED_STYLE, Call, DeliverySettings, TrackerChan
 from .errors import PluginRegistrationError, TrackerError
 from .events import EVENTS, EXTRAS, RESETS, STANDARD_ARGS
 from .flow import DefaultFlowCallback
+from .journal import JOURNALED, Journal, JournalSettings, journal_event_data, register_journal
 from .process import RANK_POLICIES, ProcessInfo
 from .state import HUB_STATE_KEY, TrainerControl
 from .tracker import Tracker
@@ -215,6 +217,12 @@ class CallbackHandler:
         self.eval_dataloader: Any = None
         self.process = process or ProcessInfo.from_env()
         self.settings = settings or DeliverySettings.from_env()
+        self.journal_settings = JournalSettings.from_env()
+        #: the run journal of the current training session (opened at ``on_train_begin``), or None
+        self.journal: Journal | None = None
+        #: trackers recorded to the journal only (``TRACKLINK_OFFLINE``): name -> rank policy
+        self.offline: dict[str, str] = {}
+        self._journal_dir: str | None = None
         for callback in callbacks or ():
             self.add_callback(callback)
         if require_flow and not any(isinstance(e.plugin, DefaultFlowCallback) for e in self._entries):
@@ -340,6 +348,8 @@ class CallbackHandler:
 
     def wait_for_trackers(self, timeout: float | None = None) -> bool:
         """Block until every tracker processed the events submitted so far."""
+        if self.journal is not None:
+            self.journal.request_commit()
         ok = True
         for entry in self._entries:
             if entry.channel is not None:
@@ -420,11 +430,18 @@ class CallbackHandler:
         plan = self._get_plan().get("on_exception", ())
         namespace = self._namespace(args, state, control, {"exception": exception, **kwargs})
         snap = None
+        seq = None
+        if self._journaling:
+            try:
+                snap = snapshot(namespace)
+                seq = self._record("on_exception", snap)
+            except Exception as exc:
+                logger.error("tracklink: recording on_exception in the journal failed: %r", exc)
         for style, function, argnames, entry in plan:
             try:
                 if entry.channel is not None:
                     snap = snap or snapshot(namespace)
-                    entry.channel.submit("on_exception", snap)
+                    entry.channel.submit("on_exception", snap, None, seq)
                 elif style == HF_STYLE:
                     function(args, state, control, **hf_kwargs(namespace))
                 else:
@@ -442,6 +459,12 @@ class CallbackHandler:
         for flag in RESETS.get(event, ()):
             setattr(control, flag, False)
         plan = (self._plan or self._get_plan())[event]
+        seq = None
+        snap = None
+        if event in JOURNALED and self._journaling:
+            kwargs = self._kwargs or self._build_kwargs()
+            snap = snapshot({"args": args, "state": state, "control": control, **kwargs, **extras})
+            seq = self._record(event, snap)
         if not plan:
             return control
         # the keyword arguments of transformers-style calls (a callee's **kwargs is a fresh dict, so
@@ -450,7 +473,6 @@ class CallbackHandler:
         if extras:
             kwargs = {**kwargs, **extras}
         namespace = None
-        snap = None
         for style, function, argnames, entry in plan:
             if entry.channel is not None:
                 if snap is None:
@@ -462,7 +484,7 @@ class CallbackHandler:
                     entry.holds_checkpoint is None or entry.holds_checkpoint()
                 ):
                     hold = str(extras["checkpoint_dir"])
-                entry.channel.submit(event, snap, hold)
+                entry.channel.submit(event, snap, hold, seq)
                 continue
             if style == HF_STYLE:
                 result = function(args, state, control, **kwargs)
@@ -508,9 +530,12 @@ class CallbackHandler:
             raise error from error.error
 
     def _finish(self, state: Any, raise_fatal: bool = True) -> None:
+        if self.journal is not None:
+            self.journal.request_commit()
         for entry in self._entries:
             if entry.channel is not None:
                 entry.channel.finish(self.settings.drain_timeout)
+        self._report_journal()
         failures = self.tracker_failures()
         for line in failures.values():
             logger.warning("tracklink: %s", line)
@@ -596,7 +621,115 @@ class CallbackHandler:
     def _get_plan(self) -> dict[str, tuple[tuple[str, Any, tuple[str, ...], _Entry], ...]]:
         if self._plan is None:
             self._plan = self._build_plan()
+            self._journaling = self.journal_settings.enabled and bool(
+                self.offline or any(e.channel is not None for e in self._entries))
         return self._plan
+
+    # -- the run journal (tracklink.journal) -------------------------------------------------------
+
+    _journaling = False
+
+    def add_offline(self, name: str, rank_policy: str = "main") -> bool:
+        """Record events for tracker ``name`` in the journal only (``TRACKLINK_OFFLINE``): it is not built
+        nor contacted; ``tracklink sync`` sends them later. ``False`` when its rank policy excludes this
+        process (then this process keeps no journal for it)."""
+        if not self.process.allows(rank_policy):
+            return False
+        self.offline[name] = rank_policy
+        self._plan = None
+        return True
+
+    def _open_journal(self, args: Any) -> None:
+        """A new journal at each ``on_train_begin`` (a training session; a resumed one gets its own), in the
+        run's directory (``args.output_dir``)."""
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+        self._begin = None
+        directory = getattr(args, "output_dir", None)
+        if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+            return
+        trackers = {e.tracker: True for e in self._entries if e.channel is not None and e.tracker is not None}
+        trackers.update(dict.fromkeys(self.offline, False))
+        self.journal = Journal.create(directory, trackers, interval=self.journal_settings.interval,
+                                      rank=self.process.rank, world_size=self.process.world_size)
+        self._journal_dir = str(directory)
+        for entry in self._entries:
+            if entry.channel is not None:
+                entry.channel.use_journal(self.journal, self.journal_settings.retry_budget)
+        if self.journal is not None:
+            register_journal(self.journal)
+            if (self.offline and self.process.is_world_main) or (self.offline and not self._entries):
+                logger.info("tracklink: offline: %s recorded in %s only; send them later with: tracklink sync %s",
+                            ", ".join(self.offline), self.journal.path, directory)
+
+    def _record(self, event: str, snap: Any) -> int | None:
+        """Put one event into the journal (on the training thread: a hand-off, no I/O); its id, or None."""
+        if event == "on_train_begin":
+            self._open_journal(snap.get("args"))
+        elif self.journal is not None and self.journal.closed and self._begin is not None and not self.journal.failed:
+            # an evaluation after train() ended: a new file, same run
+            self._continue_journal(int(getattr(snap.get("state"), "global_step", 0) or 0))
+        journal = self.journal
+        if journal is None or journal.failed or journal.closed:
+            return None
+        state = snap.get("state")
+        step, epoch = int(getattr(state, "global_step", 0) or 0), getattr(state, "epoch", None)
+        if event == "on_log" or event == "on_predict":  # the values are filtered on the journal's thread
+            key = "logs" if event == "on_log" else "metrics"
+            return journal.record_values(event, step, epoch, key, snap.get(key))
+        data = journal_event_data(event, snap)
+        seq = journal.record(event, step, epoch, data)
+        if event == "on_train_begin":
+            self._begin = (step, epoch, data)
+        if event == "on_save":  # a checkpoint is a durability point
+            journal.commit(timeout=10.0)
+        return seq
+
+    _begin: tuple[int, Any, dict[str, Any]] | None = None
+
+    def _continue_journal(self, step: int) -> None:
+        """Events after the end of a training session (a standalone evaluation): a new journal file that starts
+        with the session's ``begin`` event and the trackers' run identities, so ``tracklink sync`` re-attaches."""
+        previous, begin = self.journal, self._begin
+        assert previous is not None and begin is not None
+        self.journal = Journal.create(previous.run_dir, previous.trackers, interval=self.journal_settings.interval,
+                                      rank=self.process.rank, world_size=self.process.world_size,
+                                      continues=previous.path.name)
+        for entry in self._entries:
+            if entry.channel is not None:
+                entry.channel.use_journal(self.journal, self.journal_settings.retry_budget)
+        if self.journal is not None:
+            register_journal(self.journal)
+            for entry in self._entries:
+                identity = getattr(entry.plugin, "identity", None) if entry.channel is not None else None
+                if identity is not None and entry.tracker is not None:
+                    self.journal.identify(entry.tracker, identity)
+            seq = self.journal.record("on_train_begin", step, begin[1], begin[2])  # re-attached at this step
+            for entry in self._entries:  # the begin event is not delivered again: the trackers have it
+                if entry.channel is not None and entry.tracker is not None and not entry.channel.disabled:
+                    self.journal.advance(entry.tracker, seq)
+
+    def _report_journal(self) -> None:
+        """At the end of a training session: one line per tracker whose events are still only in the journal;
+        the journal is then closed (events after the end go to a continuation, see :meth:`_continue_journal`)."""
+        journal = self.journal
+        if journal is None:
+            return
+        journal.commit(timeout=30.0)
+        if journal.failed:
+            return
+        pending = journal.pending()
+        journal.close()
+        for name, count in pending.items():
+            if count and name not in self.offline:
+                logger.warning("tracklink: tracker %r did not accept %d event(s); they are kept in the run journal. "
+                               "Send them with: tracklink sync %s", name, count, self._journal_dir)
+        offline = {n: c for n, c in pending.items() if n in self.offline and c}
+        if offline:
+            logger.warning("tracklink: offline run: %d event(s) for %s are in the run journal %s. Send them with: "
+                           "tracklink sync %s", max(offline.values()), ", ".join(offline), journal.path,
+                           self._journal_dir)
 
     def _build_plan(self) -> dict[str, tuple[tuple[str, Any, tuple[str, ...], _Entry], ...]]:
         order = {id(entry.plugin): index for index, entry in enumerate(self._entries)}

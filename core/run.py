@@ -75,11 +75,17 @@ class RunArgs:
 
 def add_trackers(hub: CallbackHandler, resolution: Resolution, process: ProcessInfo,
                  skip: Iterable[str] = ()) -> None:
-    """Create the selected trackers that this process's rank runs, and register them in ``hub``."""
+    """Create the selected trackers that this process's rank runs, and register them in ``hub``. Offline
+    (``TRACKLINK_OFFLINE=1``) no tracker is built: the hub records their events in the run journal only,
+    on the processes their rank policies name, for ``tracklink sync``."""
     skipped = set(skip)
+    offline = hub.journal_settings.offline
     for spec in resolution.selected_specs():
         if spec.name in skipped or not process.allows(spec.rank_policy):
             continue  # never built on a rank its policy excludes
+        if offline:
+            hub.add_offline(spec.name, spec.rank_policy)
+            continue
         hub.add_tracker(spec.create(), spec.name, rank_policy=spec.rank_policy, inline=spec.inline)
 
 
@@ -133,7 +139,11 @@ class Run:
         """The start-of-training lines: the active trackers, and the ones skipped for a reason worth telling."""
         resolution = self.resolution
         active = list(self.trackers)
-        logger.info("tracklink: trackers: %s", ", ".join(active) if active else "none")
+        if self.hub.offline:
+            logger.info("tracklink: trackers: %s (offline: recorded in the run journal only, sent later by "
+                        "`tracklink sync`)", ", ".join(self.hub.offline))
+        else:
+            logger.info("tracklink: trackers: %s", ", ".join(active) if active else "none")
         # a plugin that failed to load is always shown (it was meant to be used); one whose SDK is simply
         # not installed is not (every uninstalled tracker would be listed)
         broken = {name for name, spec in resolution.specs.items() if spec.load_error}
@@ -338,6 +348,8 @@ class Run:
             restore_sigterm(previous)
             self._guard.restore()
             self._save()
+            if self.hub.journal is not None:  # nothing can be logged after finish(): the journal is complete
+                self.hub.journal.close()
 
     def __enter__(self) -> Run:
         """``with tracklink.init(...) as run:`` — SIGTERM inside the block ends the runs as ``killed``, an

@@ -135,6 +135,9 @@ class RunInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     project: str | None = None
     training: bool = True
+    #: ``tracklink sync`` replays the run from its journal: a re-attached run already holds some of the points
+    #: that follow (leave out those it holds, where the backend can tell)
+    replay: bool = False
 
     @property
     def is_hyper_param_search(self) -> bool:
@@ -399,6 +402,12 @@ class Tracker(TrainerCallback):
     def log_checkpoint(self, path: str, state: Any) -> None:
         """Upload a checkpoint directory the trainer wrote (only called when ``uploads_checkpoints``)."""
 
+    def unsent_count(self) -> int:
+        """Optional: how many points this tracker took but its backend has not (an in-memory spool of its own,
+        kept while the backend is unreachable). The run journal's cursor for this tracker moves only while this
+        is 0, so that ``tracklink sync`` re-sends what the spool still held when the process ended."""
+        return 0
+
     def run_identity(self) -> dict[str, Any] | None:
         """What identifies the run, so a resumed training can re-attach (e.g. ``{"run_id": ...}``)."""
         return None
@@ -568,7 +577,8 @@ class Tracker(TrainerCallback):
         return self._tl.active
 
     def _start(self, args: Any, state: Any, model: Any, resume: dict[str, Any] | None, training: bool = True) -> None:
-        config, args_config, model_config = hyperparameters(args, model)
+        saved = getattr(args, "_tracklink_hparams", None)  # a replay: the views the journal kept
+        config, args_config, model_config = saved if saved is not None else hyperparameters(args, model)
         search = saved_attributes(state, SEARCH_STATE_KEY) or None
         trial_name = getattr(state, "trial_name", None)
         if search and trial_name:
@@ -592,6 +602,7 @@ class Tracker(TrainerCallback):
             project=getattr(args, "project", None),
             extra=dict((getattr(args, "init_kwargs", None) or {}).get(self.name) or {}),
             training=training,
+            replay=bool(getattr(args, "_tracklink_replay", False)),
         )
         if run.extra and self.init_kwargs_target is None:
             self._warn_once("init_kwargs", f"tracker {self.name!r} takes no init_kwargs; ignored: {sorted(run.extra)}")

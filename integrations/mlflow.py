@@ -430,7 +430,7 @@ class MLflowCallback(Tracker):
         user_run = self._user_run(mlflow)
         target = env_run_id or resume_id
         if target:
-            self._attach(str(target), user_run, run.start_step)
+            self._attach(str(target), user_run, run.start_step, run.replay)
         elif user_run is not None and not truthy(os.environ.get("MLFLOW_NESTED_RUN")):
             self._run_id, self._experiment_id, self._owned = user_run.info.run_id, user_run.info.experiment_id, False
         else:
@@ -464,7 +464,7 @@ class MLflowCallback(Tracker):
         self._client.set_terminated(parent.info.run_id, "FINISHED")
         return str(parent.info.run_id)
 
-    def _attach(self, run_id: str, user_run: Any, start_step: int) -> None:
+    def _attach(self, run_id: str, user_run: Any, start_step: int, replay: bool = False) -> None:
         existing = self._client.get_run(run_id)  # a clear MlflowException when it does not exist
         if existing.info.lifecycle_stage == "deleted":
             raise ValueError(f"MLflow run {run_id} is deleted; cannot re-attach to it")
@@ -472,7 +472,9 @@ class MLflowCallback(Tracker):
         self._owned = user_run is None or user_run.info.run_id != run_id
         if self._owned and existing.info.status != "RUNNING":
             self._client.update_run(run_id, status="RUNNING")
-        if start_step > 0:  # points after the restored step that the run already holds are kept
+        if replay:  # tracklink sync: every point the run holds already is left out (exactly once per key and step)
+            self._start_step = -1
+        if start_step > 0 or replay:  # points after the restored step that the run already holds are kept
             for metric in getattr(existing.data, "_metric_objs", None) or ():
                 self._floors[metric.key] = max(self._floors.get(metric.key, 0), int(metric.step))
 
@@ -556,6 +558,9 @@ class MLflowCallback(Tracker):
 
     def sanitize_metric_name(self, name: str) -> str:
         return sanitize_name(name)
+
+    def unsent_count(self) -> int:
+        return len(self._spool)
 
     def flush(self, final: bool = False) -> None:
         """Send the spooled metric points. A batch that fails for a transient reason (server down or

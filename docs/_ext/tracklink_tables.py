@@ -8,6 +8,8 @@ Regenerate both with ``python docs/_ext/tracklink_tables.py``.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def env_table_rows(name: str) -> list[list[str]]:
     """Rows (name, default, read by, secret, meaning) of a tracker's declared variables."""
@@ -17,8 +19,12 @@ def env_table_rows(name: str) -> list[list[str]]:
     obj = spec.load()
     if spec.load_error:
         raise RuntimeError(f"tracker {name!r} failed to load: {spec.load_error}")
+    return _rows(getattr(obj, "env_vars", ()))
+
+
+def _rows(variables: Any) -> list[list[str]]:
     rows = []
-    for var in getattr(obj, "env_vars", ()):
+    for var in variables:
         default = "—" if var.default is None else f"`{var.default}`"
         accepted = f" Accepted: {', '.join(f'`{c}`' for c in var.choices)}." if var.choices else ""
         kind = getattr(var, "kind", None)
@@ -55,9 +61,17 @@ def environment_page() -> str:
         "",
         "Every variable the built-in trackers declare. *Read by* says whether the tracker reads it or its",
         "SDK does; secret ones are shown by `tracklink doctor` as set/unset only and are redacted",
-        "wherever their value appears. tracklink's own variables are listed in [report_to](report_to.md).",
+        "wherever their value appears. tracklink's own variables are listed in [report_to](report_to.md); those of",
+        "the run journal come first below.",
         "",
     ]
+    from tracklink.journal import ENV_VARS
+
+    lines += ["## tracklink's run journal", "",
+              "Read by tracklink itself (see [the run journal](journal.md)); checked before training like the "
+              "trackers' variables.", ""]
+    lines += markdown_table(["Variable", "Default", "Read by", "Secret", "Meaning"], _rows(ENV_VARS))
+    lines.append("")
     for name in sorted(BUILTIN_ORDER):
         lines += [f"## {name}", ""]
         rows = env_table_rows(name)

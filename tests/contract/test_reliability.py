@@ -169,7 +169,8 @@ def test_rotation_waits_for_a_tracker_still_uploading(tmp_path: Path) -> None:
     trainer.train()
     assert len(uploaded) == 4
     assert all("model.safetensors" in files and "trainer_state.json" in files for files in uploaded)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-20"]
+    # the run journal (tracklink-journal/) lives beside the checkpoints; rotation leaves it alone
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-20", "tracklink-journal"]
 
 
 def test_inline_tracker_runs_on_the_training_thread(tmp_path: Path) -> None:

@@ -185,3 +185,16 @@ def test_every_tracker_page_renders_its_declared_variables() -> None:
         page = (DOCS / "trackers" / f"{name}.md").read_text()
         assert f"```{{tracklink-env-vars}} {name}" in page, name
         assert tracklink_tables.env_table_rows(name) is not None
+
+
+def test_every_tracklink_variable_the_core_reads_is_documented() -> None:
+    """Each ``TRACKLINK_*`` variable named in the core's source appears in the documentation of tracklink's own
+    variables (the report_to page's table, or the generated environment page for the run journal's)."""
+    import re
+
+    names = set()
+    for path in (ROOT / "core").glob("*.py"):
+        names.update(re.findall(r"\bTRACKLINK_[A-Z][A-Z_]*[A-Z]\b", path.read_text()))
+    documented = (DOCS / "report_to.md").read_text() + (DOCS / "environment.md").read_text()
+    missing = sorted(name for name in names if f"`{name}`" not in documented)
+    assert names and not missing, f"undocumented variables: {missing}"

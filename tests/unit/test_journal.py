@@ -1,0 +1,393 @@
+"""The run journal (tracklink.journal) and ``tracklink sync`` without a tracker SDK: the test plugin's
+``testrecorder`` tracker (an entry-point plugin, as a third-party tracker would be) records every contract call
+to a JSON-lines file, so what a live run, an offline run and a sync delivered can be compared exactly.
+
+Covered: what the journal holds (events, cursors, identities; no secret), the cursor of a tracker that fails,
+offline recording and its sync (equal to a live run's), ``--to``, ``--status``, an interrupted sync rerun, a
+second sync that sends nothing, corrupt / truncated / foreign-format journals (a clear error, nothing
+replayed), a full disk (a warning, delivery from memory), ``TRACKLINK_JOURNAL=0``, the commit interval
+setting, and one journal per process under the rank policies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tracklink
+from tracker_doubles import FailingTracker, RecordingTracker, read_records
+from tracklink import cli
+from tracklink import sync as sync_module
+from tracklink.handler import CallbackHandler
+from tracklink.journal import JOURNAL_DIR, Journal, JournalFile, JournalSettings, journal_files
+from tracklink.process import ProcessInfo
+from tracklink.run import RunArgs
+from tracklink.state import TrainerControl, TrainerState
+
+SECRET = "sk-journal-SECRET-7f3a9c"
+
+
+@pytest.fixture
+def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    out = tmp_path / "recorder.jsonl"
+    monkeypatch.setenv("TRACKLINK_TESTPLUGIN_OUT", str(out))
+    monkeypatch.setenv("MY_SERVICE_API_KEY", SECRET)
+    monkeypatch.chdir(tmp_path)
+    return out
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("source") == "tracker"]
+
+
+def comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a backend keeps of the calls (no thread names)."""
+    return [{k: v for k, v in r.items() if k not in ("thread",)} for r in rows]
+
+
+def masked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A live run's calls with the secret masked in texts, as the journal keeps them (a live tracker gets logged
+    text as it is; the journal never holds a secret)."""
+    return [r if r["call"] != "log_text" else {**r, "texts": {k: v.replace(SECRET, "<redacted>")
+                                                               for k, v in r["texts"].items()}} for r in rows]
+
+
+def log_run(directory: Path, steps: int = 30, **init: Any) -> None:
+    config = {"lr": 0.01, "api_key": SECRET, "layers": 3}
+    with tracklink.init(project="journal", name="r", config=config, report_to=["testrecorder"], dir=directory,
+                        **init) as run:
+        for step in range(steps):
+            run.log({"loss": 1.0 / (step + 1), "acc": step / steps}, step=step)
+            if step % 10 == 9:
+                run.log({"note": f"token {SECRET} at step {step}"}, step=step)
+
+
+def only_journal(directory: Path) -> JournalFile:
+    files = journal_files(directory)
+    assert len(files) == 1, files
+    return JournalFile(files[0], check=True)
+
+
+def test_a_live_run_journals_every_event_and_its_cursor_reaches_the_end(recorder: Path, tmp_path: Path) -> None:
+    log_run(tmp_path / "run")
+    journal = only_journal(tmp_path / "run")
+    try:
+        events = list(journal.events())
+        kinds = [e.kind for e in events]
+        assert kinds[0] == "begin" and kinds[-1] == "end" and kinds.count("log") == 33
+        assert [e.id for e in events] == list(range(1, len(events) + 1))  # event ids: the journal's order
+        (cursor,) = journal.cursors()
+        assert (cursor.tracker, cursor.position, cursor.pending, cursor.closed) == ("testrecorder", len(events), 0, True)
+        assert cursor.identity == {"run_id": "testrecorder-run"}
+        assert journal.meta["format"] == 1 and journal.meta["closed"] is True
+    finally:
+        journal.close()
+    # secrets never reach the journal: neither the config's api_key nor an environment secret inside a text
+    for path in (tmp_path / "run" / JOURNAL_DIR).iterdir():
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_offline_records_only_and_sync_equals_a_live_run(recorder: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    log_run(tmp_path / "live")
+    live = comparable(records(recorder))
+    recorder.unlink()
+
+    monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+    log_run(tmp_path / "offline")
+    assert records(recorder) == [], "offline: the tracker is not contacted during training"
+    monkeypatch.delenv("TRACKLINK_OFFLINE")
+
+    assert cli.main(["sync", "--status", str(tmp_path / "offline")]) == 0
+    assert "testrecorder" in capsys.readouterr().out
+    assert cli.main(["sync", "--quiet", str(tmp_path / "offline")]) == 0
+    assert "event(s) sent to testrecorder" in capsys.readouterr().out
+    assert comparable(records(recorder)) == masked(live)
+    # a second sync has nothing left to send
+    assert cli.main(["sync", "--quiet", str(tmp_path / "offline")]) == 0
+    assert "nothing pending" in capsys.readouterr().out
+    assert comparable(records(recorder)) == masked(live)
+
+
+def test_sync_to_replays_the_whole_run_into_another_tracker(recorder: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    log_run(tmp_path / "live")
+    live = comparable(records(recorder))
+    recorder.unlink()
+    # the same run, recorded live into TensorBoard only, then replayed into testrecorder
+    with tracklink.init(project="journal", name="r", config={"lr": 0.01, "api_key": SECRET, "layers": 3},
+                        report_to=["tensorboard"], dir=tmp_path / "tb") as run:
+        for step in range(30):
+            run.log({"loss": 1.0 / (step + 1), "acc": step / 30}, step=step)
+            if step % 10 == 9:
+                run.log({"note": f"token {SECRET} at step {step}"}, step=step)
+    assert records(recorder) == []
+    sent = sync_module.sync(tmp_path / "tb", ["testrecorder"], progress=False)
+    assert sent == {"testrecorder": 35}
+    assert comparable(records(recorder)) == masked(live)
+
+
+def test_an_interrupted_sync_goes_on_where_it_stopped(recorder: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+    log_run(tmp_path / "run", steps=60)
+    monkeypatch.delenv("TRACKLINK_OFFLINE")
+    from tracklink_testplugin.recorder import TestRecorderTracker
+
+    calls = {"n": 0}
+    original = TestRecorderTracker.log_metrics
+
+    def flaky(self: Any, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise ConnectionError("the backend went away")
+        original(self, metrics, step, epoch)
+
+    monkeypatch.setattr(sync_module, "BATCH", 10)
+    monkeypatch.setattr(TestRecorderTracker, "log_metrics", flaky)
+    with pytest.raises(ConnectionError):
+        sync_module.sync(tmp_path / "run", progress=False)
+    journal = only_journal(tmp_path / "run")
+    (cursor,) = journal.cursors()
+    journal.close()
+    assert cursor.position == 21 and cursor.identity  # the begin event, then two accepted batches of 10 == {"run_id": "testrecorder-run"} and not cursor.closed
+    monkeypatch.setattr(TestRecorderTracker, "log_metrics", original)
+    sync_module.sync(tmp_path / "run", progress=False)
+    rows = records(recorder)
+    setups = [r for r in rows if r["call"] == "setup"]
+    assert len(setups) == 2 and setups[1]["start_step"] > 0, "the rerun re-attached, it did not start a new run"
+    steps = [r["step"] for r in rows if r["call"] == "log_metrics"]
+    assert sorted(set(steps)) == list(range(60)), "every step arrived"
+    resent = len(steps) - 60
+    assert 0 <= resent <= 10, "at most one batch is sent twice"
+    assert [r["call"] for r in rows].count("finish") == 1
+
+
+def test_a_failing_tracker_keeps_its_events_in_the_journal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    failing = FailingTracker()
+    hub = CallbackHandler(require_flow=False)
+    hub.add_tracker(failing, "failing")
+    args = RunArgs(output_dir=str(tmp_path / "run"), run_name="r", project=None, config={}, init_kwargs={},
+                   report_to=["failing"])
+    state, control = TrainerState(), TrainerControl()
+    with caplog.at_level(logging.WARNING, logger="tracklink"):
+        hub.call_event("on_train_begin", args, state, control)
+        for step in range(5):
+            state.global_step = step
+            hub.call_event("on_log", args, state, control, logs={"loss": 1.0})
+        hub.on_train_end(args, state, control)
+    line = next(r.getMessage() for r in caplog.records if "kept in the run journal" in r.getMessage())
+    assert "'failing'" in line and f"tracklink sync {tmp_path / 'run'}" in line
+    journal = only_journal(tmp_path / "run")
+    (cursor,) = journal.cursors()
+    journal.close()
+    assert cursor.pending > 0 and cursor.position < cursor.last
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "format", "not-a-journal"])
+def test_a_damaged_or_foreign_journal_is_a_clear_error(recorder: Path, tmp_path: Path, damage: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    log_run(tmp_path / "run", steps=2000, )
+    (path,) = journal_files(tmp_path / "run")
+    if damage == "garbage":
+        path.write_bytes(b"this is not a database at all" * 100)
+    elif damage == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "format":
+        db = sqlite3.connect(path)
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'format'")
+        db.commit()
+        db.close()
+    else:
+        path.unlink()
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE other (x)")
+        db.commit()
+        db.close()
+    before = len(records(recorder))
+    assert cli.main(["sync", "--quiet", "--to", "testrecorder", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    expected = {"garbage": "corrupt", "truncated": "corrupt", "format": "format 99",
+                "not-a-journal": "not a tracklink journal"}[damage]
+    assert expected in error and str(path) in error
+    assert len(records(recorder)) == before, "nothing was replayed"
+
+
+def test_a_full_disk_falls_back_to_delivery_from_memory(recorder: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    created = Journal.create
+
+    def tiny(*args: Any, **kwargs: Any) -> Journal | None:
+        journal = created(*args, **kwargs)
+        assert journal is not None
+        pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
+        journal._db.execute(f"PRAGMA max_page_count = {pages + 2}")  # SQLite's own "database or disk is full"
+        return journal
+
+    monkeypatch.setattr(Journal, "create", staticmethod(tiny))
+    with caplog.at_level(logging.WARNING, logger="tracklink"):
+        log_run(tmp_path / "run", steps=3000)
+    assert any("cannot be written any more" in r.getMessage() and "full" in r.getMessage() for r in caplog.records)
+    steps = [r["step"] for r in records(recorder) if r["call"] == "log_metrics"]
+    assert sorted(set(steps)) == list(range(3000)), "every event still reached the tracker"
+    assert [r["call"] for r in records(recorder)][-1] == "finish"
+
+
+def test_journal_off_and_settings(recorder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACKLINK_JOURNAL", "0")
+    log_run(tmp_path / "run", steps=3)
+    assert not (tmp_path / "run" / JOURNAL_DIR).exists()
+    assert len([r for r in records(recorder) if r["call"] == "log_metrics"]) == 3
+    assert JournalSettings.from_env({"TRACKLINK_JOURNAL_COMMIT_MS": "50"}).interval == 0.05
+    for env, expected in (({"TRACKLINK_JOURNAL_COMMIT_MS": "soon"}, "TRACKLINK_JOURNAL_COMMIT_MS='soon'"),
+                          ({"TRACKLINK_OFFLINE": "maybe"}, "TRACKLINK_OFFLINE='maybe'"),
+                          ({"TRACKLINK_OFFLINE": "1", "TRACKLINK_JOURNAL": "0"}, "TRACKLINK_JOURNAL=0")):
+        with pytest.raises(ValueError, match=expected):
+            JournalSettings.from_env(env)
+
+
+def test_offline_journals_follow_the_rank_policies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+    # the second process of a two-node job: local main of its node, not the world main
+    hub = CallbackHandler(process=ProcessInfo(rank=1, local_rank=0, world_size=2), require_flow=False)
+    assert hub.add_offline("codecarbon", "local_main") and not hub.add_offline("mlflow", "main")
+    args = RunArgs(output_dir=str(tmp_path / "run"), run_name=None, project=None, config={}, init_kwargs={},
+                   report_to=[])
+    state, control = TrainerState(), TrainerControl()
+    hub.call_event("on_train_begin", args, state, control)
+    hub.call_event("on_log", args, state, control, logs={"loss": 1.0})
+    hub.on_train_end(args, state, control)
+    assert hub.journal is not None
+    hub.journal.close()
+    (path,) = journal_files(tmp_path / "run")
+    assert path.stem.endswith("-rank1")
+    journal = JournalFile(path)
+    assert [(c.tracker, c.live, c.pending) for c in journal.cursors()] == [("codecarbon", False, 3)]
+    journal.close()
+    # a process whose trackers' policies all exclude it keeps no journal
+    other = CallbackHandler(process=ProcessInfo(rank=1, local_rank=1, world_size=2), require_flow=False)
+    assert not other.add_offline("codecarbon", "local_main")
+    other.call_event("on_train_begin", RunArgs(output_dir=str(tmp_path / "other"), run_name=None, project=None,
+                                               config={}, init_kwargs={}, report_to=[]), state, control)
+    assert other.journal is None and not (tmp_path / "other").exists()
+
+
+def test_events_after_the_end_of_training_go_to_a_continuation_journal(tmp_path: Path) -> None:
+    """The trainer's evaluate() after train(): the session's journal was closed at the end; the evaluation's
+    events go to a new file that starts with the session's begin event and the run identity (nothing pending)."""
+    recorder = RecordingTracker(tmp_path / "rec.jsonl")
+    hub = CallbackHandler(require_flow=False)
+    hub.add_tracker(recorder, "recording")
+    args = RunArgs(output_dir=str(tmp_path / "run"), run_name="r", project=None, config={"lr": 1}, init_kwargs={},
+                   report_to=[])
+    state, control = TrainerState(), TrainerControl()
+    hub.call_event("on_train_begin", args, state, control)
+    hub.call_event("on_log", args, state, control, logs={"loss": 1.0})
+    hub.on_train_end(args, state, control)
+    state.global_step = 7
+    hub.call_event("on_log", args, state, control, logs={"eval_loss": 0.5})
+    assert hub.wait_for_trackers(30)
+    hub.journal.commit()
+    first, second = journal_files(tmp_path / "run")
+    files = [JournalFile(first), JournalFile(second)]
+    try:
+        assert [e.kind for e in files[0].events()] == ["begin", "log", "end"]
+        events = list(files[1].events())
+        assert [e.kind for e in events] == ["begin", "log"] and events[1].data == {"logs": {"eval_loss": 0.5}}
+        assert events[0].data == next(iter(files[0].events())).data
+        for journal in files:
+            (cursor,) = journal.cursors()
+            assert cursor.pending == 0 and cursor.identity == {"run_id": recorder.run_id}
+    finally:
+        for journal in files:
+            journal.close()
+    assert [r["metrics"] for r in read_records(recorder.path) if r["kind"] == "metrics"] == [
+        {"train/loss": 1.0}, {"eval/loss": 0.5}]
+
+
+class Flaky(RecordingTracker):
+    """Its backend goes away while ``down`` is set: every call raises ConnectionError, as an SDK does."""
+
+    name = "flaky"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.down = threading.Event()
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        if self.down.is_set():
+            raise ConnectionError("connection refused (planted)")
+        super().log_metrics(metrics, step, epoch)
+
+
+def test_a_tracker_whose_backend_is_down_waits_in_the_journal_and_catches_up_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # a queue of 20 events that would stall training within a second if the outage's events waited in memory
+    monkeypatch.setenv("TRACKLINK_QUEUE_SIZE", "20")
+    monkeypatch.setenv("TRACKLINK_QUEUE_TIMEOUT", "5")
+    flaky = Flaky(tmp_path / "flaky.jsonl")
+    with caplog.at_level(logging.WARNING, logger="tracklink"), tracklink.init(
+            report_to="none", dir=tmp_path / "run", callbacks=[flaky]) as run:
+        for step in range(400):
+            if step == 50:
+                assert run.wait(30)
+                flaky.down.set()
+            if step == 300:
+                flaky.down.clear()
+            run.log({"loss": float(step)}, step=step)
+            if 50 <= step < 300:
+                time.sleep(0.005)  # the outage lasts about a second and a quarter: several retries
+    assert "cannot reach its backend" in caplog.text and "caught up" in caplog.text
+    assert run.failures() == {}, "an outage is not a tracker error"
+    steps = [r["step"] for r in read_records(flaky.path) if r["kind"] == "metrics"]
+    assert steps == list(range(400)), "every event, in order, once"
+    assert [r["kind"] for r in read_records(flaky.path)][-1] == "finish"
+    journal = only_journal(tmp_path / "run")
+    (cursor,) = journal.cursors()
+    journal.close()
+    assert cursor.pending == 0 and cursor.closed
+
+
+def test_a_backend_down_past_the_retry_budget_leaves_its_events_in_the_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("TRACKLINK_RETRY_BUDGET", "1")
+    flaky = Flaky(tmp_path / "flaky.jsonl")
+    with caplog.at_level(logging.WARNING, logger="tracklink"), tracklink.init(
+            report_to="none", dir=tmp_path / "run", callbacks=[flaky]) as run:
+        for step in range(100):
+            if step == 10:
+                assert run.wait(30)
+                flaky.down.set()
+            run.log({"loss": float(step)}, step=step)
+            time.sleep(0.03)
+    assert "did not answer for 1 s" in caplog.text
+    line = next(r.getMessage() for r in caplog.records if "kept in the run journal. Send them" in r.getMessage())
+    assert "'flaky'" in line and f"tracklink sync {tmp_path / 'run'}" in line
+    assert [r["step"] for r in read_records(flaky.path) if r["kind"] == "metrics"] == list(range(10))
+    journal = only_journal(tmp_path / "run")
+    (cursor,) = journal.cursors()
+    journal.close()
+    assert cursor.pending == cursor.last - cursor.position > 90
+
+
+def test_a_journal_its_process_never_committed_is_skipped(recorder: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Killed while creating its journal (an empty file, created before the first commit): nothing to replay, and
+    the run's other journals are still synced."""
+    log_run(tmp_path / "run", steps=3)
+    (tmp_path / "run" / JOURNAL_DIR / "20990101T000000-000-1.sqlite").write_bytes(b"")
+    assert cli.main(["sync", "--quiet", "--to", "testrecorder", str(tmp_path / "run")]) == 0
+    assert "nothing pending" in capsys.readouterr().out  # the live run's journal: testrecorder has it all
