@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from .envvars import EnvVar, truthy
+from .journal_media import read_media, write_media
+from .media import Media
 from .redact import current_secrets, redact, redact_text
 from .shaping import hyperparameters
 from .shutdown import on_exit
-from .state import TrainerState
+from .state import SEARCH_STATE_KEY, TrainerState, saved_attributes
 from .values import as_number
 
 logger = logging.getLogger("tracklink")
@@ -299,7 +301,13 @@ class Journal:
             if kind == "values":
                 _, seq, ekind, step, epoch, key, values, when = op
                 skipped: list[str] = []
-                data: dict[str, Any] = {key: _plain(values, skipped)}
+                media: dict[str, Media] = {}
+                data: dict[str, Any] = {key: _plain(values, skipped, media)}
+                if media and not self.failed:
+                    try:
+                        data["media"] = write_media(self.path, seq, media, current_secrets(), skipped)
+                    except OSError as exc:  # a full disk: like a failed commit, delivery goes on from memory
+                        self._fail(exc)
                 if skipped:
                     data["not_journaled"] = skipped
                 op = ("event", seq, ekind, step, epoch, data, when)
@@ -350,6 +358,14 @@ class Journal:
             if kind == "close":
                 return
 
+    def _fail(self, exc: BaseException) -> None:
+        self.failed = f"{type(exc).__name__}: {exc}"
+        logger.warning("tracklink: the run journal %s cannot be written any more (%s); training continues and "
+                       "trackers get events from memory only (what a tracker does not receive in this process "
+                       "is lost)", self.path, self.failed)
+        with self._cond:
+            self._cond.notify_all()
+
     def _write(self, events: list[tuple[Any, ...]], cursors: dict[str, tuple[int, bool]],
                identities: dict[str, str | None], close: bool = False) -> None:
         if self.failed:
@@ -372,12 +388,7 @@ class Journal:
                 db.execute("ROLLBACK")
             except Exception:
                 pass
-            self.failed = f"{type(exc).__name__}: {exc}"
-            logger.warning("tracklink: the run journal %s cannot be written any more (%s); training continues and "
-                           "trackers get events from memory only (what a tracker does not receive in this process "
-                           "is lost)", self.path, self.failed)
-            with self._cond:
-                self._cond.notify_all()
+            self._fail(exc)
             return
         self._asked = False
         if events:
@@ -426,10 +437,20 @@ class Cursor:
 class Event:
     """One journal event: ``id``, ``kind`` (begin, log, predict, save, end), ``step``, ``epoch``, ``data``."""
 
-    __slots__ = ("data", "epoch", "id", "kind", "step")
+    __slots__ = ("data", "epoch", "id", "kind", "source", "step")
 
-    def __init__(self, id: int, kind: str, step: int, epoch: float | None, data: dict[str, Any]) -> None:
+    def __init__(self, id: int, kind: str, step: int, epoch: float | None, data: dict[str, Any],
+                 source: Path | None = None) -> None:
         self.id, self.kind, self.step, self.epoch, self.data = id, kind, step, epoch, data
+        self.source = source  # the journal file it was read from (its media files are beside it)
+
+    def logs(self) -> dict[str, Any]:
+        """A log event's values: numbers and text, and its media values read back from their files."""
+        values = self.data.get("logs") or {}
+        media = self.data.get("media")
+        if media and self.source is not None:
+            values = {**values, **read_media(self.source, media)}
+        return values
 
 
 class JournalFile:
@@ -509,7 +530,7 @@ class JournalFile:
                     payload = json.loads(data)
                 except ValueError as exc:
                     raise JournalError(f"{self.path}: event {id_} cannot be read ({exc}); the journal is corrupt") from None
-                yield Event(int(id_), str(kind), int(step), epoch, payload)
+                yield Event(int(id_), str(kind), int(step), epoch, payload, self.path)
             position = int(rows[-1][0])
 
     def event(self, id_: int) -> Event | None:
@@ -568,21 +589,28 @@ class JournalFile:
 
 
 def journal_files(target: str | os.PathLike[str]) -> list[Path]:
-    """The journal files of a run directory (or a journal folder, or one journal file), oldest first."""
+    """The journal files of a run directory (or a journal folder, or one journal file), oldest first. A
+    directory without a journal of its own gives the journals of the runs below it (a hyper-parameter search's
+    output directory holds one run directory per trial), oldest first across them."""
     path = Path(target)
     if path.is_file():
         return [path]
     folder = path if path.name == JOURNAL_DIR else path / JOURNAL_DIR
-    if not folder.is_dir():
+    if folder.is_dir():
+        return sorted(folder.glob("*.sqlite"))
+    if not path.is_dir():
         return []
-    return sorted(folder.glob("*.sqlite"))
+    found = [Path(root) / name for root, dirs, names in os.walk(path) if os.path.basename(root) == JOURNAL_DIR
+             for name in names if name.endswith(".sqlite")]
+    return sorted(found, key=lambda p: (p.name, str(p)))
 
 
 # -- what goes into an event ---------------------------------------------------------------------------
 
 
-def _plain(values: Any, skipped: list[str]) -> dict[str, Any]:
-    """The loggable values of a log: numbers and text (secrets masked); media values are not journaled."""
+def _plain(values: Any, skipped: list[str], media: dict[str, Media] | None = None) -> dict[str, Any]:
+    """The loggable values of a log: numbers and text (secrets masked); media values go to ``media`` (stored
+    beside the journal by :func:`tracklink.journal_media.write_media`) when given, else to ``skipped``."""
     out: dict[str, Any] = {}
     if not isinstance(values, Mapping):
         return out
@@ -596,6 +624,9 @@ def _plain(values: Any, skipped: list[str]) -> dict[str, Any]:
             if secrets is None:  # the environment is read only for a log that holds text
                 secrets = current_secrets()
             out[str(key)] = redact_text(value, secrets)
+            continue
+        if media is not None and isinstance(value, Media):
+            media[str(key)] = value
             continue
         number = as_number(value)
         if number is None:
@@ -632,6 +663,8 @@ def journal_event_data(event: str, snap: Mapping[str, Any]) -> dict[str, Any]:
                 "init_kwargs": redact(dict(getattr(args, "init_kwargs", None) or {}), secrets),
                 "trial_name": getattr(state, "trial_name", None),
                 "trial_params": redact(dict(getattr(state, "trial_params", None) or {}), secrets),
+                "is_hyper_param_search": bool(getattr(state, "is_hyper_param_search", False)),
+                "search": redact(saved_attributes(state, SEARCH_STATE_KEY), secrets),
             },
             "config": config, "args_config": args_config, "model_config": model_config,
         }
@@ -687,8 +720,7 @@ def deliver_events(tracker: Any, events: list[Event], args: Any, state: Any, con
         state.global_step, state.epoch = event.step, event.epoch or 0.0
         if event.kind == "log":
             snap = TrainerState(global_step=event.step, epoch=event.epoch or 0.0)
-            logs.append({"args": args, "state": snap, "control": control, "logs": event.data.get("logs") or {},
-                         "model": None})
+            logs.append({"args": args, "state": snap, "control": control, "logs": event.logs(), "model": None})
             continue
         flush_logs()
         if event.kind == "predict":

@@ -28,7 +28,7 @@ from .journal import Cursor, EmptyJournal, Event, JournalError, JournalFile, del
 from .registry import discover
 from .resolve import resolve_report_to
 from .run import RunArgs
-from .state import TrainerControl, TrainerState
+from .state import SEARCH_STATE_KEY, TrainerControl, TrainerState
 from .tracker import RunEnd
 
 logger = logging.getLogger("tracklink")
@@ -61,6 +61,20 @@ def _args(begin: Event | None, run_dir: Path, report_to: list[str]) -> _ReplayAr
     args._tracklink_hparams = (dict(data.get("config") or {}), dict(data.get("args_config") or {}),
                                dict(data.get("model_config") or {}))
     return args
+
+
+def _trial_state(begin: Event | None) -> TrainerState:
+    """A state that tells trackers what the journal's run was: a trial of a hyper-parameter search keeps its
+    trial name, parameters and search (MLflow's parent run, the trial as run name, DVCLive's and TensorBoard's
+    per-trial directories), as when it was logged live."""
+    state = TrainerState()
+    run = (begin.data.get("run") if begin is not None else None) or {}
+    state.trial_name = run.get("trial_name")
+    state.trial_params = run.get("trial_params") or None
+    state.is_hyper_param_search = bool(run.get("is_hyper_param_search"))
+    if run.get("search"):
+        state.stateful_callbacks[SEARCH_STATE_KEY] = {"args": {}, "attributes": dict(run["search"])}
+    return state
 
 
 def status(target: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -154,7 +168,7 @@ def _replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool) -> 
     with _in_directory(journal.meta.get("cwd")):
         tracker = spec.create()
         args = _args(begin, run_dir, [cursor.tracker])
-        state = TrainerState()
+        state = _trial_state(begin)
         control = TrainerControl()
         after = cursor.position
         replayed_begin = False

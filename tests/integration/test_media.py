@@ -207,6 +207,59 @@ def test_mlflow_images_figures_tables_and_artifacts(workdir: Path, monkeypatch: 
     _check_mlflow(MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}"), run_id, workdir / "dl")
 
 
+@pytest.mark.sdk("tensorboard", "mlflow")
+def test_media_recorded_offline_and_synced_reads_back_in_tensorboard_and_mlflow(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run journal keeps media values as files beside it: a run recorded with TRACKLINK_OFFLINE=1 and sent
+    with ``tracklink sync`` shows the same images, histograms, tables and texts as a live run (a figure comes
+    back as its image, see docs/journal.md)."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tracklink import cli
+    from tracklink.journal import JournalFile, journal_files
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(workdir / "tb"))
+    monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+    log_media(workdir, ["tensorboard", "mlflow"])
+    monkeypatch.delenv("TRACKLINK_OFFLINE")
+    assert not (workdir / "tb").exists(), "offline: nothing was sent"
+    assert cli.main(["sync", "--quiet", str(workdir / "run")]) == 0
+
+    acc = EventAccumulator(str(workdir / "tb"), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    (image,) = acc.Images("train/samples")
+    import io
+
+    from PIL import Image as PILImage
+
+    assert image.step == STEP and (np.asarray(PILImage.open(io.BytesIO(image.encoded_image_string))) == PIXELS).all()
+    (histogram,) = acc.Histograms("train/weights")
+    assert histogram.step == STEP and histogram.histogram_value.num == 1000, "the statistics of the logged values"
+    assert len(histogram.histogram_value.bucket) == 32 and sum(histogram.histogram_value.bucket) == 1000
+    assert acc.Tensors("train/note/text_summary")[0].tensor_proto.string_val[0].decode() == "hello media"
+    table = acc.Tensors("train/preds/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert table.splitlines()[:3] == ["| x | label |", "| --- | --- |", "| 1 | cat |"]
+    assert [e.step for e in acc.Images("train/plot")] == [STEP]
+
+    (path,) = journal_files(workdir / "run")
+    journal = JournalFile(path)
+    run_id = journal.cursor("mlflow").identity["run_id"]  # type: ignore[union-attr]
+    journal.close()
+    client = MlflowClient(tracking_uri=uri)
+    paths = set(_artifacts(client, run_id))
+    images = {p.split("+")[0] for p in paths if p.startswith("images/") and p.endswith(".png")}
+    assert images == {"images/samples", "images/weights", "images/plot"}, paths
+    assert {"tables/preds/3.json", "media/note/3.txt", "media/data/preds.csv"} <= paths
+    table_json = json.loads(Path(client.download_artifacts(run_id, "tables/preds/3.json", str(workdir / "dl")))
+                            .read_text())
+    assert table_json["data"] == [[1, "cat"], [2, "[image 4x4]"]]
+    csv = Path(client.download_artifacts(run_id, "media/data/preds.csv", str(workdir / "dl"))).read_text()
+    assert csv == "id,label\n1,cat\n"
+
+
 @pytest.mark.sdk("dagshub", "mlflow")
 @pytest.mark.slow
 def test_dagshub_renders_media_through_mlflow(workdir: Path, monkeypatch: pytest.MonkeyPatch,

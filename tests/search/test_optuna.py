@@ -51,9 +51,15 @@ def _trainer(out: Path, report_to: Any) -> Any:
                    eval_dataset=RegressionDataset(length=16, seed=7))
 
 
-def test_search_with_tensorboard_and_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("offline", [False, True], ids=["live", "offline-then-synced"])
+def test_search_with_tensorboard_and_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: bool) -> None:
+    """Live, and recorded with TRACKLINK_OFFLINE=1 then sent with ``tracklink sync`` of the search's output
+    directory (one journal per trial): the same grouping (MLflow's parent run, trial names, TensorBoard's
+    per-trial directories) and the same series."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    if offline:
+        monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
     trainer = _trainer(tmp_path / "out", ["tensorboard", "mlflow"])
     sampler = optuna.samplers.GridSampler({"learning_rate": LEARNING_RATES})
     best = trainer.hyperparameter_search(
@@ -61,6 +67,12 @@ def test_search_with_tensorboard_and_mlflow(tmp_path: Path, monkeypatch: pytest.
         study_name="lr-search",
     )
     assert trainer.args.learning_rate == 5e-5, "the trainer's own arguments are restored after the search"
+    if offline:
+        monkeypatch.delenv("TRACKLINK_OFFLINE")
+        assert not (tmp_path / "out" / "runs").exists(), "offline: nothing was sent"
+        from tracklink import cli
+
+        assert cli.main(["sync", "--quiet", str(tmp_path / "out")]) == 0
 
     import mlflow
 

@@ -120,6 +120,7 @@ def test_offline_records_only_and_sync_equals_a_live_run(recorder: Path, tmp_pat
     assert comparable(records(recorder)) == masked(live)
 
 
+@pytest.mark.sdk("tensorboard")
 def test_sync_to_replays_the_whole_run_into_another_tracker(recorder: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     log_run(tmp_path / "live")
@@ -391,3 +392,91 @@ def test_a_journal_its_process_never_committed_is_skipped(recorder: Path, tmp_pa
     (tmp_path / "run" / JOURNAL_DIR / "20990101T000000-000-1.sqlite").write_bytes(b"")
     assert cli.main(["sync", "--quiet", "--to", "testrecorder", str(tmp_path / "run")]) == 0
     assert "nothing pending" in capsys.readouterr().out  # the live run's journal: testrecorder has it all
+
+
+def log_media_run(directory: Path, artifact: Path) -> None:
+    np = pytest.importorskip("numpy")
+    pixels = (np.arange(8 * 6 * 3).reshape(8, 6, 3) % 256).astype(np.uint8)
+    with tracklink.init(project="journal", name="media", report_to=["testrecorder"], dir=directory) as run:
+        for step in range(3):
+            run.log({"loss": 1.0 / (step + 1),
+                     "samples": tracklink.Image(pixels + step, caption=f"step {step} {SECRET}"),
+                     "weights": tracklink.Histogram(np.linspace(-1, 1, 101) * (step + 1), bins=16),
+                     "preds": tracklink.Table(columns=["id", "label", "image"],
+                                              rows=[[1, f"cat {SECRET}", tracklink.Image(pixels)], [2, "dog", None]]),
+                     "report": tracklink.Text(f"step {step}"),
+                     "weights.bin": tracklink.File(artifact)}, step=step)
+
+
+def test_media_values_are_journaled_beside_the_journal_and_replayed_like_live(
+        recorder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    artifact = tmp_path / "weights.bin"
+    artifact.write_bytes(b"\x00\x01weights" * 100)
+    log_media_run(tmp_path / "live", artifact)
+    live = comparable(records(recorder))
+    assert {r["call"] for r in live} >= {"log_media", "log_artifact", "log_text"}
+    recorder.unlink()
+
+    monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+    log_media_run(tmp_path / "offline", artifact)
+    monkeypatch.delenv("TRACKLINK_OFFLINE")
+    artifact.write_bytes(b"changed after the run")  # the journal kept the file as it was logged
+    (path,) = journal_files(tmp_path / "offline")
+    folder = path.with_name(path.stem + ".media")
+    names = sorted(p.name for p in folder.iterdir())
+    assert len([n for n in names if n.endswith(".png")]) == 6 and len([n for n in names if "weights.bin" in n]) == 3
+    assert not [n for n in names if n.endswith(".tmp")]
+    journal = JournalFile(path, check=True)
+    rows = [e.data for e in journal.events() if e.kind == "log"]
+    journal.close()
+    assert SECRET not in json.dumps(rows), "captions and table cells are masked in the journal"
+    assert "not_journaled" not in rows[0]
+
+    assert cli.main(["sync", "--quiet", str(tmp_path / "offline")]) == 0
+    replayed = comparable(records(recorder))
+
+    def without_secret_text(rows: list[dict[str, Any]]) -> str:
+        return json.dumps(rows, sort_keys=True).replace(SECRET, "<redacted>")
+
+    assert json.loads(without_secret_text(replayed)) == json.loads(without_secret_text(live))
+
+
+def test_a_missing_media_file_is_named_and_the_rest_replayed(recorder: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    np = pytest.importorskip("numpy")
+    monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+    with tracklink.init(report_to=["testrecorder"], dir=tmp_path / "run") as run:
+        run.log({"loss": 0.5, "samples": tracklink.Image(np.zeros((4, 4), dtype=np.uint8))}, step=1)
+    monkeypatch.delenv("TRACKLINK_OFFLINE")
+    (path,) = journal_files(tmp_path / "run")
+    (png,) = path.with_name(path.stem + ".media").glob("*.png")
+    png.unlink()
+    with caplog.at_level(logging.WARNING, logger="tracklink"):
+        assert cli.main(["sync", "--quiet", str(tmp_path / "run")]) == 0
+    assert "'samples'" in caplog.text and png.name in caplog.text
+    calls = {r["call"]: r for r in records(recorder)}
+    assert calls["log_metrics"]["metrics"] == {"train/loss": 0.5} and "log_media" not in calls
+
+
+def test_events_left_by_a_drain_timeout_stay_in_the_journal_and_sync_sends_them_once(
+        recorder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("TRACKLINK_DRAIN_TIMEOUT", "0.5")
+    monkeypatch.setenv("TRACKLINK_TESTPLUGIN_DELAY", "0.02")
+    with caplog.at_level(logging.WARNING, logger="tracklink"):
+        with tracklink.init(report_to=["testrecorder"], dir=tmp_path / "run") as run:
+            for step in range(200):
+                run.log({"loss": float(step)}, step=step)
+    warning = next(r.getMessage() for r in caplog.records if "fell behind" in r.getMessage())
+    assert "stay in the run journal for `tracklink sync`" in warning
+    assert "kept in the run journal for tracklink sync" in run.failures()["testrecorder"]
+    assert f"Send them with: tracklink sync {tmp_path / 'run'}" in caplog.text
+    live = [r["step"] for r in records(recorder) if r["call"] == "log_metrics"]
+    assert 0 < len(live) < 200
+    assert [r["call"] for r in records(recorder)][-1] == "finish", "the run was closed"
+
+    monkeypatch.setenv("TRACKLINK_TESTPLUGIN_DELAY", "0")
+    assert cli.main(["sync", "--quiet", str(tmp_path / "run")]) == 0
+    steps = [r["step"] for r in records(recorder) if r["call"] == "log_metrics"]
+    assert sorted(set(steps)) == list(range(200)), "every point arrived"
+    assert len(steps) - 200 <= len(steps) - len(set(steps)) <= 1, "at most the first pending step is sent again"

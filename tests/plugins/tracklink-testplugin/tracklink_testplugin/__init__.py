@@ -11,6 +11,7 @@ OUT_ENV = "TRACKLINK_TESTPLUGIN_OUT"
 SECRET_ENV = "TRACKLINK_TESTPLUGIN_API_KEY"
 #: A setting outside tracklink's own ``TRACKLINK_`` namespace, as a third-party tracker's would be.
 PROJECT_ENV = "TESTRECORDER_PROJECT"
+DELAY_ENV = "TRACKLINK_TESTPLUGIN_DELAY"
 
 _lock = threading.Lock()
 

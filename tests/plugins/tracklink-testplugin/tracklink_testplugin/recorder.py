@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import tracklink
 
-from . import OUT_ENV, PROJECT_ENV, SECRET_ENV, record
+from . import DELAY_ENV, OUT_ENV, PROJECT_ENV, SECRET_ENV, record
 
 
 class TestRecorderTracker(tracklink.Tracker):
@@ -19,11 +21,14 @@ class TestRecorderTracker(tracklink.Tracker):
     __test__ = False  # not a pytest test class
 
     name = "testrecorder"
+    media = frozenset({"image", "histogram", "table"})
     env_vars = (
         tracklink.EnvVar(OUT_ENV, None, "JSONL file the plugin appends its records to"),
         tracklink.EnvVar(SECRET_ENV, None, "a fake API key (declared secret; never printed)", secret=True),
         tracklink.EnvVar("TRACKLINK_TESTPLUGIN_MODE", "record", "record or off", choices=("record", "off")),
         tracklink.EnvVar(PROJECT_ENV, None, "a project name the plugin records at setup"),
+        tracklink.EnvVar(DELAY_ENV, "0", "seconds each log_metrics call takes (a slow backend)", kind="number",
+                         minimum=0),
     )
 
     @classmethod
@@ -37,6 +42,9 @@ class TestRecorderTracker(tracklink.Tracker):
                api_key_set=bool(os.environ.get(SECRET_ENV)))
 
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        delay = float(os.environ.get(DELAY_ENV) or 0)
+        if delay:
+            time.sleep(delay)
         record("tracker", call="log_metrics", metrics=metrics, step=step, epoch=epoch)
 
     def log_text(self, texts: dict[str, str], step: int) -> None:
@@ -44,6 +52,14 @@ class TestRecorderTracker(tracklink.Tracker):
 
     def log_summary(self, metrics: dict[str, float], step: int) -> None:
         record("tracker", call="log_summary", metrics=metrics, step=step)
+
+    def log_media(self, values: dict[str, Any], step: int) -> None:
+        record("tracker", call="log_media", step=step, media={key: _media_record(value) for key, value in values.items()})
+
+    def log_artifact(self, path: str, name: str, step: int) -> None:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        record("tracker", call="log_artifact", name=name, step=step, sha256=digest)
 
     def log_checkpoint(self, path: str, state: Any) -> None:
         record("tracker", call="log_checkpoint", path=path, step=getattr(state, "global_step", None))
@@ -55,3 +71,19 @@ class TestRecorderTracker(tracklink.Tracker):
         record("tracker", call="finish", status=end.status, exit_code=end.exit_code, step=end.step,
                last_checkpoint=end.last_checkpoint,
                exception=type(end.exception).__name__ if end.exception is not None else None)
+
+
+def _media_record(value: Any) -> dict[str, Any]:
+    """What a backend would keep of a media value: an image's PNG digest and caption, a histogram's bins and
+    statistics, a table's cells (image cells by digest)."""
+    if value.kind == "image":
+        return {"kind": "image", "png": hashlib.sha256(value.png()).hexdigest(), "caption": value.caption}
+    if value.kind == "histogram":
+        counts, edges = value.histogram()
+        return {"kind": "histogram", "counts": [float(c) for c in counts], "edges": [float(e) for e in edges],
+                "stats": value.stats()}
+    if value.kind == "table":
+        rows = [[{"png": hashlib.sha256(cell.png()).hexdigest()} if getattr(cell, "kind", None) == "image" else cell
+                 for cell in row] for row in value.rows]
+        return {"kind": "table", "columns": value.columns, "rows": rows}
+    return {"kind": value.kind}
