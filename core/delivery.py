@@ -430,10 +430,15 @@ class TrackerChannel:
         lost = self.abandon()
         logger.warning(
             "tracklink: tracker %r fell behind: %d queued event(s) were not delivered within "
-            "TRACKLINK_DRAIN_TIMEOUT=%g s and are left out; its run is closed after its worker stops",
-            self.name, lost, timeout,
+            "TRACKLINK_DRAIN_TIMEOUT=%g s and %s; its run is closed after its worker stops",
+            self.name, lost, timeout, "stay in the run journal for `tracklink sync` (see below)"
+            if self._journaled() else "are left out",
         )
         return self.stop(ABANDON_GRACE)
+
+    def _journaled(self) -> bool:
+        """Whether what this tracker does not deliver stays in a run journal (its cursor stops before it)."""
+        return self.journal is not None and not self.journal.failed and not self.inline
 
     def stop(self, timeout: float | None = None) -> bool:
         """Drain the queue and stop the worker thread (a later event starts a new one)."""
@@ -453,6 +458,8 @@ class TrackerChannel:
             text += f", first: {self.first_error}"
         if self.undelivered:
             text += f"; {self.undelivered} event(s) not delivered (drain timeout)"
+            if self._journaled():
+                text += ", kept in the run journal for tracklink sync"
         if self.disabled_reason:
             text += f"; switched off ({self.disabled_reason})"
         return text
@@ -532,7 +539,7 @@ class TrackerChannel:
             journal.wait_committed(seq)  # a tracker never gets an event the journal could still lose
             if self._delivered and min(item[4] or seq for item in items) <= self._delivered:
                 run = [item for item in items if item[4] is None or item[4] > self._delivered]  # read from the journal
-        errors = self.errors
+        errors, undelivered = self.errors, self.undelivered
         try:
             if self._behind:
                 run = [item for item in run if item[4] is None]  # they wait in the journal
@@ -549,6 +556,13 @@ class TrackerChannel:
         self._last_args = run[-1][1].get("args") if isinstance(run[-1][1], Mapping) else self._last_args
         if self._down is not None:
             self._catch_up()
+            return
+        left = self.undelivered - undelivered
+        if left:  # a drain timeout left out the last ``left`` of them: they stay in the journal
+            done = len(run) - left  # (several events are only ever on_log events, left out as a suffix)
+            if done > 0 and run[done - 1][4] is not None:
+                self._advance(run[done - 1][0], run[done - 1][4], errors)
+            self._cursor_stuck = True
             return
         if self.errors == errors and not self.disabled:
             self._delivered = max(self._delivered, seq)
@@ -661,7 +675,7 @@ class TrackerChannel:
         journal = self.journal
         if journal is None or journal.failed:
             return
-        if self.errors != errors or self.disabled or self._abandoned:
+        if self.errors != errors or self.disabled:
             self._cursor_stuck = True
         if self._cursor_stuck:
             return
