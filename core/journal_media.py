@@ -7,7 +7,7 @@ stores it in ``<journal file without .sqlite>.media/`` and the event's row keeps
 =============  =========================================================================================
 kind           stored as
 =============  =========================================================================================
-``image``      ``<event id>-<key>.png`` and the caption
+``image``      ``<event id>-<key>.png`` (or ``.img``, an image logged encoded), and the caption
 ``figure``     the figure's rendered PNG, replayed as an image
 ``histogram``  its counts, edges and statistics, in the row itself (no file)
 ``table``      columns and rows in the row; image cells as PNG files
@@ -31,7 +31,7 @@ from typing import Any
 
 from .media import Figure as MediaFigure
 from .media import File as MediaFile
-from .media import Histogram, Image, Media, MediaError, Table, Text, safe_name
+from .media import Histogram, Image, Media, MediaError, Table, Text, png_size, safe_name
 from .redact import redact_text
 
 logger = logging.getLogger("tracklink")
@@ -75,6 +75,9 @@ def _number_list(values: Any) -> list[float]:
 def _describe(value: Media, key: str, stem: str, folder: Path, secrets: Sequence[str]) -> dict[str, Any]:
     if isinstance(value, Image):
         caption = None if value.caption is None else redact_text(value.caption, secrets)
+        data = value.data
+        if isinstance(data, bytes) and png_size(data) is None:  # logged encoded (a JPEG file): kept as it is
+            return {"kind": "image", "file": _write_bytes(folder, f"{stem}.img", data), "caption": caption}
         return {"kind": "image", "file": _write_bytes(folder, f"{stem}.png", value.png()), "caption": caption}
     if isinstance(value, MediaFigure):
         return {"kind": "image", "file": _write_bytes(folder, f"{stem}.png", value.to_image(key).png()),

@@ -11,6 +11,7 @@ setting, and one journal per process under the rank policies.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sqlite3
@@ -397,9 +398,19 @@ def test_a_journal_its_process_never_committed_is_skipped(recorder: Path, tmp_pa
 def log_media_run(directory: Path, artifact: Path) -> None:
     np = pytest.importorskip("numpy")
     pixels = (np.arange(8 * 6 * 3).reshape(8, 6, 3) % 256).astype(np.uint8)
+    extra: dict[str, Any] = {}
+    try:
+        from PIL import Image as PILImage
+    except ImportError:
+        pass
+    else:  # an encoded image that is not a PNG: the journal keeps its bytes as logged
+        jpeg = artifact.with_name("photo.jpg")
+        if not jpeg.exists():
+            PILImage.fromarray(pixels).save(jpeg, format="JPEG")
+        extra["photo"] = tracklink.Image(jpeg)
     with tracklink.init(project="journal", name="media", report_to=["testrecorder"], dir=directory) as run:
         for step in range(3):
-            run.log({"loss": 1.0 / (step + 1),
+            run.log({**extra, "loss": 1.0 / (step + 1),
                      "samples": tracklink.Image(pixels + step, caption=f"step {step} {SECRET}"),
                      "weights": tracklink.Histogram(np.linspace(-1, 1, 101) * (step + 1), bins=16),
                      "preds": tracklink.Table(columns=["id", "label", "image"],
@@ -425,6 +436,7 @@ def test_media_values_are_journaled_beside_the_journal_and_replayed_like_live(
     folder = path.with_name(path.stem + ".media")
     names = sorted(p.name for p in folder.iterdir())
     assert len([n for n in names if n.endswith(".png")]) == 6 and len([n for n in names if "weights.bin" in n]) == 3
+    assert len([n for n in names if n.endswith(".img")]) == (3 if importlib.util.find_spec("PIL") else 0)
     assert not [n for n in names if n.endswith(".tmp")]
     journal = JournalFile(path, check=True)
     rows = [e.data for e in journal.events() if e.kind == "log"]
