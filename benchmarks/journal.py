@@ -1,10 +1,12 @@
 """Run-journal benchmark: what the journal (tracklink.journal) costs and how fast it and ``tracklink sync`` are.
 
-Four measurements, each a ratio from one run on this machine:
+Five measurements, each a ratio from one run on this machine:
 
 * ``log_call``  the training thread's time per ``run.log`` call (10 scalars) with the journal on and off
   (``TRACKLINK_JOURNAL``), one no-op tracker and TensorBoard selected, rounds interleaved so machine noise hits
   both alike; median wall and thread CPU time per call.
+* ``media``  the training thread's time per ``run.log`` of a 512x512 RGB image (TensorBoard selected) with the
+  journal on and off (the journal stores its PNG beside it, on its writer thread), and the disk per image.
 * ``throughput``  events per second the journal's writer thread stores (recorded on one thread as fast as it
   can, until the last commit returned), for events of 1 and 10 scalars.
 * ``size``  bytes of journal per million scalar metrics (1 and 10 scalars per event).
@@ -82,6 +84,39 @@ def log_call(root: Path, steps: int, rounds: int) -> dict[str, Any]:
     return out
 
 
+def media(root: Path, calls: int, rounds: int) -> dict[str, Any]:
+    """The training thread's time per ``run.log`` of one 512x512 RGB float image (TensorBoard selected) with the
+    journal on and off, and the journal's disk use per image (its PNG beside the journal)."""
+    import numpy as np
+
+    import tracklink
+
+    pixels = np.random.default_rng(0).random((512, 512, 3), dtype=np.float32)
+    samples: dict[str, list[float]] = {"on": [], "off": []}
+    stored: list[int] = []
+    for round_ in range(rounds):
+        for journal in ("on", "off"):
+            os.environ["TRACKLINK_JOURNAL"] = "1" if journal == "on" else "0"
+            directory = root / f"media-{journal}-{round_}"
+            run = tracklink.init(report_to=["tensorboard"], dir=directory)
+            run.log({"loss": 1.0}, step=0)
+            run.wait()
+            wall = []
+            for step in range(1, calls + 1):
+                start = time.perf_counter()
+                run.log({"samples": tracklink.Image(pixels)}, step=step)
+                wall.append(time.perf_counter() - start)
+                time.sleep(0.1)  # a step that logs an image now and then
+            run.finish()
+            samples[journal].append(statistics.median(wall) * 1e3)
+            if journal == "on":
+                stored.append(sum(p.stat().st_size for p in directory.rglob("*.png") if ".media" in str(p.parent)))
+    os.environ.pop("TRACKLINK_JOURNAL", None)
+    on, off = statistics.median(samples["on"]), statistics.median(samples["off"])
+    return {"log_ms_journal_on": on, "log_ms_journal_off": off, "ratio": on / off,
+            "journal_bytes_per_image": statistics.median(stored) / calls}
+
+
 def throughput(root: Path, events: int) -> dict[str, Any]:
     from tracklink.journal import Journal
 
@@ -157,7 +192,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--events", type=int, default=200_000, help="events written (throughput)")
     parser.add_argument("--metrics", type=int, default=1_000_000, help="scalar metrics synced (sync)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: log_call,throughput,sync")
+    parser.add_argument("--images", type=int, default=15, help="image log calls per round (media)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: log_call,media,throughput,sync")
     parser.add_argument("--json", type=Path, default=None)
     ns = parser.parse_args()
     skip = {s.strip() for s in ns.skip.split(",") if s.strip()}
@@ -168,6 +204,9 @@ def main() -> int:
         if "log_call" not in skip:
             results["log_call"] = log_call(root, ns.steps, ns.rounds)
             print(json.dumps({"log_call": results["log_call"]}, indent=2), flush=True)
+        if "media" not in skip:
+            results["media"] = media(root, ns.images, ns.rounds)
+            print(json.dumps({"media": results["media"]}, indent=2), flush=True)
         if "throughput" not in skip:
             results["throughput"] = throughput(root, ns.events)
             print(json.dumps({"throughput": results["throughput"]}, indent=2), flush=True)
