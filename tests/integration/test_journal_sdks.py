@@ -34,6 +34,8 @@ from tracklink import cli
 from tracklink.journal import JournalFile, journal_files
 from tracklink.tracker import close_open_trackers
 
+pytestmark = pytest.mark.sdk("mlflow", "tensorboard")
+
 TESTS = Path(__file__).resolve().parent.parent
 SECRET = "sk-journal-SECRET-0c41e2"
 
@@ -292,23 +294,14 @@ def test_a_trainer_run_recorded_offline_and_synced_reads_back_like_a_live_one(
 # -- where a killed process left a tracker's cursor ------------------------------------------------------
 
 
-@pytest.mark.parametrize("left", ["all-accepted", "end-pending", "mid-step", "after-begin"])
-def test_sync_after_a_kill_keeps_each_tensorboard_point_once_wherever_the_cursor_stopped(
-        workdir: Path, left: str) -> None:
-    """A process killed after its tracker accepted some events: its cursor is anywhere (everything accepted but
-    the run not closed; only the end pending; in the middle of a step's events; right after the setup). After
-    ``tracklink sync`` TensorBoard's reader sees every point once, and the run is closed."""
+def _cut(directory: Path, left: str) -> Path:
+    """Put the run's only journal back in the state a kill would leave: its tracker's cursor at ``left``, the
+    run not closed, the journal not closed. Returns the journal's path."""
     import sqlite3
 
-    directory = workdir / "run"
-    with tracklink.init(name="cut", report_to=["tensorboard"], dir=directory) as run:
-        for step in range(30):
-            run.log({"loss": 1.0 / (step + 1)}, step=step)
-            run.log({"acc": step / 30}, step=step)  # two events per step
     (path,) = journal_files(directory)
     journal = JournalFile(path)
     events = list(journal.events())
-    log_dir = journal.cursors()[0].identity["log_dir"]
     journal.close()
     position = {"all-accepted": len(events), "end-pending": len(events) - 1,
                 "mid-step": next(e.id for e in events if e.kind == "log" and e.step == 17 and "acc" in e.data["logs"]) - 1,
@@ -318,6 +311,24 @@ def test_sync_after_a_kill_keeps_each_tensorboard_point_once_wherever_the_cursor
     db.execute("UPDATE meta SET value = 'false' WHERE key = 'closed'")
     db.commit()
     db.close()
+    return path
+
+
+@pytest.mark.parametrize("left", ["all-accepted", "end-pending", "mid-step", "after-begin"])
+def test_sync_after_a_kill_keeps_each_tensorboard_point_once_wherever_the_cursor_stopped(
+        workdir: Path, left: str) -> None:
+    """A process killed after its tracker accepted some events: its cursor is anywhere (everything accepted but
+    the run not closed; only the end pending; in the middle of a step's events; right after the setup). After
+    ``tracklink sync`` TensorBoard's reader sees every point once, and the run is closed."""
+    directory = workdir / "run"
+    with tracklink.init(name="cut", report_to=["tensorboard"], dir=directory) as run:
+        for step in range(30):
+            run.log({"loss": 1.0 / (step + 1)}, step=step)
+            run.log({"acc": step / 30}, step=step)  # two events per step
+    path = _cut(directory, left)
+    journal = JournalFile(path)
+    log_dir = journal.cursors()[0].identity["log_dir"]
+    journal.close()
     # TensorBoard reads a directory's event files in name order: <time>.<host>.<pid>.<n>, where a process's tenth
     # writer (n=10) sorts before its ninth; a later second keeps the synced file after the live one
     time.sleep(1.1)
@@ -325,6 +336,31 @@ def test_sync_after_a_kill_keeps_each_tensorboard_point_once_wherever_the_cursor
     expected = [(s, round(1.0 / (s + 1), 6)) for s in range(30)]
     assert tensorboard_points(log_dir, "train/loss") == expected
     assert tensorboard_points(log_dir, "train/acc") == [(s, round(s / 30, 6)) for s in range(30)]
+    journal = JournalFile(path)
+    (cursor,) = journal.cursors()
+    journal.close()
+    assert cursor.closed and cursor.pending == 0
+
+
+@pytest.mark.sdk("dvclive")
+@pytest.mark.parametrize("left", ["end-pending", "mid-step", "after-begin"])
+def test_sync_after_a_kill_keeps_each_dvclive_row_once_wherever_the_cursor_stopped(workdir: Path, left: str) -> None:
+    """DVCLive's guarantee (docs/journal.md): exactly once. Its rows after the step before the first pending one
+    are dropped on re-attach and that step is sent again whole."""
+    from readers.dvclive import series
+
+    directory = workdir / "run"
+    with tracklink.init(name="cut", report_to=["dvclive"], dir=directory) as run:
+        for step in range(30):
+            run.log({"loss": 1.0 / (step + 1)}, step=step)
+            run.log({"acc": step / 30}, step=step)
+    path = _cut(directory, left)
+    live = workdir / "dvclive"
+    names = {p.stem for p in (live / "plots" / "metrics").rglob("*.tsv")}
+    prefix = "train/" if "loss" not in names else ""
+    assert cli.main(["sync", "--quiet", str(directory)]) == 0
+    assert series(live, f"{prefix}loss") == [(s, pytest.approx(1.0 / (s + 1))) for s in range(30)]
+    assert series(live, f"{prefix}acc") == [(s, pytest.approx(s / 30)) for s in range(30)]
     journal = JournalFile(path)
     (cursor,) = journal.cursors()
     journal.close()
