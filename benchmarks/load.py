@@ -11,7 +11,9 @@ Scenarios (each run in a fresh interpreter, compared with the same training with
   and memory after the first 20 and after all 200;
 * ``torchrun``   two CPU processes (gloo) logging every step to TensorBoard and MLflow.
 
-Printed and written (``--json``): wall time of ``train()`` and its ratio to ``report_to="none"``, the time
+Printed and written (``--json``): wall time of ``train()`` and its ratio to ``report_to="none"``, the process's
+CPU time during ``train()`` (its ratio, and the lowest wall-time ratio that CPU time allows on this machine's
+cores however it is scheduled: CPU seconds / cores / the ``none`` run's wall time), the time
 the loop took to its last step, how long ``train()`` then waited for the trackers (drain), peak RSS, and how
 many logged points each tracker's own files hold afterwards (read back with the test suite's readers). Not
 a test: nothing is asserted.
@@ -111,12 +113,15 @@ CHILD = textwrap.dedent('''
         disable_tqdm=True, use_cpu=True, dataloader_num_workers=0,
     )
     trainer = WideTrainer(model=Model(), args=args, train_dataset=Data(), callbacks=callbacks)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     trainer.train()
     end = time.perf_counter()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
-        out = {"train_s": end - start, "loop_s": (Clock.last_step_at or end) - start,
+        out = {"train_s": end - start, "train_cpu_s": cpu, "loop_s": (Clock.last_step_at or end) - start,
                "drain_s": end - (Clock.last_step_at or end),
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "failures": trainer.callback_handler.tracker_failures()}
@@ -191,8 +196,15 @@ def _pair(name: str, spec: dict[str, Any], env: dict[str, str] | None = None, to
     row = {"scenario": name, "none": base, "trackers": loaded,
            "train_ratio": loaded["train_s"] / base["train_s"], "loop_ratio": loaded["loop_s"] / base["loop_s"],
            "drain_s": loaded["drain_s"], "peak_rss_growth_mb": loaded["peak_rss_mb"] - base["peak_rss_mb"]}
+    if "train_cpu_s" in loaded:
+        # the process's CPU time during train(): on this machine's cores, no scheduling of that work (threads or
+        # processes) can finish train() sooner than this bound
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        row["cpu_ratio"] = loaded["train_cpu_s"] / base["train_cpu_s"]
+        row["wall_ratio_bound"] = loaded["train_cpu_s"] / cores / base["train_s"]
     print(f"{name:<22} train() {loaded['train_s']:7.2f} s vs {base['train_s']:6.2f} s  ({row['train_ratio']:5.2f}x)  "
           f"loop {row['loop_ratio']:5.2f}x  drain {row['drain_s']:6.2f} s  RSS +{row['peak_rss_growth_mb']:6.1f} MB  "
+          f"CPU {row.get('cpu_ratio', 0):5.2f}x (bound {row.get('wall_ratio_bound', 0):5.2f}x)  "
           f"points {loaded['points']}  failures {loaded['failures'] or '-'}", flush=True)
     return row
 
