@@ -140,14 +140,25 @@ DRIVERS: dict[str, Callable[[Path], None]] = {
 }
 
 
+@pytest.mark.parametrize("offline", [False, True], ids=["live", "offline-then-synced"])
 @pytest.mark.parametrize("driver", list(DRIVERS))
-def test_every_loop_reaches_the_same_keys_steps_and_values(driver: str, tmp_path: Path,
+def test_every_loop_reaches_the_same_keys_steps_and_values(driver: str, offline: bool, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live, and recorded with ``TRACKLINK_OFFLINE=1`` then sent with ``tracklink sync`` (the journal belongs to
+    the run, so every loop gets it): the same read-back."""
     workdir = tmp_path / driver
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    if offline:
+        monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
     DRIVERS[driver](workdir)
+    if offline:
+        monkeypatch.delenv("TRACKLINK_OFFLINE")
+        assert not glob.glob(str(workdir / "**" / "events.out.tfevents.*"), recursive=True), "nothing was sent"
+        from tracklink import cli
+
+        assert cli.main(["sync", "--quiet", str(workdir)]) == 0
     series, params, status = _read_mlflow(workdir)
     assert status == "FINISHED"
     assert series == _expected(), driver
