@@ -31,7 +31,7 @@ from .delivery import HF_STYLE, NAMED_STYLE, Call, DeliverySettings, TrackerChan
 from .errors import PluginRegistrationError, TrackerError
 from .events import EVENTS, EXTRAS, RESETS, STANDARD_ARGS
 from .flow import DefaultFlowCallback
-from .journal import JOURNALED, Journal, JournalSettings, journal_event_data, register_journal
+from .journal import JOURNALED, Journal, JournalSettings, journal_event_data, latest_journal, register_journal
 from .process import RANK_POLICIES, ProcessInfo
 from .state import HUB_STATE_KEY, TrainerControl
 from .tracker import Tracker
@@ -639,9 +639,11 @@ class CallbackHandler:
         self._plan = None
         return True
 
-    def _open_journal(self, args: Any) -> None:
-        """A new journal at each ``on_train_begin`` (a training session; a resumed one gets its own), in the
-        run's directory (``args.output_dir``)."""
+    def _open_journal(self, args: Any, state: Any = None) -> None:
+        """A new journal at each ``on_train_begin`` (a training session; a resumed one gets its own, which
+        continues the directory's latest journal of this rank, so that ``tracklink sync`` of an offline run
+        re-attaches the resumed session to the run the first one created), in the run's directory
+        (``args.output_dir``)."""
         if self.journal is not None:
             self.journal.close()
             self.journal = None
@@ -651,8 +653,10 @@ class CallbackHandler:
             return
         trackers = {e.tracker: True for e in self._entries if e.channel is not None and e.tracker is not None}
         trackers.update(dict.fromkeys(self.offline, False))
+        resumed = int(getattr(state, "global_step", 0) or 0) > 0
+        continues = latest_journal(directory, self.process.rank, self.process.world_size) if resumed else None
         self.journal = Journal.create(directory, trackers, interval=self.journal_settings.interval,
-                                      rank=self.process.rank, world_size=self.process.world_size)
+                                      rank=self.process.rank, world_size=self.process.world_size, continues=continues)
         self._journal_dir = str(directory)
         for entry in self._entries:
             if entry.channel is not None:
@@ -666,7 +670,7 @@ class CallbackHandler:
     def _record(self, event: str, snap: Any) -> int | None:
         """Put one event into the journal (on the training thread: a hand-off, no I/O); its id, or None."""
         if event == "on_train_begin":
-            self._open_journal(snap.get("args"))
+            self._open_journal(snap.get("args"), snap.get("state"))
         elif self.journal is not None and self.journal.closed and self._begin is not None and not self.journal.failed:
             # an evaluation after train() ended: a new file, same run
             self._continue_journal(int(getattr(snap.get("state"), "global_step", 0) or 0))

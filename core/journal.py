@@ -55,6 +55,7 @@ __all__ = [
     "JournalSettings",
     "journal_event_data",
     "journal_files",
+    "latest_journal",
     "register_journal",
 ]
 
@@ -586,6 +587,15 @@ class JournalFile:
                 return f.read().split(")")[-1].split()[0] != "Z"
         except OSError:
             return True
+
+
+def latest_journal(run_dir: str | os.PathLike[str], rank: int = 0, world_size: int = 1) -> str | None:
+    """The name of the newest journal of ``rank`` in ``run_dir`` (the session a resumed training continues)."""
+    suffix = f"-rank{rank}.sqlite" if world_size > 1 else ".sqlite"
+    folder = Path(run_dir) / JOURNAL_DIR
+    names = sorted(p.name for p in folder.glob("*.sqlite") if p.name.endswith(suffix)
+                   and (world_size > 1 or "-rank" not in p.name)) if folder.is_dir() else []
+    return names[-1] if names else None
 
 
 def journal_files(target: str | os.PathLike[str]) -> list[Path]:

@@ -291,6 +291,36 @@ def test_a_trainer_run_recorded_offline_and_synced_reads_back_like_a_live_one(
     assert results["live"][3]["eval_loss"] and len(results["live"][3]["loss"]) == 4
 
 
+def test_a_resumed_training_recorded_offline_is_synced_into_the_same_runs(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resume re-attach with the journal: a training stopped after its checkpoint at step 10 and resumed from it,
+    both sessions recorded offline, reads back after ``tracklink sync`` like the same two sessions logged live:
+    one MLflow run, one TensorBoard directory, every step once in TensorBoard."""
+    from helpers import make_trainer
+    from mlflow.tracking import MlflowClient
+
+    results = {}
+    for mode in ("live", "offline"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / f'{mode}-mlflow.db'}")
+        if mode == "offline":
+            monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+        make_trainer(workdir / mode, ["tensorboard", "mlflow"], run_name="resumed", max_steps=10).train()
+        make_trainer(workdir / mode, ["tensorboard", "mlflow"], run_name="resumed").train(resume_from_checkpoint=True)
+        monkeypatch.delenv("TRACKLINK_OFFLINE", raising=False)
+        if mode == "offline":
+            assert len(journal_files(workdir / mode)) == 2
+            assert cli.main(["sync", "--quiet", str(workdir / mode)]) == 0
+        client = MlflowClient(tracking_uri=f"sqlite:///{workdir / f'{mode}-mlflow.db'}")
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        metrics = {key: sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(run.info.run_id, key))
+                   for key in ("loss", "eval_loss")}
+        (log_dir,) = {p.parent for p in (workdir / mode).rglob("events.out.tfevents.*")}
+        board = {tag: tensorboard_points(log_dir, tag) for tag in ("train/loss", "eval/loss")}
+        results[mode] = (run.info.status, run.info.run_name, metrics, board)
+    assert results["live"] == results["offline"]
+    assert [step for step, _ in results["live"][3]["train/loss"]] == [5, 10, 15, 20]
+
+
 # -- where a killed process left a tracker's cursor ------------------------------------------------------
 
 
