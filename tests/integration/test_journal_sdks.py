@@ -296,8 +296,9 @@ def test_a_resumed_training_recorded_offline_is_synced_into_the_same_runs(
     """Resume re-attach with the journal: a training stopped after its checkpoint at step 10 and resumed from it,
     both sessions recorded offline, reads back after ``tracklink sync`` like the same two sessions logged live:
     one MLflow run, one TensorBoard directory, every step once in TensorBoard."""
-    from helpers import make_trainer
     from mlflow.tracking import MlflowClient
+
+    from helpers import make_trainer
 
     results = {}
     for mode in ("live", "offline"):
