@@ -19,13 +19,13 @@ on ``on_train_begin``.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
 import math
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -61,6 +61,9 @@ __all__ = [
 
 #: The folder of a run's directory that holds its journals (one file per training session and process).
 JOURNAL_DIR = "tracklink-journal"
+#: Seconds the writer lets a stream of events gather before taking them (nothing waits on it meanwhile: a
+#: tracker ready to deliver, a checkpoint and the end ask for a commit, which is served at once).
+GATHER_S = 0.005
 #: The journal format this tracklink writes and reads.
 FORMAT = 1
 #: The hub events that go into the journal (the ones the tracker contract is driven by).
@@ -159,6 +162,10 @@ class Journal:
         self._cond = threading.Condition()
         self._closed = False
         self._asked = False  # a commit was asked for by a waiting tracker and has not happened yet
+        # events handed over by the training thread; the writer is woken through _ops only when it said it was
+        # idle, so a stream of log calls costs the training thread no wake-up (a system call) per event
+        self._incoming: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._idle = True
         self.trackers = dict(trackers)  # name -> live (False: offline, only recorded)
         self._thread = threading.Thread(target=self._work, name="tracklink-journal", daemon=True)
         self._thread.start()
@@ -183,7 +190,7 @@ class Journal:
             db = _connect(path, create=True)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            meta = {"format": FORMAT, "tracklink": _version(), "created": time.time(), "host": socket.gethostname(),
+            meta = {"format": FORMAT, "tracklink": _version(), "created": time.time(), "host": _host(),
                     "pid": os.getpid(), "cwd": os.getcwd(), "rank": rank, "world_size": world_size, "closed": False,
                     "continues": continues}
             db.execute("BEGIN")  # the tables and what describes the journal in one transaction: all or nothing
@@ -211,7 +218,7 @@ class Journal:
             return 0
         seq = next(self._ids)
         self.last = seq
-        self._ops.put(("event", seq, KINDS[event], step, epoch, data, time.time()))
+        self._hand(("event", seq, KINDS[event], step, epoch, data, time.time()))
         return seq
 
     def record_values(self, event: str, step: int, epoch: Any, key: str, values: Any) -> int:
@@ -221,8 +228,14 @@ class Journal:
             return 0
         seq = next(self._ids)
         self.last = seq
-        self._ops.put(("values", seq, KINDS[event], step, epoch, key, values, time.time()))
+        self._hand(("values", seq, KINDS[event], step, epoch, key, values, time.time()))
         return seq
+
+    def _hand(self, item: tuple[Any, ...]) -> None:
+        self._incoming.append(item)
+        if self._idle:
+            self._idle = False
+            self._ops.put(("wake", None))
 
     def commit(self, timeout: float | None = 10.0) -> bool:
         """Commit everything recorded so far now and wait for it (at a checkpoint, at the end)."""
@@ -293,36 +306,27 @@ class Journal:
         waiting: list[threading.Event] = []
         deadline: float | None = None
         while True:
+            if self._incoming:
+                self._take(events)
+                if deadline is None and events:
+                    deadline = time.monotonic() + self.interval
+                if not self._asked and self._ops.empty() and deadline is not None \
+                        and time.monotonic() + GATHER_S < deadline:
+                    time.sleep(GATHER_S)  # a stream of events: let it gather (no wake-up per event)
+                    continue
+            else:
+                self._idle = True
+                if self._incoming:  # handed over while the writer was saying it is idle
+                    self._idle = False
+                    continue
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 op = self._ops.get(timeout=timeout) if timeout != 0.0 else self._ops.get_nowait()
             except queue.Empty:
                 op = ("commit", None)
+            self._idle = False
             kind = op[0]
-            if kind == "values":
-                _, seq, ekind, step, epoch, key, values, when = op
-                skipped: list[str] = []
-                media: dict[str, Media] = {}
-                data: dict[str, Any] = {key: _plain(values, skipped, media)}
-                if media and not self.failed:
-                    try:
-                        data["media"] = write_media(self.path, seq, media, current_secrets(), skipped)
-                    except OSError as exc:  # a full disk: like a failed commit, delivery goes on from memory
-                        self._fail(exc)
-                if skipped:
-                    data["not_journaled"] = skipped
-                op = ("event", seq, ekind, step, epoch, data, when)
-                kind = "event"
-            if kind == "event":
-                _, seq, ekind, step, epoch, data, when = op
-                if not self.failed:
-                    try:
-                        text = _dumps(data)
-                    except (TypeError, ValueError) as exc:  # never expected: values are plain by now
-                        text = _dumps({"unjournaled": repr(exc)})
-                    events.append((seq, ekind, int(step or 0), _epoch(epoch), when, text))
-                if deadline is None:
-                    deadline = time.monotonic() + self.interval
+            if kind == "wake":
                 continue
             if kind == "cursor":
                 _, name, seq, closed = op
@@ -336,6 +340,7 @@ class Journal:
                 if deadline is None:
                     deadline = time.monotonic() + self.interval
                 continue
+            self._take(events)  # a commit holds every event recorded before it was asked for
             # commit, or close
             if op[1] is not None:
                 waiting.append(op[1])
@@ -358,6 +363,34 @@ class Journal:
             waiting.clear()
             if kind == "close":
                 return
+
+    def _take(self, events: list[tuple[Any, ...]]) -> None:
+        """Turn the events handed over so far into rows (values filtered and redacted, media stored beside the
+        journal, JSON text) and add them to ``events``."""
+        incoming = self._incoming
+        while incoming:
+            op = incoming.popleft()
+            if op[0] == "values":
+                _, seq, ekind, step, epoch, key, values, when = op
+                skipped: list[str] = []
+                media: dict[str, Media] = {}
+                data: dict[str, Any] = {key: _plain(values, skipped, media)}
+                if media and not self.failed:
+                    try:
+                        data["media"] = write_media(self.path, seq, media, current_secrets(), skipped)
+                    except OSError as exc:  # a full disk: like a failed commit, delivery goes on from memory
+                        self._fail(exc)
+                if skipped:
+                    data["not_journaled"] = skipped
+            else:
+                _, seq, ekind, step, epoch, data, when = op
+            if self.failed:
+                continue
+            try:
+                text = _dumps(data)
+            except (TypeError, ValueError) as exc:  # never expected: values are plain by now
+                text = _dumps({"unjournaled": repr(exc)})
+            events.append((seq, ekind, int(step or 0), _epoch(epoch), when, text))
 
     def _fail(self, exc: BaseException) -> None:
         self.failed = f"{type(exc).__name__}: {exc}"
@@ -396,6 +429,14 @@ class Journal:
             with self._cond:
                 self.committed = events[-1][0]
                 self._cond.notify_all()
+
+
+def _host() -> str:
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket  # lazy: slow to import, needed only where os.uname is missing
+
+    return socket.gethostname()
 
 
 def _version() -> str:
@@ -567,7 +608,7 @@ class JournalFile:
 
     def writer_alive(self) -> bool:
         """Whether the process that writes this journal still runs (same host, its pid alive, not closed)."""
-        if self.meta.get("closed") is True or self.meta.get("host") != socket.gethostname():
+        if self.meta.get("closed") is True or self.meta.get("host") != _host():
             return False
         row = self._db.execute("SELECT value FROM meta WHERE key = 'closed'").fetchone()
         if row and json.loads(row[0]) is True:
