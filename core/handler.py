@@ -639,7 +639,7 @@ class CallbackHandler:
         self._plan = None
         return True
 
-    def _open_journal(self, args: Any, state: Any = None) -> None:
+    def _open_journal(self, args: Any, resumed: bool = False) -> None:
         """A new journal at each ``on_train_begin`` (a training session; a resumed one gets its own, which
         continues the directory's latest journal of this rank, so that ``tracklink sync`` of an offline run
         re-attaches the resumed session to the run the first one created), in the run's directory
@@ -653,7 +653,6 @@ class CallbackHandler:
             return
         trackers = {e.tracker: True for e in self._entries if e.channel is not None and e.tracker is not None}
         trackers.update(dict.fromkeys(self.offline, False))
-        resumed = int(getattr(state, "global_step", 0) or 0) > 0
         continues = latest_journal(directory, self.process.rank, self.process.world_size) if resumed else None
         self.journal = Journal.create(directory, trackers, interval=self.journal_settings.interval,
                                       rank=self.process.rank, world_size=self.process.world_size, continues=continues)
@@ -669,16 +668,16 @@ class CallbackHandler:
 
     def _record(self, event: str, snap: Any) -> int | None:
         """Put one event into the journal (on the training thread: a hand-off, no I/O); its id, or None."""
+        state = snap.get("state")
+        step, epoch = int(getattr(state, "global_step", 0) or 0), getattr(state, "epoch", None)
         if event == "on_train_begin":
-            self._open_journal(snap.get("args"), snap.get("state"))
+            self._open_journal(snap.get("args"), resumed=step > 0)
         elif self.journal is not None and self.journal.closed and self._begin is not None and not self.journal.failed:
             # an evaluation after train() ended: a new file, same run
-            self._continue_journal(int(getattr(snap.get("state"), "global_step", 0) or 0))
+            self._continue_journal(step)
         journal = self.journal
         if journal is None or journal.failed or journal.closed:
             return None
-        state = snap.get("state")
-        step, epoch = int(getattr(state, "global_step", 0) or 0), getattr(state, "epoch", None)
         if event == "on_log" or event == "on_predict":  # the values are filtered on the journal's thread
             key = "logs" if event == "on_log" else "metrics"
             return journal.record_values(event, step, epoch, key, snap.get(key))

@@ -177,7 +177,7 @@ class Journal:
         written: the run then delivers from memory."""
         folder = Path(run_dir) / JOURNAL_DIR
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        suffix = f"-rank{rank}" if world_size > 1 else ""
+        suffix = _rank_suffix(rank, world_size)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for n in itertools.count():
@@ -431,6 +431,11 @@ class Journal:
                 self._cond.notify_all()
 
 
+def _rank_suffix(rank: int, world_size: int) -> str:
+    """What a journal's file name ends with (before ``.sqlite``) in a run of several processes."""
+    return f"-rank{rank}" if world_size > 1 else ""
+
+
 def _host() -> str:
     if hasattr(os, "uname"):
         return os.uname().nodename
@@ -632,10 +637,9 @@ class JournalFile:
 
 def latest_journal(run_dir: str | os.PathLike[str], rank: int = 0, world_size: int = 1) -> str | None:
     """The name of the newest journal of ``rank`` in ``run_dir`` (the session a resumed training continues)."""
-    suffix = f"-rank{rank}.sqlite" if world_size > 1 else ".sqlite"
     folder = Path(run_dir) / JOURNAL_DIR
-    names = sorted(p.name for p in folder.glob("*.sqlite") if p.name.endswith(suffix)
-                   and (world_size > 1 or "-rank" not in p.name)) if folder.is_dir() else []
+    names = sorted(p.name for p in folder.glob(f"*{_rank_suffix(rank, world_size)}.sqlite")
+                   if world_size > 1 or "-rank" not in p.name)
     return names[-1] if names else None
 
 
