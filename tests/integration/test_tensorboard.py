@@ -60,6 +60,66 @@ def test_scalars_text_and_hparams_read_back(tmp_path: Path) -> None:
     assert start.hparams["max_steps"].number_value == 20
 
 
+class _Proxy:
+    """A writer of another make: forwards everything to torch's writer, so the tracker must use its add_scalar."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.add_scalar_calls = inner, 0
+
+    def add_scalar(self, *args, **kwargs):
+        self.add_scalar_calls += 1
+        return self.inner.add_scalar(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _records(log_dir: Path) -> list:
+    """The raw events of the run's event files, as written (no migration by the reader)."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    return [event for path in sorted(log_dir.glob("events.out.tfevents.*"))
+            for event in LegacyEventFileLoader(str(path)).Load()]
+
+
+@pytest.mark.parametrize("make", ["torch subclass", "tensorboardX", "proxy"])
+def test_supplied_writer_and_one_record_per_step(tmp_path: Path, make: str) -> None:
+    """A writer passed as ``TensorBoardCallback(tb_writer)`` gets every scalar; torch's and tensorboardX's
+    writers get one record per step holding all of the step's scalars, a writer of another make goes through
+    its own ``add_scalar``, and TensorBoard's reader sees the same series either way."""
+    from tracklink.integrations import TensorBoardCallback
+
+    log_dir = tmp_path / "tb"
+    if make == "tensorboardX":
+        from tensorboardX import SummaryWriter as XWriter
+
+        writer = XWriter(logdir=str(log_dir))
+    else:
+        from torch.utils.tensorboard import SummaryWriter
+
+        class MyWriter(SummaryWriter):
+            pass
+
+        writer = MyWriter(log_dir=str(log_dir))
+        writer = _Proxy(writer) if make == "proxy" else writer
+    trainer = make_trainer(tmp_path / "out", "none", callbacks=[TensorBoardCallback(tb_writer=writer)])
+    trainer.train()
+    writer.flush()
+    acc = _accumulator(log_dir)
+    train_logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert_series(_scalars(acc, "train/loss"), [(h["step"], h["loss"]) for h in train_logs])
+    assert [s for s, _ in _scalars(acc, "train/learning_rate")] == [5, 10, 15, 20]
+    assert [s for s, _ in _scalars(acc, "eval/loss")] == [10, 20]
+
+    with_loss = [e for e in _records(log_dir) if any(v.tag == "train/loss" for v in e.summary.value)]
+    assert [e.step for e in with_loss] == [5, 10, 15, 20]
+    tags = [{v.tag for v in e.summary.value} for e in with_loss]
+    if make == "proxy":
+        assert writer.add_scalar_calls > 0 and all(t == {"train/loss"} for t in tags)
+    else:
+        assert all({"train/loss", "train/learning_rate", "train/grad_norm", "train/epoch"} <= t for t in tags), tags
+
+
 def test_default_directory_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = make_trainer(tmp_path / "out", "tensorboard", max_steps=5, eval_strategy="no", save_strategy="no")
     trainer.train()
