@@ -15,8 +15,9 @@ Printed and written (``--json``): wall time of ``train()`` and its ratio to ``re
 CPU time during ``train()`` (its ratio, and the lowest wall-time ratio that CPU time allows on this machine's
 cores however it is scheduled: CPU seconds / cores / the ``none`` run's wall time), the time
 the loop took to its last step, how long ``train()`` then waited for the trackers (drain), peak RSS, and how
-many logged points each tracker's own files hold afterwards (read back with the test suite's readers). Not
-a test: nothing is asserted.
+many logged points each tracker's own files hold afterwards (read back with the test suite's readers). The
+sustained scenario is also run with 50 steps, which tells the SDKs' setup and teardown apart from the cost
+of the steps in between. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -209,8 +210,21 @@ def _pair(name: str, spec: dict[str, Any], env: dict[str, str] | None = None, to
     return row
 
 
-def sustained(steps: int) -> dict[str, Any]:
-    return _pair("sustained (5 trackers)", {"report_to": FIVE, "steps": steps, "logging_steps": 1})
+def sustained(steps: int, short: int = 50) -> dict[str, Any]:
+    row = _pair("sustained (5 trackers)", {"report_to": FIVE, "steps": steps, "logging_steps": 1})
+    # the same with a few steps: what the five SDKs' setup and teardown cost (imports, stores, files), so the
+    # ratio of the steps in between (setup paid) can be told apart from it
+    first = _pair(f"sustained, {short} steps", {"report_to": FIVE, "steps": short, "logging_steps": 1})
+    none_s = row["none"]["train_s"] - first["none"]["train_s"]
+    row["setup"] = {"steps": short, "extra_s": first["trackers"]["train_s"] - first["none"]["train_s"],
+                    "extra_cpu_s": first["trackers"]["train_cpu_s"] - first["none"]["train_cpu_s"],
+                    "marginal_ratio": (row["trackers"]["train_s"] - first["trackers"]["train_s"]) / none_s,
+                    "marginal_cpu_ratio": (row["trackers"]["train_cpu_s"] - first["trackers"]["train_cpu_s"])
+                    / (row["none"]["train_cpu_s"] - first["none"]["train_cpu_s"])}
+    print(f"{'':<22} setup and teardown of the SDKs: +{row['setup']['extra_s']:.2f} s wall, "
+          f"+{row['setup']['extra_cpu_s']:.2f} s CPU; the {steps - short} steps after: "
+          f"{row['setup']['marginal_ratio']:.2f}x wall, {row['setup']['marginal_cpu_ratio']:.2f}x CPU", flush=True)
+    return row
 
 
 def wide(steps: int) -> dict[str, Any]:

@@ -314,6 +314,7 @@ class TrackerChannel:
         self._delivered = 0  # the last journal event id handed to the tracker without an error
         self._last_args: Any = None
         self._wake = threading.Event()
+        self._urgent = threading.Event()  # cuts a batching worker's linger short (see _loop)
         self._ending = False
         _live_channels.add(self)
 
@@ -371,7 +372,10 @@ class TrackerChannel:
     def _put(self, item: Any, timeout: float | None) -> bool:
         """Queue ``item``, waiting (back-pressure, nothing dropped) while the queue holds ``queue_size``
         events or about ``queue_bytes`` bytes of them."""
+        if type(item) is not tuple:
+            self._urgent.set()  # a barrier or a stop: a lingering worker hands over what it has now
         if self._full():
+            self._urgent.set()
             with self._space:
                 self._producer_waiting = True
                 try:
@@ -487,12 +491,14 @@ class TrackerChannel:
         while True:
             items = [self._queue.get()]
             # a tracker that fell behind takes everything pending at once (its SDK then gets batches); one that
-            # takes batches also lingers a moment for the events right behind the first
-            deadline = time.monotonic() + BATCH_LINGER if batching and type(items[0]) is tuple else 0.0
+            # takes batches also lingers a moment for the events right behind the first, asleep: a wake-up per
+            # arriving event cost more CPU than the SDK calls it saved. A barrier, a stop or a full queue wakes it.
+            if batching and type(items[0]) is tuple:
+                self._urgent.wait(BATCH_LINGER)
+                self._urgent.clear()
             while len(items) < self.settings.queue_size:
                 try:
-                    wait = deadline - time.monotonic()
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 items.append(item)
