@@ -73,6 +73,7 @@ class TensorBoardCallback(Tracker):
         self._own_writer = tb_writer is None
         self.log_dir: str | None = None
         self._summary: Any = None
+        self._package: str | bool | None = False  # not looked up yet (see _writer_package)
 
     def _writer_class(self) -> Any:
         try:
@@ -112,6 +113,7 @@ class TensorBoardCallback(Tracker):
             # purge_step drops events at or after it: the run continues from the restored step
             purge = run.start_step + 1 if run.resume else None
             self.tb_writer = writer_class(log_dir=self.log_dir, purge_step=purge, **run.extra)
+            self._package, self._summary = False, None  # looked up again for this writer
             self._own_writer = True
         else:
             self.log_dir = getattr(self.tb_writer, "log_dir", None) or getattr(self.tb_writer, "logdir", None)
@@ -126,14 +128,7 @@ class TensorBoardCallback(Tracker):
         self.tb_writer.flush()
 
     def _write_hparams(self, params: dict[str, Any]) -> None:
-        # the summaries must be built from the protobuf classes of the writer's own package
-        modules = ["torch.utils.tensorboard.summary", "tensorboardX.summary"]
-        if self._writer_package() == "tensorboardX":
-            modules.reverse()
-        try:
-            hparams = importlib.import_module(modules[0]).hparams
-        except ImportError:  # tensorboardX alone
-            hparams = importlib.import_module(modules[1]).hparams
+        hparams = self._from_writer_package("torch.utils.tensorboard.summary", "tensorboardX.summary", "hparams")
         clean = {k: param_value(v) for k, v in params.items()}
         experiment, start, end = hparams(clean, {})
         file_writer = self.tb_writer._get_file_writer()
@@ -167,23 +162,29 @@ class TensorBoardCallback(Tracker):
 
     def _writer_package(self) -> str | None:
         """``torch`` or ``tensorboardX`` when the writer is (a subclass of) one of their SummaryWriters."""
-        for cls in type(self.tb_writer).__mro__:
-            package = cls.__module__.partition(".")[0]
-            if package in ("torch", "tensorboardX") and hasattr(cls, "_get_file_writer"):
-                return package
-        return None
+        if self._package is False:
+            self._package = next((cls.__module__.partition(".")[0] for cls in type(self.tb_writer).__mro__
+                                  if cls.__module__.partition(".")[0] in ("torch", "tensorboardX")
+                                  and hasattr(cls, "_get_file_writer")), None)
+        return self._package  # type: ignore[return-value]
 
     def _summary_class(self) -> Any:
         """The ``Summary`` protobuf class the writer's package expects (torch's writer uses tensorboard's)."""
         if self._summary is None:
-            modules = ["tensorboard.compat.proto.summary_pb2", "tensorboardX.proto.summary_pb2"]
-            if self._writer_package() == "tensorboardX":
-                modules.reverse()
-            try:
-                self._summary = importlib.import_module(modules[0]).Summary
-            except ImportError:  # tensorboardX alone
-                self._summary = importlib.import_module(modules[1]).Summary
+            self._summary = self._from_writer_package(
+                "tensorboard.compat.proto.summary_pb2", "tensorboardX.proto.summary_pb2", "Summary")
         return self._summary
+
+    def _from_writer_package(self, torch_module: str, x_module: str, name: str) -> Any:
+        """``name`` from the module of the writer's own package (its protobuf classes must match the writer's),
+        else from the other one (tensorboardX alone)."""
+        modules = [torch_module, x_module]
+        if self._writer_package() == "tensorboardX":
+            modules.reverse()
+        try:
+            return getattr(importlib.import_module(modules[0]), name)
+        except ImportError:
+            return getattr(importlib.import_module(modules[1]), name)
 
     def log_text(self, texts: dict[str, str], step: int) -> None:
         for key, value in texts.items():
