@@ -114,12 +114,15 @@ CHILD = textwrap.dedent('''
         disable_tqdm=True, use_cpu=True, dataloader_num_workers=0,
     )
     trainer = WideTrainer(model=Model(), args=args, train_dataset=Data(), callbacks=callbacks)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    def cpu_now():  # this process and its children (trackers in processes of their own, once reaped)
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    usage = cpu_now()
     start = time.perf_counter()
     trainer.train()
     end = time.perf_counter()
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
+    cpu = cpu_now() - usage
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         out = {"train_s": end - start, "train_cpu_s": cpu, "loop_s": (Clock.last_step_at or end) - start,

@@ -31,6 +31,7 @@ from .delivery import HF_STYLE, NAMED_STYLE, Call, DeliverySettings, TrackerChan
 from .errors import PluginRegistrationError, TrackerError
 from .events import EVENTS, EXTRAS, RESETS, STANDARD_ARGS
 from .flow import DefaultFlowCallback
+from .followers import start_followers, wait_followers
 from .journal import JOURNALED, Journal, JournalSettings, journal_event_data, latest_journal, register_journal
 from .process import RANK_POLICIES, ProcessInfo
 from .state import HUB_STATE_KEY, TrainerControl
@@ -222,6 +223,8 @@ class CallbackHandler:
         self.journal: Journal | None = None
         #: trackers recorded to the journal only (``TRACKLINK_OFFLINE``): name -> rank policy
         self.offline: dict[str, str] = {}
+        #: trackers delivered from processes of their own (``TRACKLINK_DELIVERY=process``): name -> rank policy
+        self.followed: dict[str, str] = {}
         self._journal_dir: str | None = None
         for callback in callbacks or ():
             self.add_callback(callback)
@@ -622,7 +625,7 @@ class CallbackHandler:
         if self._plan is None:
             self._plan = self._build_plan()
             self._journaling = self.journal_settings.enabled and bool(
-                self.offline or any(e.channel is not None for e in self._entries))
+                self.offline or self.followed or any(e.channel is not None for e in self._entries))
         return self._plan
 
     # -- the run journal (tracklink.journal) -------------------------------------------------------
@@ -639,6 +642,20 @@ class CallbackHandler:
         self._plan = None
         return True
 
+    def add_follower(self, name: str, rank_policy: str = "main") -> bool:
+        """Deliver tracker ``name`` from a process of its own that follows the run journal
+        (``TRACKLINK_DELIVERY=process``, tracklink.follow); not built here. ``False`` when its rank policy
+        excludes this process."""
+        if not self.process.allows(rank_policy):
+            return False
+        self.followed[name] = rank_policy
+        self._plan = None
+        return True
+
+    def _start_followers(self) -> None:
+        if self.journal is not None and self.followed:
+            start_followers(self.journal.path, list(self.followed))
+
     def _open_journal(self, args: Any, resumed: bool = False) -> None:
         """A new journal at each ``on_train_begin`` (a training session; a resumed one gets its own, which
         continues the directory's latest journal of this rank, so that ``tracklink sync`` of an offline run
@@ -653,6 +670,7 @@ class CallbackHandler:
             return
         trackers = {e.tracker: True for e in self._entries if e.channel is not None and e.tracker is not None}
         trackers.update(dict.fromkeys(self.offline, False))
+        trackers.update(dict.fromkeys(self.followed, True))
         continues = latest_journal(directory, self.process.rank, self.process.world_size) if resumed else None
         self.journal = Journal.create(directory, trackers, interval=self.journal_settings.interval,
                                       rank=self.process.rank, world_size=self.process.world_size, continues=continues)
@@ -665,6 +683,7 @@ class CallbackHandler:
             if (self.offline and self.process.is_world_main) or (self.offline and not self._entries):
                 logger.info("tracklink: offline: %s recorded in %s only; send them later with: tracklink sync %s",
                             ", ".join(self.offline), self.journal.path, directory)
+            self._start_followers()
 
     def _record(self, event: str, snap: Any) -> int | None:
         """Put one event into the journal (on the training thread: a hand-off, no I/O); its id, or None."""
@@ -712,6 +731,7 @@ class CallbackHandler:
             for entry in self._entries:  # the begin event is not delivered again: the trackers have it
                 if entry.channel is not None and entry.tracker is not None and not entry.channel.disabled:
                     self.journal.advance(entry.tracker, seq)
+            self._start_followers()  # they re-attach to the runs the previous journal's followers made
 
     def _report_journal(self) -> None:
         """At the end of a training session: one line per tracker whose events are still only in the journal;
@@ -724,8 +744,10 @@ class CallbackHandler:
             return
         pending = journal.pending()
         journal.close()
+        if self.followed:
+            self._wait_followers(journal)
         for name, count in pending.items():
-            if count and name not in self.offline:
+            if count and name not in self.offline and name not in self.followed:
                 logger.warning("tracklink: tracker %r did not accept %d event(s); they are kept in the run journal. "
                                "Send them with: tracklink sync %s", name, count, self._journal_dir)
         offline = {n: c for n, c in pending.items() if n in self.offline and c}
@@ -733,6 +755,16 @@ class CallbackHandler:
             logger.warning("tracklink: offline run: %d event(s) for %s are in the run journal %s. Send them with: "
                            "tracklink sync %s", max(offline.values()), ", ".join(offline), journal.path,
                            self._journal_dir)
+
+    def _wait_followers(self, journal: Journal) -> None:
+        """The session's journal was closed: its followers deliver what is left and close their runs; wait for
+        them within ``TRACKLINK_DRAIN_TIMEOUT`` (the ones still delivering go on while this process runs, and
+        are stopped at exit after the same timeout)."""
+        for follower in wait_followers(journal.path, self.settings.drain_timeout):
+            logger.warning("tracklink: tracker %r, in its own process, has %d event(s) left to deliver after "
+                           "TRACKLINK_DRAIN_TIMEOUT=%gs; it goes on while this process runs (at exit it gets the same "
+                           "time again, then what is left stays in the run journal for: tracklink sync %s)",
+                           follower.tracker, follower.pending(), self.settings.drain_timeout, self._journal_dir)
 
     def _build_plan(self) -> dict[str, tuple[tuple[str, Any, tuple[str, ...], _Entry], ...]]:
         order = {id(entry.plugin): index for index, entry in enumerate(self._entries)}

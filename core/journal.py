@@ -72,6 +72,9 @@ JOURNALED = frozenset({"on_train_begin", "on_log", "on_predict", "on_save", "on_
 KINDS = {"on_train_begin": "begin", "on_log": "log", "on_predict": "predict", "on_save": "save",
          "on_train_end": "end", "on_exception": "end"}
 
+#: Accepted values of ``TRACKLINK_DELIVERY``.
+DELIVERY_MODES = ("thread", "process")
+
 ENV_VARS = (
     EnvVar("TRACKLINK_JOURNAL", "1", "0/false: no journal; trackers get events from memory only (as before "
            "the journal existed). See docs/journal.md.", kind="bool"),
@@ -83,6 +86,9 @@ ENV_VARS = (
            "journal meanwhile, and for `tracklink sync` after.", kind="number", minimum=0),
     EnvVar("TRACKLINK_OFFLINE", "0", "1/true: record every event in the journal only; no tracker is contacted "
            "during training. Send them later with `tracklink sync RUN_DIR`.", kind="bool"),
+    EnvVar("TRACKLINK_DELIVERY", "thread", "Where trackers run: `thread` (a worker thread each, in the training "
+           "process) or `process` (a process each, following the run journal while it is written; the training "
+           "process only records). See docs/performance.md.", choices=DELIVERY_MODES),
 )
 
 _SCHEMA = (
@@ -103,14 +109,16 @@ class EmptyJournal(JournalError):
 
 
 class JournalSettings:
-    """``TRACKLINK_JOURNAL``, ``TRACKLINK_JOURNAL_COMMIT_MS`` and ``TRACKLINK_OFFLINE``, checked."""
+    """``TRACKLINK_JOURNAL``, ``TRACKLINK_JOURNAL_COMMIT_MS``, ``TRACKLINK_OFFLINE`` and ``TRACKLINK_DELIVERY``,
+    checked."""
 
     def __init__(self, enabled: bool = True, interval: float = 0.2, offline: bool = False,
-                 retry_budget: float = 300.0) -> None:
+                 retry_budget: float = 300.0, processes: bool = False) -> None:
         self.enabled = enabled
         self.interval = interval
         self.offline = offline
         self.retry_budget = retry_budget
+        self.processes = processes  # TRACKLINK_DELIVERY=process: trackers follow the journal from processes
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> JournalSettings:
@@ -128,7 +136,15 @@ class JournalSettings:
         if offline and not enabled:
             raise ValueError("TRACKLINK_OFFLINE=1 records the run in the journal, but TRACKLINK_JOURNAL=0 switches "
                              "the journal off; accepted: TRACKLINK_JOURNAL=1 (the default) with TRACKLINK_OFFLINE=1")
-        return cls(enabled, interval, offline, retry_budget)
+        processes = (env.get("TRACKLINK_DELIVERY") or "").strip().lower() == "process"
+        if processes and not enabled:
+            raise ValueError("TRACKLINK_DELIVERY=process delivers from the run journal, but TRACKLINK_JOURNAL=0 "
+                             "switches the journal off; accepted: TRACKLINK_JOURNAL=1 (the default) with "
+                             "TRACKLINK_DELIVERY=process, or TRACKLINK_DELIVERY=thread")
+        if processes and offline:
+            raise ValueError("TRACKLINK_DELIVERY=process delivers while training, but TRACKLINK_OFFLINE=1 delivers "
+                             "nothing until `tracklink sync`; accepted: one of them")
+        return cls(enabled, interval, offline, retry_budget, processes)
 
 
 def _dumps(value: Any) -> str:
@@ -611,12 +627,14 @@ class JournalFile:
                          (position, int(closed), tracker))
         self._db.execute("COMMIT")
 
+    def closed(self) -> bool:
+        """Whether its writer closed it (read now: the writer may close it while this reader is open)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'closed'").fetchone()
+        return bool(row) and json.loads(row[0]) is True
+
     def writer_alive(self) -> bool:
         """Whether the process that writes this journal still runs (same host, its pid alive, not closed)."""
-        if self.meta.get("closed") is True or self.meta.get("host") != _host():
-            return False
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'closed'").fetchone()
-        if row and json.loads(row[0]) is True:
+        if self.meta.get("closed") is True or self.meta.get("host") != _host() or self.closed():
             return False
         pid = self.meta.get("pid")
         if not isinstance(pid, int) or pid == os.getpid():

@@ -86,7 +86,29 @@ def add_trackers(hub: CallbackHandler, resolution: Resolution, process: ProcessI
         if offline:
             hub.add_offline(spec.name, spec.rank_policy)
             continue
-        hub.add_tracker(spec.create(), spec.name, rank_policy=spec.rank_policy, inline=spec.inline)
+        tracker = spec.create()
+        if hub.journal_settings.processes:
+            reason = _stays_in_process(tracker, spec.inline)
+            if reason is None:
+                hub.add_follower(spec.name, spec.rank_policy)
+                continue
+            logger.info("tracklink: TRACKLINK_DELIVERY=process: tracker %r stays in the training process (%s)",
+                        spec.name, reason)
+        hub.add_tracker(tracker, spec.name, rank_policy=spec.rank_policy, inline=spec.inline)
+
+
+def _stays_in_process(tracker: Any, inline: bool) -> str | None:
+    """Why a tracker cannot be delivered from a process of its own (``TRACKLINK_DELIVERY=process``), or None."""
+    if not isinstance(tracker, Tracker):
+        return "it is not a tracklink.Tracker, so it cannot be replayed from the run journal"
+    if inline:
+        return "it runs on the training thread"
+    try:
+        if tracker.uploads_checkpoints:
+            return "it uploads checkpoints, which checkpoint rotation must wait for"
+    except Exception:
+        return "whether it uploads checkpoints cannot be told"
+    return None
 
 
 class Run:
@@ -142,6 +164,9 @@ class Run:
         if self.hub.offline:
             logger.info("tracklink: trackers: %s (offline: recorded in the run journal only, sent later by "
                         "`tracklink sync`)", ", ".join(self.hub.offline))
+        elif self.hub.followed:
+            logger.info("tracklink: trackers: %s (in processes of their own, following the run journal)%s",
+                        ", ".join(self.hub.followed), f"; {', '.join(active)}" if active else "")
         else:
             logger.info("tracklink: trackers: %s", ", ".join(active) if active else "none")
         # a plugin that failed to load is always shown (it was meant to be used); one whose SDK is simply

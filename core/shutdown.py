@@ -7,7 +7,9 @@ At exit, in this order (each step isolated: a failing step is logged and the nex
 2. ``drain``: every tracker queue is drained (within ``TRACKLINK_DRAIN_TIMEOUT`` seconds);
 3. ``trackers``: tracker runs still open (a run opened by a standalone evaluation) are closed;
 4. ``journals``: the run journals are committed and closed (tracklink.journal);
-5. ``process-group``: the process group the trainer created is destroyed, after every tracker is done.
+5. ``followers``: trackers in processes of their own finish what their journals hold, within
+   ``TRACKLINK_DRAIN_TIMEOUT`` seconds; the ones still delivering then are stopped (tracklink.follow);
+6. ``process-group``: the process group the trainer created is destroyed, after every tracker is done.
 
 Modules add their step with :func:`on_exit`; the first call installs the handler and a ``sys.excepthook``
 wrapper that remembers an uncaught exception (:func:`uncaught_exception`).
@@ -26,7 +28,7 @@ logger = logging.getLogger("tracklink")
 __all__ = ["STEPS", "note_exception", "on_exit", "uncaught_exception"]
 
 #: The steps, in the order they run at exit.
-STEPS = ("runs", "drain", "trackers", "journals", "process-group")
+STEPS = ("runs", "drain", "trackers", "journals", "followers", "process-group")
 
 _steps: dict[str, list[Callable[[], None]]] = {step: [] for step in STEPS}
 _uncaught: list[BaseException] = []

@@ -18,6 +18,8 @@ import contextlib
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,7 +127,7 @@ def sync(target: str | os.PathLike[str], to: Sequence[str] = (), *, progress: bo
                 if spec is None:
                     raise SyncError(f"{path}: tracker {cursor.tracker!r} is not installed here; known trackers: "
                                     f"{', '.join(specs)}")
-                count = _replay(journal, cursor, spec, progress)
+                count = replay(journal, cursor, spec, progress)
                 sent[cursor.tracker] = sent.get(cursor.tracker, 0) + count
         finally:
             journal.close()
@@ -162,7 +164,13 @@ def _in_directory(path: Any) -> Iterator[None]:
             os.chdir(previous)
 
 
-def _replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool) -> int:
+def replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool, *, follow: float | None = None,
+           stop: threading.Event | None = None, batch_size: int | None = None) -> int:
+    """Send ``cursor``'s pending events of ``journal`` to a tracker made from ``spec`` and close its run; returns
+    the events sent. With ``follow`` (seconds between looks), go on with the events written meanwhile until the
+    journal is closed or its writer died (tracklink.follow); ``stop`` ends that early, between two batches,
+    leaving the run open and the rest in the journal."""
+    batch_size = batch_size or BATCH
     begin = journal.first("begin")
     run_dir = journal.path.parent.parent
     with _in_directory(journal.meta.get("cwd")):
@@ -209,32 +217,51 @@ def _replay(journal: JournalFile, cursor: Cursor, spec: Any, progress: bool) -> 
         sent = int(replayed_begin)
         ended = False
         try:
-            batch: list[Event] = []
-            for event in journal.events(after):
-                batch.append(event)
-                if len(batch) >= BATCH:
+            stopped = False
+            while not stopped:
+                # looked at before the events are read: a journal closed after this look still has its last
+                # events read below, then the loop ends
+                writing = follow is not None and journal.writer_alive()
+                batch: list[Event] = []
+                for event in journal.events(after):
+                    batch.append(event)
+                    if len(batch) >= batch_size:
+                        ended = deliver_events(tracker, batch, args, state, control) or ended
+                        sent, after = sent + len(batch), batch[-1].id
+                        _accepted(journal, cursor.tracker, tracker, after)
+                        bar.update(len(batch))
+                        batch = []
+                        stopped = stop is not None and stop.is_set()
+                        if stopped:
+                            break
+                if batch and not stopped:
                     ended = deliver_events(tracker, batch, args, state, control) or ended
-                    sent += len(batch)
-                    _accepted(journal, cursor.tracker, tracker, batch[-1].id)
+                    sent, after = sent + len(batch), batch[-1].id
+                    _accepted(journal, cursor.tracker, tracker, after)
                     bar.update(len(batch))
-                    batch = []
-            if batch:
-                ended = deliver_events(tracker, batch, args, state, control) or ended
-                sent += len(batch)
-                _accepted(journal, cursor.tracker, tracker, batch[-1].id)
-                bar.update(len(batch))
+                stopped = stopped or (stop is not None and stop.is_set())
+                if not writing:
+                    break
+                if not stopped:
+                    time.sleep(follow or 0.0)
+            # a follower stopped before the end of what its journal holds (or will hold): its run is closed as
+            # killed and the cursor stays, so tracklink sync re-attaches to it for the rest
+            incomplete = stopped and (journal.count(after) > 0 or journal.writer_alive())
             if tracker.is_active:
                 # no end event: an evaluation after train() in a process that exited normally (its journal was
                 # closed), or a process that died (kill -9, OOM): closed as killed
-                clean = ended or journal.meta.get("closed") is True
+                clean = not incomplete and (ended or journal.closed())
                 tracker.close(_run_end("success" if clean else "killed", state))
+            if incomplete:
+                return sent
             if tracker.unsent_count():
                 raise SyncError(f"tracker {cursor.tracker!r} still holds {tracker.unsent_count()} point(s) its backend "
                                 "did not take; run tracklink sync again when it answers")
             journal.move(cursor.tracker, journal.last, identity=tracker.identity, closed=True)
         finally:
             bar.close()
-    logger.info("tracklink: sync: %d event(s) of %s sent to %s", sent, journal.path, cursor.tracker)
+    logger.log(logging.INFO if follow is None else logging.DEBUG, "tracklink: sync: %d event(s) of %s sent to %s",
+               sent, journal.path, cursor.tracker)
     return sent
 
 

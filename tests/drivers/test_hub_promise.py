@@ -140,19 +140,27 @@ DRIVERS: dict[str, Callable[[Path], None]] = {
 }
 
 
-@pytest.mark.parametrize("offline", [False, True], ids=["live", "offline-then-synced"])
+@pytest.mark.parametrize("mode", ["live", "offline", "process"], ids=["live", "offline-then-synced", "processes"])
 @pytest.mark.parametrize("driver", list(DRIVERS))
-def test_every_loop_reaches_the_same_keys_steps_and_values(driver: str, offline: bool, tmp_path: Path,
+def test_every_loop_reaches_the_same_keys_steps_and_values(driver: str, mode: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Live, and recorded with ``TRACKLINK_OFFLINE=1`` then sent with ``tracklink sync`` (the journal belongs to
-    the run, so every loop gets it): the same read-back."""
+    """Live, recorded with ``TRACKLINK_OFFLINE=1`` then sent with ``tracklink sync``, and delivered by trackers in
+    processes of their own (``TRACKLINK_DELIVERY=process``) that follow the journal (the journal belongs to the
+    run, so every loop gets it): the same read-back."""
     workdir = tmp_path / driver
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    offline = mode == "offline"
     if offline:
         monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+    if mode == "process":
+        monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
     DRIVERS[driver](workdir)
+    if mode == "process":
+        from tracklink.followers import _followers
+
+        assert [f.tracker for f in _followers] == [], "the end of the session waited for its followers"
     if offline:
         monkeypatch.delenv("TRACKLINK_OFFLINE")
         assert not glob.glob(str(workdir / "**" / "events.out.tfevents.*"), recursive=True), "nothing was sent"

@@ -31,6 +31,7 @@ from mlflow_server import MlflowServer, mlflow_server  # noqa: F401 - the sessio
 
 import tracklink
 from tracklink import cli
+from tracklink.followers import reap_all
 from tracklink.journal import JournalFile, journal_files
 from tracklink.tracker import close_open_trackers
 
@@ -253,26 +254,42 @@ def test_offline_run_replayed_into_mlflow_wandb_and_tensorboard_reads_back_like_
 # -- the trainer ---------------------------------------------------------------------------------------
 
 
-def test_a_trainer_run_recorded_offline_and_synced_reads_back_like_a_live_one(
+def test_a_trainer_run_recorded_offline_and_synced_or_followed_from_processes_reads_back_like_a_live_one(
         workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The journal belongs to the run, whichever loop drives it: tracklink's Trainer (evaluations, checkpoints,
     the final summary, an evaluate() after train()) recorded offline, then synced into TensorBoard and MLflow
-    (local SQLite store)."""
+    (local SQLite store); and the same delivered live by trackers in processes of their own
+    (``TRACKLINK_DELIVERY=process``), which follow the journal and its continuation."""
     from helpers import make_trainer
 
     results = {}
-    for mode in ("live", "offline"):
+    for mode in ("live", "offline", "process"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / f'{mode}-mlflow.db'}")
         if mode == "offline":
             monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+        if mode == "process":
+            monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
         trainer = make_trainer(workdir / mode, ["tensorboard", "mlflow"], run_name="trained")
         trainer.train()
+        if mode == "process":
+            assert trainer.callback_handler.trackers == {} and set(trainer.callback_handler.followed) == {
+                "tensorboard", "mlflow"}, "no tracker was built in the training process"
         trainer.evaluate()
         monkeypatch.delenv("TRACKLINK_OFFLINE", raising=False)
+        monkeypatch.delenv("TRACKLINK_DELIVERY", raising=False)
         # as at interpreter exit: the run the evaluation re-opened is closed, the journal too
         assert trainer.callback_handler.wait_for_trackers(60)
         close_open_trackers()
         trainer.callback_handler.journal.close()
+        reap_all(60)
+        if mode == "process":
+            for path in journal_files(workdir / mode):
+                journal = JournalFile(path)
+                try:
+                    assert {(c.tracker, c.pending, c.closed) for c in journal.cursors()} == {
+                        ("tensorboard", 0, True), ("mlflow", 0, True)}, path
+                finally:
+                    journal.close()
         if mode == "offline":
             assert not (workdir / mode / "runs").exists(), "nothing written by a tracker during training"
             assert cli.main(["sync", "--quiet", str(workdir / mode)]) == 0
@@ -287,7 +304,7 @@ def test_a_trainer_run_recorded_offline_and_synced_reads_back_like_a_live_one(
         board = {tag: tensorboard_points(log_dir, tag) for tag in ("train/loss", "eval/loss", "train/learning_rate")}
         params = {k: v for k, v in run.data.params.items() if k not in ("output_dir", "logging_dir")}
         results[mode] = (run.info.status, run.info.run_name, params, metrics, board)
-    assert results["live"] == results["offline"]
+    assert results["live"] == results["offline"] == results["process"]
     assert results["live"][3]["eval_loss"] and len(results["live"][3]["loss"]) == 4
 
 
@@ -295,19 +312,23 @@ def test_a_resumed_training_recorded_offline_is_synced_into_the_same_runs(
         workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Resume re-attach with the journal: a training stopped after its checkpoint at step 10 and resumed from it,
     both sessions recorded offline, reads back after ``tracklink sync`` like the same two sessions logged live:
-    one MLflow run, one TensorBoard directory, every step once in TensorBoard."""
+    one MLflow run, one TensorBoard directory, every step once in TensorBoard. With trackers in processes of
+    their own, the resumed session's followers re-attach to the runs the first session's followers made."""
     from mlflow.tracking import MlflowClient
 
     from helpers import make_trainer
 
     results = {}
-    for mode in ("live", "offline"):
+    for mode in ("live", "offline", "process"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / f'{mode}-mlflow.db'}")
         if mode == "offline":
             monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
+        if mode == "process":
+            monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
         make_trainer(workdir / mode, ["tensorboard", "mlflow"], run_name="resumed", max_steps=10).train()
         make_trainer(workdir / mode, ["tensorboard", "mlflow"], run_name="resumed").train(resume_from_checkpoint=True)
         monkeypatch.delenv("TRACKLINK_OFFLINE", raising=False)
+        monkeypatch.delenv("TRACKLINK_DELIVERY", raising=False)
         if mode == "offline":
             assert len(journal_files(workdir / mode)) == 2
             assert cli.main(["sync", "--quiet", str(workdir / mode)]) == 0
@@ -318,7 +339,7 @@ def test_a_resumed_training_recorded_offline_is_synced_into_the_same_runs(
         (log_dir,) = {p.parent for p in (workdir / mode).rglob("events.out.tfevents.*")}
         board = {tag: tensorboard_points(log_dir, tag) for tag in ("train/loss", "eval/loss")}
         results[mode] = (run.info.status, run.info.run_name, metrics, board)
-    assert results["live"] == results["offline"]
+    assert results["live"] == results["offline"] == results["process"]
     assert [step for step, _ in results["live"][3]["train/loss"]] == [5, 10, 15, 20]
 
 

@@ -13,6 +13,9 @@ import tracklink
 
 from . import DELAY_ENV, OUT_ENV, PROJECT_ENV, SECRET_ENV, record
 
+CHECKPOINTS_ENV = "TRACKLINK_TESTPLUGIN_CHECKPOINTS"
+FAIL_ENV = "TRACKLINK_TESTPLUGIN_FAIL_SETUP"
+
 
 class TestRecorderTracker(tracklink.Tracker):
     """Records every call of the tracker contract; it handles no training event itself (the contract is
@@ -29,13 +32,22 @@ class TestRecorderTracker(tracklink.Tracker):
         tracklink.EnvVar(PROJECT_ENV, None, "a project name the plugin records at setup"),
         tracklink.EnvVar(DELAY_ENV, "0", "seconds each log_metrics call takes (a slow backend)", kind="number",
                          minimum=0),
+        tracklink.EnvVar(CHECKPOINTS_ENV, "1", "0: do not take checkpoints (a tracker that uploads none)",
+                         kind="bool"),
+        tracklink.EnvVar(FAIL_ENV, "0", "1: setup fails (a backend that refuses the run)", kind="bool"),
     )
+
+    @property
+    def uploads_checkpoints(self) -> bool:
+        return os.environ.get(CHECKPOINTS_ENV, "1").strip() != "0"
 
     @classmethod
     def ready(cls, env: Mapping[str, str]) -> str | None:
         return None if env.get(OUT_ENV) else f"{OUT_ENV} is not set"
 
     def setup(self, run: tracklink.RunInfo) -> None:
+        if os.environ.get(FAIL_ENV, "0").strip() == "1":
+            raise RuntimeError("the test backend refuses the run")
         # the secret's value is never recorded, only whether it is set
         record("tracker", call="setup", start_step=run.start_step, params=run.params,
                thread=threading.current_thread().name, project=run.project or os.environ.get(PROJECT_ENV),
