@@ -9,7 +9,9 @@ Scenarios (each run in a fresh interpreter, compared with the same training with
   default queue and with ``TRACKLINK_QUEUE_SIZE=100``: peak memory (RSS) against the run without it;
 * ``runs``       200 short runs in one process (the plain run API, TensorBoard and MLflow): threads, open files
   and memory after the first 20 and after all 200;
-* ``torchrun``   two CPU processes (gloo) logging every step to TensorBoard and MLflow.
+* ``torchrun``   two CPU processes (gloo) logging every step to TensorBoard and MLflow;
+* ``processes``  the sustained and wide scenarios with ``TRACKLINK_DELIVERY=process`` (each tracker in a process
+  of its own, following the run journal).
 
 Printed and written (``--json``): wall time of ``train()`` and its ratio to ``report_to="none"``, the process's
 CPU time during ``train()`` (its ratio, and the lowest wall-time ratio that CPU time allows on this machine's
@@ -36,6 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
 FIVE = ["tensorboard", "mlflow", "wandb", "dvclive", "comet_ml"]
+SCENARIOS = ("sustained", "wide", "slow", "runs", "torchrun", "processes")
 
 
 def offline_env(root: Path) -> dict[str, str]:
@@ -234,6 +237,15 @@ def wide(steps: int) -> dict[str, Any]:
     return _pair("wide (2,000 keys)", {"report_to": FIVE, "steps": steps, "logging_steps": 10, "width": 2000})
 
 
+def processes(steps: int, wide_steps: int) -> list[dict[str, Any]]:
+    """The sustained and wide scenarios with each tracker in a process of its own (``TRACKLINK_DELIVERY=process``):
+    CPU time then includes the followers' (reaped when ``train()`` ends); peak RSS is the training process's."""
+    env = {"TRACKLINK_DELIVERY": "process"}
+    return [_pair("sustained, processes", {"report_to": FIVE, "steps": steps, "logging_steps": 1}, env),
+            _pair("wide, processes", {"report_to": FIVE, "steps": wide_steps, "logging_steps": 10, "width": 2000},
+                  env)]
+
+
 def slow(steps: int) -> list[dict[str, Any]]:
     spec = {"report_to": "none", "steps": steps, "logging_steps": 1, "slow": 0.002}
     return [_pair("slow tracker", spec), _pair("slow tracker, queue 100", spec, {"TRACKLINK_QUEUE_SIZE": "100"})]
@@ -290,11 +302,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--slow-steps", type=int, default=20000)
     parser.add_argument("--torchrun-steps", type=int, default=1000)
     parser.add_argument("--only", nargs="*", default=None,
-                        choices=["sustained", "wide", "slow", "runs", "torchrun"], help="run only these scenarios")
+                        choices=[*SCENARIOS], help="run only these scenarios (the others are kept in --json)")
     parser.add_argument("--json", type=Path, help="write the results here")
     ns = parser.parse_args(argv)
-    wanted = set(ns.only or ["sustained", "wide", "slow", "runs", "torchrun"])
+    wanted = set(ns.only or SCENARIOS)
     results: dict[str, Any] = {}
+    if ns.only and ns.json and ns.json.is_file():  # a partial run updates the scenarios it ran
+        results = json.loads(ns.json.read_text())
     if "sustained" in wanted:
         results["sustained"] = sustained(ns.steps)
     if "wide" in wanted:
@@ -305,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["runs"] = many_runs()
     if "torchrun" in wanted:
         results["torchrun"] = torchrun(ns.torchrun_steps)
+    if "processes" in wanted:
+        results["processes"] = processes(ns.steps, ns.wide_steps)
     if ns.json:
         ns.json.parent.mkdir(parents=True, exist_ok=True)
         ns.json.write_text(json.dumps(results, indent=2) + "\n")
