@@ -35,6 +35,11 @@ POLL_S = 0.1
 #: Events handed to the tracker between two cursor moves (and two looks at a request to stop).
 BATCH = 200
 
+#: Set when the training process stops this follower (SIGTERM): the batch being delivered is finished, the
+#: tracker's run closed as ``killed``, and the rest left in the journal.
+_stopping = threading.Event()
+
+
 def follow(path: str | os.PathLike[str], tracker: str, poll: float = POLL_S) -> int:
     """Replay journal ``path`` into ``tracker`` while it is written, until it is closed or its writer died;
     returns the events sent. Raises what ``tracklink sync`` raises (the cursor stays where the tracker's
@@ -42,7 +47,7 @@ def follow(path: str | os.PathLike[str], tracker: str, poll: float = POLL_S) -> 
     journal = JournalFile(path)
     try:
         while journal.first("begin") is None:  # the training process commits its first event soon
-            if not journal.writer_alive():
+            if not journal.writer_alive() or _stopping.is_set():
                 return 0
             time.sleep(poll)
         cursor = journal.cursor(tracker)
@@ -53,11 +58,6 @@ def follow(path: str | os.PathLike[str], tracker: str, poll: float = POLL_S) -> 
                       batch_size=BATCH)
     finally:
         journal.close()
-
-
-#: Set when the training process stops this follower (SIGTERM): the batch being delivered is finished, the
-#: tracker's run closed as ``killed``, and the rest left in the journal.
-_stopping = threading.Event()
 
 
 def _stop(signum: int, frame: object) -> None:

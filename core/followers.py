@@ -26,7 +26,7 @@ from .shutdown import on_exit
 
 logger = logging.getLogger("tracklink")
 
-__all__ = ["Follower", "reap_all", "start_followers", "wait_followers"]
+__all__ = ["Follower", "followers_of", "reap_all", "start_followers", "stop_followers", "wait_followers"]
 
 #: Seconds a stopped follower gets to close its tracker's run before it is killed.
 STOP_GRACE_S = 10.0
@@ -83,11 +83,16 @@ def start_followers(journal: Path, trackers: Sequence[str]) -> list[Follower]:
     return started
 
 
+def followers_of(journal: Path) -> list[Follower]:
+    """The followers of ``journal`` not reaped yet."""
+    return [f for f in _followers if f.journal == journal]
+
+
 def wait_followers(journal: Path, timeout: float) -> list[Follower]:
     """Wait (at most ``timeout`` seconds in all) for the followers of ``journal``, which was closed; the ones
     that have not finished are returned, still running. A follower that failed is reported here."""
     deadline = time.monotonic() + timeout
-    mine = [f for f in _followers if f.journal == journal]
+    mine = followers_of(journal)
     for follower in mine:
         try:
             follower.process.wait(max(0.0, deadline - time.monotonic()))
@@ -116,18 +121,27 @@ def reap_all(timeout: float | None = None) -> None:
             timeout = DeliverySettings.from_env().drain_timeout
         except ValueError:  # an invalid setting was reported when training started
             timeout = DeliverySettings.drain_timeout
+    deadline = time.monotonic() + timeout  # one timeout for all of them, as for the trackers' queues
     for journal in list(dict.fromkeys(f.journal for f in _followers)):
-        for follower in wait_followers(journal, timeout):
-            follower.process.send_signal(signal.SIGTERM)
-            try:
-                follower.process.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                follower.process.kill()
-                follower.process.wait()
+        left = wait_followers(journal, max(0.0, deadline - time.monotonic()))
+        stop_followers(left, f"was still delivering after TRACKLINK_DRAIN_TIMEOUT={timeout:g}s")
+
+
+def stop_followers(followers: Sequence[Follower], why: str) -> None:
+    """Stop ``followers`` (SIGTERM: each finishes the batch it delivers and closes its run as ``killed``; killed
+    after :data:`STOP_GRACE_S`) and count what each did not deliver."""
+    for follower in followers:
+        follower.process.send_signal(signal.SIGTERM)
+    for follower in followers:
+        try:
+            follower.process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            follower.process.kill()
+            follower.process.wait()
+        if follower in _followers:
             _followers.remove(follower)
-            pending = follower.pending()
-            if pending:
-                logger.warning("tracklink: tracker %r, in its own process, was still delivering after "
-                               "TRACKLINK_DRAIN_TIMEOUT=%gs and was stopped: %d event(s) not delivered are kept in "
-                               "the run journal. Send them with: tracklink sync %s", follower.tracker, timeout,
-                               pending, journal.parent.parent)
+        pending = follower.pending()
+        if pending:
+            logger.warning("tracklink: tracker %r, in its own process, %s and was stopped: %d event(s) not delivered "
+                           "are kept in the run journal. Send them with: tracklink sync %s", follower.tracker, why,
+                           pending, follower.journal.parent.parent)

@@ -31,7 +31,7 @@ from .delivery import HF_STYLE, NAMED_STYLE, Call, DeliverySettings, TrackerChan
 from .errors import PluginRegistrationError, TrackerError
 from .events import EVENTS, EXTRAS, RESETS, STANDARD_ARGS
 from .flow import DefaultFlowCallback
-from .followers import start_followers, wait_followers
+from .followers import followers_of, start_followers, stop_followers, wait_followers
 from .journal import JOURNALED, Journal, JournalSettings, journal_event_data, latest_journal, register_journal
 from .process import RANK_POLICIES, ProcessInfo
 from .state import HUB_STATE_KEY, TrainerControl
@@ -678,6 +678,11 @@ class CallbackHandler:
         for entry in self._entries:
             if entry.channel is not None:
                 entry.channel.use_journal(self.journal, self.journal_settings.retry_budget)
+        if self.journal is None and self.followed:
+            logger.error("tracklink: the run journal cannot be written in %s, so the trackers in processes of their "
+                         "own (%s, TRACKLINK_DELIVERY=process) receive nothing from this training session; "
+                         "TRACKLINK_DELIVERY=thread delivers from memory when the journal cannot be written",
+                         directory, ", ".join(self.followed))
         if self.journal is not None:
             register_journal(self.journal)
             if (self.offline and self.process.is_world_main) or (self.offline and not self._entries):
@@ -741,6 +746,13 @@ class CallbackHandler:
             return
         journal.commit(timeout=30.0)
         if journal.failed:
+            if self.followed:
+                logger.error("tracklink: the run journal %s could not be written (%s): the trackers in processes of "
+                             "their own (%s) did not receive the events after that; TRACKLINK_DELIVERY=thread "
+                             "delivers from memory when the journal fails", journal.path, journal.failed,
+                             ", ".join(self.followed))
+                journal.close()  # no more events can come: the followers are stopped, not waited for
+                stop_followers(followers_of(journal.path), "had no more events to expect")
             return
         pending = journal.pending()
         journal.close()

@@ -21,13 +21,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_journal import SECRET, comparable, log_run, masked, only_journal, records
 
 import tracklink
 from tracklink import cli, followers
-from tracklink.journal import JournalSettings
+from tracklink.journal import Journal, JournalSettings
 
 
 @pytest.fixture
@@ -156,6 +157,36 @@ def test_a_tracker_that_fails_in_its_process_leaves_training_alone_and_its_event
     monkeypatch.delenv("TRACKLINK_TESTPLUGIN_FAIL_SETUP")
     assert cli.main(["sync", "--quiet", str(tmp_path / "run")]) == 0
     assert [r["step"] for r in records(recorder) if r["call"] == "log_metrics"] == list(range(12))
+
+
+def test_a_journal_that_fills_the_disk_stops_the_followers_at_once_and_says_what_they_missed(
+        recorder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    created = Journal.create
+
+    def tiny(*args: Any, **kwargs: Any) -> Journal | None:
+        journal = created(*args, **kwargs)
+        assert journal is not None
+        pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
+        journal._db.execute(f"PRAGMA max_page_count = {pages + 8}")  # SQLite's own "database or disk is full"
+        return journal
+
+    monkeypatch.setattr(Journal, "create", staticmethod(tiny))
+    monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="tracklink"), \
+            tracklink.init(report_to=["testrecorder"], dir=tmp_path / "run") as run:
+        for step in range(3000):
+            run.log({"loss": 1.0 / (step + 1), "note": "x" * 200}, step=step)
+            time.sleep(0.001)  # several commits before the disk is full
+    assert time.monotonic() - start < 60, "not the 600 s drain timeout: the followers were stopped"
+    error = next(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert "could not be written" in error and "full" in error and "(testrecorder)" in error
+    assert "TRACKLINK_DELIVERY=thread" in error
+    rows = records(recorder)
+    steps = [r["step"] for r in rows if r["call"] == "log_metrics"]
+    assert steps == list(range(len(steps))) and 0 < len(steps) < 3000, "what was committed, in order"
+    assert rows[-1]["status"] == "killed", "the follower closed its run as killed"
+    assert followers._followers == []
 
 
 def test_a_tracker_that_uploads_checkpoints_stays_in_the_training_process(
