@@ -636,19 +636,19 @@ class CallbackHandler:
         """Record events for tracker ``name`` in the journal only (``TRACKLINK_OFFLINE``): it is not built
         nor contacted; ``tracklink sync`` sends them later. ``False`` when its rank policy excludes this
         process (then this process keeps no journal for it)."""
-        if not self.process.allows(rank_policy):
-            return False
-        self.offline[name] = rank_policy
-        self._plan = None
-        return True
+        return self._add_journal_only(self.offline, name, rank_policy)
 
     def add_follower(self, name: str, rank_policy: str = "main") -> bool:
         """Deliver tracker ``name`` from a process of its own that follows the run journal
         (``TRACKLINK_DELIVERY=process``, tracklink.follow); not built here. ``False`` when its rank policy
         excludes this process."""
+        return self._add_journal_only(self.followed, name, rank_policy)
+
+    def _add_journal_only(self, table: dict[str, str], name: str, rank_policy: str) -> bool:
+        """A tracker this process does not build, only journals for (``offline`` or ``followed``)."""
         if not self.process.allows(rank_policy):
             return False
-        self.followed[name] = rank_policy
+        table[name] = rank_policy
         self._plan = None
         return True
 

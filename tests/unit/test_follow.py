@@ -21,14 +21,13 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_journal import SECRET, comparable, log_run, masked, only_journal, records
+from test_journal import SECRET, comparable, disk_full_after, log_run, masked, only_journal, records
 
 import tracklink
 from tracklink import cli, followers
-from tracklink.journal import Journal, JournalSettings
+from tracklink.journal import JournalSettings
 
 
 @pytest.fixture
@@ -161,16 +160,7 @@ def test_a_tracker_that_fails_in_its_process_leaves_training_alone_and_its_event
 
 def test_a_journal_that_fills_the_disk_stops_the_followers_at_once_and_says_what_they_missed(
         recorder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    created = Journal.create
-
-    def tiny(*args: Any, **kwargs: Any) -> Journal | None:
-        journal = created(*args, **kwargs)
-        assert journal is not None
-        pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
-        journal._db.execute(f"PRAGMA max_page_count = {pages + 8}")  # SQLite's own "database or disk is full"
-        return journal
-
-    monkeypatch.setattr(Journal, "create", staticmethod(tiny))
+    disk_full_after(monkeypatch, pages=8)
     monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
     start = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="tracklink"), \

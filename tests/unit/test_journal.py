@@ -227,19 +227,24 @@ def test_a_damaged_or_foreign_journal_is_a_clear_error(recorder: Path, tmp_path:
     assert len(records(recorder)) == before, "nothing was replayed"
 
 
-def test_a_full_disk_falls_back_to_delivery_from_memory(recorder: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def disk_full_after(monkeypatch: pytest.MonkeyPatch, pages: int) -> None:
+    """New journals fill up ("database or disk is full", SQLite's own error) after ``pages`` more pages."""
     created = Journal.create
 
     def tiny(*args: Any, **kwargs: Any) -> Journal | None:
         journal = created(*args, **kwargs)
         assert journal is not None
-        pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
-        journal._db.execute(f"PRAGMA max_page_count = {pages + 2}")  # SQLite's own "database or disk is full"
+        count = journal._db.execute("PRAGMA page_count").fetchone()[0]
+        journal._db.execute(f"PRAGMA max_page_count = {count + pages}")
         return journal
 
     monkeypatch.setattr(Journal, "create", staticmethod(tiny))
+
+
+def test_a_full_disk_falls_back_to_delivery_from_memory(recorder: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    disk_full_after(monkeypatch, pages=2)
     with caplog.at_level(logging.WARNING, logger="tracklink"):
         log_run(tmp_path / "run", steps=3000)
     assert any("cannot be written any more" in r.getMessage() and "full" in r.getMessage() for r in caplog.records)
