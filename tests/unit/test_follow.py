@@ -160,7 +160,9 @@ def test_a_tracker_that_fails_in_its_process_leaves_training_alone_and_its_event
 
 def test_a_journal_that_fills_the_disk_stops_the_followers_at_once_and_says_what_they_missed(
         recorder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    disk_full_after(monkeypatch, pages=8)
+    # about 800 of the 3,000 events fit, committed every 50 ms: several commits reach the file, whatever the speed
+    disk_full_after(monkeypatch, pages=64)
+    monkeypatch.setenv("TRACKLINK_JOURNAL_COMMIT_MS", "50")
     monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
     start = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="tracklink"), \
