@@ -21,6 +21,7 @@ from typing import Any
 
 from .delivery import DeliverySettings
 from .errors import ReportToError
+from .followers import stays_in_process
 from .journal import JournalError, JournalSettings
 from .media import KINDS, outcome
 from .registry import TrackerSpec, discover
@@ -108,11 +109,13 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
         problems.append(str(exc))
         settings = None
     try:
-        JournalSettings.from_env(env)
+        journal: JournalSettings | None = JournalSettings.from_env(env)
     except ValueError as exc:
         problems.append(str(exc))
+        journal = None
     for row in rows:
         spec = specs[row["name"]]
+        row["delivery"] = _delivery(spec, journal) if row["selected"] and row["installed"] else None
         variables = []
         for var in spec.env_vars:
             value = env.get(var.name)
@@ -137,6 +140,8 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
         # settings of a tracker that is not selected cannot break this training: warnings only
         row["problems"] = found if row["selected"] else []
         row["warnings"] = [] if row["selected"] else found
+        if row["delivery"] and row["delivery"].startswith(UNBUILDABLE):  # training would fail the same way
+            row["problems"].append(row["delivery"][len("unknown: "):])
         problems.extend(f"{row['name']}: {p}" for p in row["problems"])
     return {
         "report_to": env.get(ENV_REPORT_TO) if report_to is NOT_GIVEN else report_to,
@@ -147,6 +152,30 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
         "trackers": rows,
         "problems": problems,
     }
+
+
+UNBUILDABLE = "unknown: the tracker cannot be built"
+
+
+def _delivery(spec: TrackerSpec, journal: JournalSettings | None) -> str:
+    """How a selected tracker would receive its events in a training started with these settings, and why.
+    Only ``TRACKLINK_DELIVERY=process`` builds the tracker (its settings tell whether it uploads checkpoints,
+    which keeps it in the training process); building one reads its environment and imports no SDK."""
+    if journal is None:
+        return "unknown: the journal settings are invalid"
+    if journal.offline:
+        return "none during training: recorded in the run journal for `tracklink sync` (TRACKLINK_OFFLINE=1)"
+    if spec.inline:
+        return "inline, on the training thread"
+    if not journal.processes:
+        return "a worker thread of the training process"
+    try:
+        reason = stays_in_process(spec.create(), spec.inline)
+    except Exception as exc:
+        return f"{UNBUILDABLE} ({type(exc).__name__}: {exc})"
+    if reason is None:
+        return "a process of its own, following the run journal (TRACKLINK_DELIVERY=process)"
+    return f"a worker thread of the training process, although TRACKLINK_DELIVERY=process: {reason}"
 
 
 def _print_table(rows: list[dict[str, Any]], out: Any) -> None:
@@ -207,6 +236,8 @@ def _cmd_doctor(ns: argparse.Namespace) -> int:
               + ("installed " + (row["sdk_version"] or "") if row["installed"] else f"install: {row['install']}"))
         if row["not_ready_reason"]:
             print(f"  not ready: {row['not_ready_reason']}")
+        if row["delivery"]:
+            print(f"  delivery: {row['delivery']}")
         for warning in row.get("warnings", []):
             print(f"  note (not selected): {warning}")
         for var in row["env"]:

@@ -19,20 +19,37 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .delivery import DeliverySettings
 from .journal import JournalError, JournalFile
 from .shutdown import on_exit
+from .tracker import Tracker
 
 logger = logging.getLogger("tracklink")
 
-__all__ = ["Follower", "followers_of", "reap_all", "start_followers", "stop_followers", "wait_followers"]
+__all__ = ["Follower", "followers_of", "reap_all", "start_followers", "stays_in_process", "stop_followers",
+           "wait_followers"]
 
 #: Seconds a stopped follower gets to close its tracker's run before it is killed.
 STOP_GRACE_S = 10.0
 #: The distributed launcher's variables: a follower replays one process's journal on its own, like ``sync``.
 _LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                   "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK")
+
+
+def stays_in_process(tracker: Any, inline: bool) -> str | None:
+    """Why a tracker cannot be delivered from a process of its own (``TRACKLINK_DELIVERY=process``), or None."""
+    if not isinstance(tracker, Tracker):
+        return "it is not a tracklink.Tracker, so it cannot be replayed from the run journal"
+    if inline:
+        return "it runs on the training thread"
+    try:
+        if tracker.uploads_checkpoints:
+            return "it uploads checkpoints, which checkpoint rotation must wait for"
+    except Exception:
+        return "whether it uploads checkpoints cannot be told"
+    return None
 
 
 class Follower:

@@ -30,6 +30,7 @@ from typing import Any
 
 from .atomic import atomic_write_text, claim_directory
 from .errors import ReportToError
+from .followers import stays_in_process
 from .handler import CallbackHandler
 from .media import Media
 from .process import ProcessInfo
@@ -88,27 +89,13 @@ def add_trackers(hub: CallbackHandler, resolution: Resolution, process: ProcessI
             continue
         tracker = spec.create()
         if hub.journal_settings.processes:
-            reason = _stays_in_process(tracker, spec.inline)
+            reason = stays_in_process(tracker, spec.inline)
             if reason is None:
                 hub.add_follower(spec.name, spec.rank_policy)
                 continue
             logger.info("tracklink: TRACKLINK_DELIVERY=process: tracker %r stays in the training process (%s)",
                         spec.name, reason)
         hub.add_tracker(tracker, spec.name, rank_policy=spec.rank_policy, inline=spec.inline)
-
-
-def _stays_in_process(tracker: Any, inline: bool) -> str | None:
-    """Why a tracker cannot be delivered from a process of its own (``TRACKLINK_DELIVERY=process``), or None."""
-    if not isinstance(tracker, Tracker):
-        return "it is not a tracklink.Tracker, so it cannot be replayed from the run journal"
-    if inline:
-        return "it runs on the training thread"
-    try:
-        if tracker.uploads_checkpoints:
-            return "it uploads checkpoints, which checkpoint rotation must wait for"
-    except Exception:
-        return "whether it uploads checkpoints cannot be told"
-    return None
 
 
 class Run:

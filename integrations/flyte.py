@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib.util
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -104,6 +106,8 @@ class FlyteCallback(Tracker):
                 raise TypeError(f"FlyteCallback({arg}={value!r}): expected True or False")
         self.save_log_history = save_log_history
         self.sync_checkpoints = sync_checkpoints
+        if "flytekit" not in sys.modules and importlib.util.find_spec("flytekit") is not None:
+            raise RuntimeError(_NOT_IN_TASK)  # a task body runs with flytekit imported: no need to import it
         self.import_sdk()
         from flytekit.core.context_manager import ExecutionState, FlyteContextManager
 

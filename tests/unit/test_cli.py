@@ -193,6 +193,71 @@ def test_doctor_settings_of_unselected_trackers_are_warnings(fake_specs: Any, ca
     assert any("FAKECLOUD_MODE='sideways'" in w for w in row["warnings"])
 
 
+class FakeUploader(Tracker):
+    name = "fakeuploader"
+
+    def log_checkpoint(self, path: str, state: Any) -> None:
+        pass
+
+
+class FakeInline(Tracker):
+    name = "fakeinline"
+    inline = True
+
+
+@pytest.mark.parametrize("setting, board, uploader, inline", [
+    ({}, "a worker thread of the training process", "a worker thread of the training process",
+     "inline, on the training thread"),
+    ({"TRACKLINK_DELIVERY": "process"}, "a process of its own, following the run journal",
+     "a worker thread of the training process, although TRACKLINK_DELIVERY=process: it uploads checkpoints",
+     "inline, on the training thread"),
+    ({"TRACKLINK_OFFLINE": "1"}, "none during training: recorded in the run journal",
+     "none during training: recorded in the run journal", "none during training: recorded in the run journal"),
+    ({"TRACKLINK_DELIVERY": "process", "TRACKLINK_OFFLINE": "1"}, "unknown: the journal settings are invalid",
+     "unknown: the journal settings are invalid", "unknown: the journal settings are invalid"),
+])
+def test_doctor_tells_how_each_tracker_receives_its_events(setting: dict[str, str], board: str, uploader: str,
+                                                          inline: str, fake_specs: dict[str, TrackerSpec],
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    specs = {**fake_specs, **{cls.name: TrackerSpec(name=cls.name, value=f"fake:{cls.__name__}", obj=cls,
+                                                   distribution="tracklink", distribution_version="0.1.0",
+                                                   _loaded=True) for cls in (FakeUploader, FakeInline)}}
+    monkeypatch.setattr(cli, "discover", lambda: dict(specs))
+    for name in ("TRACKLINK_DELIVERY", "TRACKLINK_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    selected = "fakeboard,fakeuploader,fakeinline"
+    code, out = run_main(capsys, "doctor", "--json", "--report-to", selected)
+    rows = {r["name"]: r for r in json.loads(out)["trackers"]}
+    assert rows["fakeboard"]["delivery"].startswith(board)
+    assert rows["fakeuploader"]["delivery"].startswith(uploader)
+    assert rows["fakeinline"]["delivery"].startswith(inline)
+    assert rows["fakecloud"]["delivery"] is None  # not selected
+    assert code == (1 if "TRACKLINK_OFFLINE" in setting and "TRACKLINK_DELIVERY" in setting else 0)
+    code, out = run_main(capsys, "doctor", "--report-to", selected)
+    assert f"  delivery: {board}" in out
+
+
+def test_doctor_names_a_tracker_that_cannot_be_built_in_process_mode(fake_specs: dict[str, TrackerSpec],
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken(Tracker):
+        name = "fakebroken"
+
+        def __init__(self) -> None:
+            raise ValueError("FAKEBROKEN_URL='ftp://x' is not an http(s) URL")
+
+    fake_specs["fakebroken"] = TrackerSpec(name="fakebroken", value="fake:Broken", obj=Broken, _loaded=True,
+                                           distribution="tracklink", distribution_version="0.1.0")
+    monkeypatch.setattr(cli, "discover", lambda: dict(fake_specs))
+    monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
+    code, out = run_main(capsys, "doctor", "--report-to", "fakebroken")
+    assert "delivery: unknown: the tracker cannot be built (ValueError: FAKEBROKEN_URL='ftp://x'" in out
+    assert code == 1 and "  - fakebroken: the tracker cannot be built (ValueError" in out, "training would fail"
+
+
 class FakeComet(Tracker):
     name = "comet_ml"
     extra = "comet"

@@ -68,6 +68,20 @@ def test_cli_plugin_listing_and_doctor_import_no_sdk() -> None:
     assert heavy_modules_after(code) == []
 
 
+def test_doctor_telling_which_trackers_run_in_processes_imports_no_sdk() -> None:
+    """With TRACKLINK_DELIVERY=process the doctor builds each selected tracker (its settings tell whether it
+    uploads checkpoints); building one reads settings only, Flyte's included (it is never inside a task here)."""
+    code = """
+        import contextlib, io, os
+        os.environ["TRACKLINK_DELIVERY"] = "process"
+        from tracklink import cli
+        with contextlib.redirect_stdout(io.StringIO()):
+            cli.main(["doctor", "--json"])
+            cli.main(["doctor", "--report-to", "tensorboard,mlflow,wandb,dvclive,comet_ml,codecarbon,flyte"])
+    """
+    assert heavy_modules_after(code) == []
+
+
 def test_the_check_itself_detects_heavy_imports() -> None:
     pytest.importorskip("torch")
     assert "torch" in heavy_modules_after("import tracklink\nimport torch\n")
