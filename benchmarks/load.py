@@ -11,7 +11,9 @@ Scenarios (each run in a fresh interpreter, compared with the same training with
   and memory after the first 20 and after all 200;
 * ``torchrun``   two CPU processes (gloo) logging every step to TensorBoard and MLflow;
 * ``processes``  the sustained and wide scenarios with ``TRACKLINK_DELIVERY=process`` (each tracker in a process
-  of its own, following the run journal).
+  of its own, following the run journal);
+* ``alone``      the same two, with each of the five trackers alone in its process: on a 2-core machine training
+  and the follower then have a core each, as all five would on a machine with a core per tracker.
 
 Printed and written (``--json``): wall time of ``train()`` and its ratio to ``report_to="none"``, the process's
 CPU time during ``train()`` (its ratio, and the lowest wall-time ratio that CPU time allows on this machine's
@@ -38,7 +40,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
 FIVE = ["tensorboard", "mlflow", "wandb", "dvclive", "comet_ml"]
-SCENARIOS = ("sustained", "wide", "slow", "runs", "torchrun", "processes")
+SCENARIOS = ("sustained", "wide", "slow", "runs", "torchrun", "processes", "alone")
 
 
 def offline_env(root: Path) -> dict[str, str]:
@@ -246,6 +248,20 @@ def processes(steps: int, wide_steps: int) -> list[dict[str, Any]]:
                   env)]
 
 
+def alone(steps: int, wide_steps: int) -> list[dict[str, Any]]:
+    """Each tracker alone in a process of its own, sustained and wide: training, the journal's writer and one
+    follower share this machine's cores (a core for the follower on 2 cores)."""
+    env = {"TRACKLINK_DELIVERY": "process"}
+    rows = []
+    for name in FIVE:
+        rows.append(_pair(f"{name} alone, processes", {"report_to": [name], "steps": steps, "logging_steps": 1},
+                          env))
+    for name in FIVE:
+        rows.append(_pair(f"{name} alone, wide, processes",
+                          {"report_to": [name], "steps": wide_steps, "logging_steps": 10, "width": 2000}, env))
+    return rows
+
+
 def slow(steps: int) -> list[dict[str, Any]]:
     spec = {"report_to": "none", "steps": steps, "logging_steps": 1, "slow": 0.002}
     return [_pair("slow tracker", spec), _pair("slow tracker, queue 100", spec, {"TRACKLINK_QUEUE_SIZE": "100"})]
@@ -321,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["torchrun"] = torchrun(ns.torchrun_steps)
     if "processes" in wanted:
         results["processes"] = processes(ns.steps, ns.wide_steps)
+    if "alone" in wanted:
+        results["alone"] = alone(ns.steps, ns.wide_steps)
     if ns.json:
         ns.json.parent.mkdir(parents=True, exist_ok=True)
         ns.json.write_text(json.dumps(results, indent=2) + "\n")
