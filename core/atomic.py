@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "claim_directory"]
+__all__ = ["atomic_path", "atomic_write_text", "claim_directory", "directory_lock"]
 
 
 @contextlib.contextmanager
@@ -42,6 +42,25 @@ def atomic_write_text(target: str | os.PathLike[str], text: str, encoding: str =
     """Write ``text`` to ``target`` atomically (see :func:`atomic_path`)."""
     with atomic_path(target) as temporary:
         temporary.write_text(text, encoding=encoding)
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (``flock`` on the directory itself: no lock file is left in it)
+    while the block runs: read-modify-write of a file in it by several threads or processes (the trackers
+    adding their run identities to a checkpoint's ``trainer_state.json``) loses no one's change. Where
+    ``flock`` does not exist (Windows) the block runs unlocked."""
+    try:
+        import fcntl  # lazy: POSIX only
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def claim_directory(path: str | os.PathLike[str]) -> str:

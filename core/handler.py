@@ -34,7 +34,7 @@ from .flow import DefaultFlowCallback
 from .followers import followers_of, start_followers, stop_followers, wait_followers
 from .journal import JOURNALED, Journal, JournalSettings, journal_event_data, latest_journal, register_journal
 from .process import RANK_POLICIES, ProcessInfo
-from .state import HUB_STATE_KEY, TrainerControl
+from .state import HUB_STATE_KEY, TrainerControl, saved_attributes
 from .tracker import Tracker
 
 logger = logging.getLogger("tracklink")
@@ -225,6 +225,9 @@ class CallbackHandler:
         self.offline: dict[str, str] = {}
         #: trackers delivered from processes of their own (``TRACKLINK_DELIVERY=process``): name -> rank policy
         self.followed: dict[str, str] = {}
+        #: the key under which each followed tracker's state goes into checkpoints (its ``state_key``)
+        self.follower_keys: dict[str, str] = {}
+        self._follower_resume: dict[str, dict[str, Any]] = {}
         self._journal_dir: str | None = None
         for callback in callbacks or ():
             self.add_callback(callback)
@@ -638,11 +641,38 @@ class CallbackHandler:
         process (then this process keeps no journal for it)."""
         return self._add_journal_only(self.offline, name, rank_policy)
 
-    def add_follower(self, name: str, rank_policy: str = "main") -> bool:
+    def add_follower(self, name: str, rank_policy: str = "main", state_key: str | None = None) -> bool:
         """Deliver tracker ``name`` from a process of its own that follows the run journal
-        (``TRACKLINK_DELIVERY=process``, tracklink.follow); not built here. ``False`` when its rank policy
-        excludes this process."""
-        return self._add_journal_only(self.followed, name, rank_policy)
+        (``TRACKLINK_DELIVERY=process``, tracklink.follow); not built here. ``state_key`` is the key of its
+        entry in checkpoints (see :meth:`follower_states`). ``False`` when its rank policy excludes this
+        process."""
+        if not self._add_journal_only(self.followed, name, rank_policy):
+            return False
+        self.follower_keys[name] = state_key or name
+        return True
+
+    def follower_states(self) -> dict[str, dict[str, Any]]:
+        """The checkpoint entries of the followed trackers, as their own ``state()`` would export them: the run
+        identity each follower stored in the journal, or None while its setup is still going on (the follower
+        then adds it to the checkpoint when it handles the checkpoint's ``on_save``). Called on the training
+        thread at each save; reads the journal file."""
+        if not self.followed:
+            return {}
+        identities = self.journal.identities() if self.journal is not None else {}
+        return {self.follower_keys.get(name, name): {"args": {}, "attributes": {"run": identities.get(name)}}
+                for name in self.followed}
+
+    def resume_followers(self, entries: Any) -> None:
+        """Re-attach the followed trackers to the runs named in ``entries`` (saved states by key, as
+        :meth:`follower_states` and each tracker's ``state()`` export them: a checkpoint's
+        ``stateful_callbacks``, a run file) when the next training session begins: their identities go into
+        its journal, where the followers read them, so they re-attach whichever delivery made the runs."""
+        holder = types.SimpleNamespace(stateful_callbacks=entries if isinstance(entries, (dict, list)) else {})
+        self._follower_resume = {}
+        for name in self.followed:
+            identity = saved_attributes(holder, self.follower_keys.get(name, name)).get("run")
+            if isinstance(identity, dict):
+                self._follower_resume[name] = identity
 
     def _add_journal_only(self, table: dict[str, str], name: str, rank_policy: str) -> bool:
         """A tracker this process does not build, only journals for (``offline`` or ``followed``)."""
@@ -656,7 +686,7 @@ class CallbackHandler:
         if self.journal is not None and self.followed:
             start_followers(self.journal.path, list(self.followed))
 
-    def _open_journal(self, args: Any, resumed: bool = False) -> None:
+    def _open_journal(self, args: Any, resumed: bool = False, state: Any = None) -> None:
         """A new journal at each ``on_train_begin`` (a training session; a resumed one gets its own, which
         continues the directory's latest journal of this rank, so that ``tracklink sync`` of an offline run
         re-attaches the resumed session to the run the first one created), in the run's directory
@@ -685,17 +715,22 @@ class CallbackHandler:
                          directory, ", ".join(self.followed))
         if self.journal is not None:
             register_journal(self.journal)
+            if resumed and not self._follower_resume:
+                self.resume_followers(getattr(state, "stateful_callbacks", None))
+            for name, identity in self._follower_resume.items():  # the followers re-attach even without the
+                self.journal.identify(name, identity)  # earlier session's journal
             if (self.offline and self.process.is_world_main) or (self.offline and not self._entries):
                 logger.info("tracklink: offline: %s recorded in %s only; send them later with: tracklink sync %s",
                             ", ".join(self.offline), self.journal.path, directory)
             self._start_followers()
+        self._follower_resume = {}
 
     def _record(self, event: str, snap: Any) -> int | None:
         """Put one event into the journal (on the training thread: a hand-off, no I/O); its id, or None."""
         state = snap.get("state")
         step, epoch = int(getattr(state, "global_step", 0) or 0), getattr(state, "epoch", None)
         if event == "on_train_begin":
-            self._open_journal(snap.get("args"), resumed=step > 0)
+            self._open_journal(snap.get("args"), resumed=step > 0, state=state)
         elif self.journal is not None and self.journal.closed and self._begin is not None and not self.journal.failed:
             # an evaluation after train() ended: a new file, same run
             self._continue_journal(step)

@@ -301,17 +301,25 @@ class Journal:
 
     def pending(self) -> dict[str, int]:
         """Events each tracker has not accepted yet (read from the file: call after :meth:`commit`)."""
+        return {c.tracker: c.pending for c in self._cursors()}
+
+    def identities(self) -> dict[str, dict[str, Any]]:
+        """The run identity of each tracker that has one, as stored in the file (by the processes following
+        it, or at a commit)."""
+        return {c.tracker: c.identity for c in self._cursors() if c.identity is not None}
+
+    def _cursors(self) -> list[Cursor]:
         if self.failed:
-            return {}
+            return []
         try:
             file = JournalFile(self.path)
             try:
-                return {c.tracker: c.pending for c in file.cursors()}
+                return file.cursors()
             finally:
                 file.close()
         except Exception as exc:
             logger.debug("tracklink: reading the journal's cursors failed: %r", exc)
-            return {}
+            return []
 
     # -- the writer thread -------------------------------------------------------------------------
 

@@ -91,7 +91,7 @@ def add_trackers(hub: CallbackHandler, resolution: Resolution, process: ProcessI
         if hub.journal_settings.processes:
             reason = stays_in_process(tracker, spec.inline)
             if reason is None:
-                hub.add_follower(spec.name, spec.rank_policy)
+                hub.add_follower(spec.name, spec.rank_policy, state_key(tracker))
                 continue
             logger.info("tracklink: TRACKLINK_DELIVERY=process: tracker %r stays in the training process (%s)",
                         spec.name, reason)
@@ -141,8 +141,13 @@ class Run:
 
     @property
     def identities(self) -> dict[str, dict[str, Any] | None]:
-        """Each tracker's run identity (``None`` until its setup finished on its worker thread)."""
-        return {name: plugin.identity for name, plugin in self.trackers.items() if isinstance(plugin, Tracker)}
+        """Each tracker's run identity (``None`` until its setup finished on its worker thread, or, for a tracker
+        in a process of its own, until that process stored it in the run journal)."""
+        identities = {name: plugin.identity for name, plugin in self.trackers.items() if isinstance(plugin, Tracker)}
+        if self.hub.followed:
+            stored = self.hub.journal.identities() if self.hub.journal is not None else {}
+            identities.update({name: stored.get(name) for name in self.hub.followed})
+        return identities
 
     def log_banner(self) -> None:
         """The start-of-training lines: the active trackers, and the ones skipped for a reason worth telling."""
@@ -275,6 +280,7 @@ class Run:
             for tracker in run.trackers.values():
                 if isinstance(tracker, Tracker) and isinstance(stored.get(state_key(tracker)), Mapping):
                     tracker.load_state(stored[state_key(tracker)])
+            run.hub.resume_followers(stored)
         if run.process.is_world_main:
             directory.mkdir(parents=True, exist_ok=True)
         on_exit("runs", _finish_open_runs)
@@ -418,7 +424,8 @@ class Run:
         """Write the run file: the trackers' identities and the last step (world main process only)."""
         if self.dir is None or not self.process.is_world_main:
             return
-        trackers = {state_key(t): t.state() for t in self.trackers.values() if isinstance(t, Tracker)}
+        trackers = {**self.hub.follower_states(),
+                    **{state_key(t): t.state() for t in self.trackers.values() if isinstance(t, Tracker)}}
         self._identities_saved = all(t.setup_finished for t in self.trackers.values() if isinstance(t, Tracker))
         data = {"format": 1, "name": self.name, "project": getattr(self.args, "project", None),
                 "report_to": list(self.resolution.names), "step": self._step, "logged": self._logged,

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, directory_lock
 from .callback import TrainerCallback
 from .delivery import busy
 from .envvars import FALSE_VALUES, KINDS, TRUE_VALUES, EnvVar, env_snapshot, truthy
@@ -472,13 +472,15 @@ class Tracker(TrainerCallback):
             return
         path = os.path.join(checkpoint_dir, STATE_FILE)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            entry = data.get("stateful_callbacks", {}).get(self.state_key)
-            if not isinstance(entry, dict) or not isinstance(entry.get("attributes"), dict):
-                return
-            entry["attributes"]["run"] = identity
-            atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+            with directory_lock(checkpoint_dir):  # other trackers (threads, or processes of their own) add theirs
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+                entry = data.get("stateful_callbacks", {}).get(self.state_key)
+                if not isinstance(entry, dict) or not isinstance(entry.get("attributes"), dict) \
+                        or entry["attributes"].get("run") == identity:
+                    return
+                entry["attributes"]["run"] = identity
+                atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
         except (OSError, ValueError, AttributeError) as exc:
             logger.debug("tracklink: could not add %s's run identity to %s: %r", self.name, path, exc)
 

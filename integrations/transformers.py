@@ -78,7 +78,8 @@ class TracklinkBridge(TrainerCallback, ExportableState):
     # -- transformers' ExportableState -----------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        trackers = {state_key(t): t.state() for t in self.hub.trackers.values() if isinstance(t, Tracker)}
+        trackers = {**self.hub.follower_states(),
+                    **{state_key(t): t.state() for t in self.hub.trackers.values() if isinstance(t, Tracker)}}
         return {"args": {"report_to": list(self.resolution.names)}, "attributes": {"tracker_states": trackers}}
 
     def _restore(self, state: Any) -> None:
@@ -86,6 +87,7 @@ class TracklinkBridge(TrainerCallback, ExportableState):
         for tracker in self.hub.trackers.values():
             if isinstance(tracker, Tracker) and state_key(tracker) in stored:
                 tracker.load_state(stored[state_key(tracker)])
+        self.hub.resume_followers(stored)
 
     # -- events ----------------------------------------------------------------------------------
 

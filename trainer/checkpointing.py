@@ -147,6 +147,8 @@ def save_checkpoint(trainer: Any) -> Path:
         if best_dir.is_dir():
             trainer.state.best_model_checkpoint = str(best_dir)
     states = collect_states(stateful_objects(trainer))
+    for key, entry in trainer.callback_handler.follower_states().items():  # trackers in processes of their own
+        states.setdefault(key, entry)
     failures = trainer.callback_handler.tracker_failures()
     if failures:
         states[HUB_STATE_KEY] = {"args": {}, "attributes": {"tracker_failures": failures}}

@@ -313,19 +313,33 @@ def test_a_resumed_training_recorded_offline_is_synced_into_the_same_runs(
     """Resume re-attach with the journal: a training stopped after its checkpoint at step 10 and resumed from it,
     both sessions recorded offline, reads back after ``tracklink sync`` like the same two sessions logged live:
     one MLflow run, one TensorBoard directory, every step once in TensorBoard. With trackers in processes of
-    their own, the resumed session's followers re-attach to the runs the first session's followers made."""
+    their own, the resumed session's followers re-attach to the runs the first session's followers made: through
+    the journal, or through the identities in the checkpoint when the journal is gone; and a resume with
+    threads re-attaches to them through the checkpoint."""
+    import shutil
+
     from mlflow.tracking import MlflowClient
 
     from helpers import make_trainer
 
     results = {}
-    for mode in ("live", "offline", "process"):
+    modes = ("live", "offline", "process", "process, resumed with threads", "process, the journal deleted")
+    for mode in modes:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / f'{mode}-mlflow.db'}")
         if mode == "offline":
             monkeypatch.setenv("TRACKLINK_OFFLINE", "1")
-        if mode == "process":
+        if mode.startswith("process"):
             monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
         make_trainer(workdir / mode, ["tensorboard", "mlflow"], run_name="resumed", max_steps=10).train()
+        if mode.startswith("process"):
+            saved = json.loads((workdir / mode / "checkpoint-10" / "trainer_state.json").read_text())
+            identities = {key: entry["attributes"]["run"] for key, entry in saved["stateful_callbacks"].items()
+                          if key in ("MLflowCallback", "TensorBoardCallback")}
+            assert len(identities) == 2 and all(identities.values()), identities
+        if mode == "process, resumed with threads":
+            monkeypatch.delenv("TRACKLINK_DELIVERY")
+        if mode == "process, the journal deleted":
+            shutil.rmtree(workdir / mode / "tracklink-journal")
         make_trainer(workdir / mode, ["tensorboard", "mlflow"], run_name="resumed").train(resume_from_checkpoint=True)
         monkeypatch.delenv("TRACKLINK_OFFLINE", raising=False)
         monkeypatch.delenv("TRACKLINK_DELIVERY", raising=False)
@@ -339,7 +353,8 @@ def test_a_resumed_training_recorded_offline_is_synced_into_the_same_runs(
         (log_dir,) = {p.parent for p in (workdir / mode).rglob("events.out.tfevents.*")}
         board = {tag: tensorboard_points(log_dir, tag) for tag in ("train/loss", "eval/loss")}
         results[mode] = (run.info.status, run.info.run_name, metrics, board)
-    assert results["live"] == results["offline"] == results["process"]
+    for mode in modes:
+        assert results[mode] == results["live"], mode
     assert [step for step, _ in results["live"][3]["train/loss"]] == [5, 10, 15, 20]
 
 

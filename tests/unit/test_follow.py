@@ -14,8 +14,10 @@ tracker that uploads checkpoints (stays in the training process), and the bad se
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,6 +30,7 @@ from test_journal import SECRET, comparable, disk_full_after, log_run, masked, o
 import tracklink
 from tracklink import cli, followers
 from tracklink.journal import JournalSettings
+from tracklink.run import RUN_FILE
 
 
 @pytest.fixture
@@ -179,6 +182,38 @@ def test_a_journal_that_fills_the_disk_stops_the_followers_at_once_and_says_what
     assert steps == list(range(len(steps))) and 0 < len(steps) < 3000, "what was committed, in order"
     assert rows[-1]["status"] == "killed", "the follower closed its run as killed"
     assert followers._followers == []
+
+
+@pytest.mark.parametrize("resume_with", ["thread", "process", "process, the journal deleted"])
+def test_a_followed_run_keeps_its_identity_in_the_run_file_for_a_resume_with_either_delivery(
+        recorder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resume_with: str) -> None:
+    """The training process asks the journal for the identities its followers stored: ``run.identities`` and the
+    run file hold them as with threads, so a resume re-attaches whichever delivery it uses, and without the
+    earlier session's journal."""
+    monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
+    run_dir = tmp_path / "run"
+    with tracklink.init(report_to=["testrecorder"], dir=run_dir) as run:
+        for step in range(5):
+            run.log({"loss": 1.0 / (step + 1)}, step=step)
+    identity = {"run_id": "testrecorder-run"}
+    assert run.identities == {"testrecorder": identity}
+    saved = json.loads((run_dir / RUN_FILE).read_text())
+    assert saved["trackers"] == {"TestRecorderTracker": {"args": {}, "attributes": {"run": identity}}}
+    first = records(recorder)
+    assert first[0]["call"] == "setup" and first[0]["resume"] is None
+
+    if resume_with == "thread":
+        monkeypatch.delenv("TRACKLINK_DELIVERY")
+    elif resume_with == "process, the journal deleted":
+        shutil.rmtree(run_dir / "tracklink-journal")
+    recorder.unlink()
+    with tracklink.init(report_to=["testrecorder"], dir=run_dir, resume=True) as run:
+        run.log({"loss": 0.1}, step=5)
+    again = records(recorder)
+    assert again[0]["call"] == "setup" and again[0]["resume"] == identity, "re-attached to the first run"
+    assert [r["step"] for r in again if r["call"] == "log_metrics"] == [5]
+    assert json.loads((run_dir / RUN_FILE).read_text())["trackers"]["TestRecorderTracker"]["attributes"]["run"] \
+        == identity
 
 
 def test_a_tracker_that_uploads_checkpoints_stays_in_the_training_process(

@@ -49,7 +49,7 @@ class TestRecorderTracker(tracklink.Tracker):
         if os.environ.get(FAIL_ENV, "0").strip() == "1":
             raise RuntimeError("the test backend refuses the run")
         # the secret's value is never recorded, only whether it is set
-        record("tracker", call="setup", start_step=run.start_step, params=run.params,
+        record("tracker", call="setup", start_step=run.start_step, params=run.params, resume=run.resume,
                thread=threading.current_thread().name, project=run.project or os.environ.get(PROJECT_ENV),
                api_key_set=bool(os.environ.get(SECRET_ENV)))
 
