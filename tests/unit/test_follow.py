@@ -216,6 +216,33 @@ def test_a_followed_run_keeps_its_identity_in_the_run_file_for_a_resume_with_eit
         == identity
 
 
+LOCKED_WRITER = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+    from tracklink.atomic import atomic_write_text, directory_lock
+    folder = Path(sys.argv[1])
+    for _ in range(int(sys.argv[2])):
+        with directory_lock(folder):
+            data = json.loads((folder / "trainer_state.json").read_text())
+            data["count"] += 1
+            atomic_write_text(folder / "trainer_state.json", json.dumps(data))
+''')
+
+
+def test_processes_adding_to_one_checkpoint_file_under_the_directory_lock_lose_no_change(tmp_path: Path) -> None:
+    """Followers (and worker threads) add their identities to a checkpoint's trainer_state.json by
+    read-modify-write; three processes doing it 200 times each keep every change, and leave no lock file."""
+    folder = tmp_path / "checkpoint-10"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text('{"count": 0}')
+    script = tmp_path / "writer.py"
+    script.write_text(LOCKED_WRITER)
+    writers = [subprocess.Popen([sys.executable, str(script), str(folder), "200"]) for _ in range(3)]
+    assert [w.wait(120) for w in writers] == [0, 0, 0]
+    assert json.loads((folder / "trainer_state.json").read_text())["count"] == 600
+    assert [p.name for p in folder.iterdir()] == ["trainer_state.json"]
+
+
 def test_a_tracker_that_uploads_checkpoints_stays_in_the_training_process(
         recorder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
