@@ -48,6 +48,8 @@ __all__ = ["RUN_FILE", "Run", "RunArgs", "check_init_kwargs", "init", "refuse_un
 
 #: The file in a run's directory that keeps its trackers' run identities (for ``resume``).
 RUN_FILE = "tracklink-run.json"
+#: Seconds between two looks at the journal for the identities of trackers in processes of their own.
+IDENTITY_LOOK_S = 1.0
 RESUME_CHOICES = (None, False, True, "allow", "must", "never")
 _open_runs: weakref.WeakSet[Run] = weakref.WeakSet()
 
@@ -129,6 +131,8 @@ class Run:
         self._logged = False
         self._finished = False
         self._identities_saved = False
+        self._identity_look_at = 0.0
+        self._saved_follower_states: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._guard = SigtermGuard()
 
@@ -417,16 +421,25 @@ class Run:
         return folder
 
     def _save_when_identified(self) -> None:
-        if all(t.setup_finished for t in self.trackers.values() if isinstance(t, Tracker)):
-            self._save()
+        if not all(t.setup_finished for t in self.trackers.values() if isinstance(t, Tracker)):
+            return
+        if self.hub.followed:  # their identities are in the journal: looked at once a second, not at every log
+            now = time.monotonic()
+            if now < self._identity_look_at:
+                return
+            self._identity_look_at = now + IDENTITY_LOOK_S
+            if self.hub.follower_states() == self._saved_follower_states:
+                return
+        self._save()
 
     def _save(self) -> None:
         """Write the run file: the trackers' identities and the last step (world main process only)."""
         if self.dir is None or not self.process.is_world_main:
             return
-        trackers = {**self.hub.follower_states(),
-                    **{state_key(t): t.state() for t in self.trackers.values() if isinstance(t, Tracker)}}
-        self._identities_saved = all(t.setup_finished for t in self.trackers.values() if isinstance(t, Tracker))
+        followers = self._saved_follower_states = self.hub.follower_states()
+        trackers = {**followers, **{state_key(t): t.state() for t in self.trackers.values() if isinstance(t, Tracker)}}
+        self._identities_saved = all(t.setup_finished for t in self.trackers.values() if isinstance(t, Tracker)) \
+            and all(entry["attributes"]["run"] is not None for entry in followers.values())
         data = {"format": 1, "name": self.name, "project": getattr(self.args, "project", None),
                 "report_to": list(self.resolution.names), "step": self._step, "logged": self._logged,
                 "finished": self._finished, "trackers": trackers}

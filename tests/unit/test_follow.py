@@ -216,6 +216,23 @@ def test_a_followed_run_keeps_its_identity_in_the_run_file_for_a_resume_with_eit
         == identity
 
 
+def test_the_run_file_gets_a_followers_identity_while_the_run_goes_on(recorder: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training killed mid-run can still be resumed with threads: the identity reaches the run file once the
+    follower stored it, not only at the end."""
+    monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
+    run_file = tmp_path / "run" / RUN_FILE
+    deadline = time.monotonic() + 60
+    with tracklink.init(report_to=["testrecorder"], dir=tmp_path / "run") as run:
+        step = 0
+        while not json.loads(run_file.read_text())["trackers"]["TestRecorderTracker"]["attributes"]["run"]:
+            assert time.monotonic() < deadline, "the identity never reached the run file during the run"
+            run.log({"loss": 1.0 / (step + 1)}, step=step)
+            step += 1
+            time.sleep(0.05)
+        assert run.identities == {"testrecorder": {"run_id": "testrecorder-run"}}
+
+
 LOCKED_WRITER = textwrap.dedent('''
     import json, sys
     from pathlib import Path
