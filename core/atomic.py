@@ -16,14 +16,16 @@ __all__ = ["atomic_path", "atomic_write_text", "claim_directory", "directory_loc
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], make_parents: bool = True) -> Iterator[Path]:
     """Yield a temporary path in ``target``'s directory; when the block succeeds, the file written there
     is flushed to disk and renamed to ``target``. When the block raises, the temporary file is removed
-    and ``target`` is left as it was."""
+    and ``target`` is left as it was. ``make_parents=False``: a directory that does not exist (any more) is
+    an error (FileNotFoundError), not created."""
     import tempfile  # lazy: ``import tracklink`` stays cheap (stdlib, slow to import)
 
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     temporary = Path(name)
@@ -38,9 +40,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def atomic_write_text(target: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+def atomic_write_text(target: str | os.PathLike[str], text: str, encoding: str = "utf-8",
+                      make_parents: bool = True) -> None:
     """Write ``text`` to ``target`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(target) as temporary:
+    with atomic_path(target, make_parents) as temporary:
         temporary.write_text(text, encoding=encoding)
 
 
@@ -55,12 +58,20 @@ def directory_lock(directory: str | os.PathLike[str]) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    fd = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        fd = -1  # the block then fails on its own file operations, with its own message
+    try:
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # a file system without flock (NFS, Lustre without -o flock): unlocked, as before
+                pass
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        if fd >= 0:
+            os.close(fd)  # closing the descriptor releases the lock
 
 
 def claim_directory(path: str | os.PathLike[str]) -> str:

@@ -140,7 +140,7 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
         # settings of a tracker that is not selected cannot break this training: warnings only
         row["problems"] = found if row["selected"] else []
         row["warnings"] = [] if row["selected"] else found
-        if row["delivery"] and row["delivery"].startswith(UNBUILDABLE):  # training would fail the same way
+        if row["delivery"] and row["delivery"].startswith(f"{UNBUILDABLE} ("):  # training would fail the same way
             row["problems"].append(row["delivery"][len("unknown: "):])
         problems.extend(f"{row['name']}: {p}" for p in row["problems"])
     return {
@@ -171,8 +171,10 @@ def _delivery(spec: TrackerSpec, journal: JournalSettings | None) -> str:
         return "a worker thread of the training process"
     try:
         reason = stays_in_process(spec.create(), spec.inline)
-    except Exception as exc:
+    except (ValueError, TypeError) as exc:  # its settings: training would fail the same way
         return f"{UNBUILDABLE} ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # e.g. a tracker built only inside a Flyte task: not a problem of these settings
+        return f"unknown: the tracker can only be built where it runs ({type(exc).__name__}: {exc})"
     if reason is None:
         return "a process of its own, following the run journal (TRACKLINK_DELIVERY=process)"
     return f"a worker thread of the training process, although TRACKLINK_DELIVERY=process: {reason}"

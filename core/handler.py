@@ -227,7 +227,10 @@ class CallbackHandler:
         self.followed: dict[str, str] = {}
         #: the key under which each followed tracker's state goes into checkpoints (its ``state_key``)
         self.follower_keys: dict[str, str] = {}
+        #: the followed trackers that have a run identity (their class defines ``run_identity``)
+        self.identifying: set[str] = set()
         self._follower_resume: dict[str, dict[str, Any]] = {}
+        self._follower_identities: dict[str, dict[str, Any]] = {}
         self._journal_dir: str | None = None
         for callback in callbacks or ():
             self.add_callback(callback)
@@ -641,26 +644,38 @@ class CallbackHandler:
         process (then this process keeps no journal for it)."""
         return self._add_journal_only(self.offline, name, rank_policy)
 
-    def add_follower(self, name: str, rank_policy: str = "main", state_key: str | None = None) -> bool:
+    def add_follower(self, name: str, rank_policy: str = "main", state_key: str | None = None,
+                     identifies: bool = True) -> bool:
         """Deliver tracker ``name`` from a process of its own that follows the run journal
         (``TRACKLINK_DELIVERY=process``, tracklink.follow); not built here. ``state_key`` is the key of its
-        entry in checkpoints (see :meth:`follower_states`). ``False`` when its rank policy excludes this
-        process."""
+        entry in checkpoints (see :meth:`follower_states`); ``identifies``: whether its runs have an identity
+        to wait for. ``False`` when its rank policy excludes this process."""
         if not self._add_journal_only(self.followed, name, rank_policy):
             return False
         self.follower_keys[name] = state_key or name
+        if identifies:
+            self.identifying.add(name)
         return True
 
     def follower_states(self) -> dict[str, dict[str, Any]]:
         """The checkpoint entries of the followed trackers, as their own ``state()`` would export them: the run
         identity each follower stored in the journal, or None while its setup is still going on (the follower
         then adds it to the checkpoint when it handles the checkpoint's ``on_save``). Called on the training
-        thread at each save; reads the journal file."""
+        thread at each save; reads the journal file. An identity once known is kept (a journal that failed
+        later, or a new session's journal before its first commit, does not take it back)."""
         if not self.followed:
             return {}
-        identities = self.journal.identities() if self.journal is not None else {}
-        return {self.follower_keys.get(name, name): {"args": {}, "attributes": {"run": identities.get(name)}}
+        if self.journal is not None:
+            self._follower_identities.update(self.journal.identities())
+        known = self._follower_identities
+        return {self.follower_keys.get(name, name): {"args": {}, "attributes": {"run": known.get(name)}}
                 for name in self.followed}
+
+    def followers_identified(self, states: dict[str, dict[str, Any]]) -> bool:
+        """Whether ``states`` (from :meth:`follower_states`) hold the identity of every followed tracker that has
+        one."""
+        return all(states.get(self.follower_keys.get(name, name), {}).get("attributes", {}).get("run") is not None
+                   for name in self.identifying)
 
     def resume_followers(self, entries: Any) -> None:
         """Re-attach the followed trackers to the runs named in ``entries`` (saved states by key, as
@@ -673,6 +688,7 @@ class CallbackHandler:
             identity = saved_attributes(holder, self.follower_keys.get(name, name)).get("run")
             if isinstance(identity, dict):
                 self._follower_resume[name] = identity
+        self._follower_identities.update(self._follower_resume)
 
     def _add_journal_only(self, table: dict[str, str], name: str, rank_policy: str) -> bool:
         """A tracker this process does not build, only journals for (``offline`` or ``followed``)."""
@@ -697,6 +713,7 @@ class CallbackHandler:
         self._begin = None
         directory = getattr(args, "output_dir", None)
         if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+            self._follower_resume = {}
             return
         trackers = {e.tracker: True for e in self._entries if e.channel is not None and e.tracker is not None}
         trackers.update(dict.fromkeys(self.offline, False))

@@ -305,11 +305,11 @@ class Journal:
 
     def identities(self) -> dict[str, dict[str, Any]]:
         """The run identity of each tracker that has one, as stored in the file (by the processes following
-        it, or at a commit)."""
-        return {c.tracker: c.identity for c in self._cursors() if c.identity is not None}
+        it, or at a commit); also from a journal that failed later (what it holds stays readable)."""
+        return {c.tracker: c.identity for c in self._cursors(even_failed=True) if c.identity is not None}
 
-    def _cursors(self) -> list[Cursor]:
-        if self.failed:
+    def _cursors(self, even_failed: bool = False) -> list[Cursor]:
+        if self.failed and not even_failed:
             return []
         try:
             file = JournalFile(self.path)

@@ -93,7 +93,8 @@ def add_trackers(hub: CallbackHandler, resolution: Resolution, process: ProcessI
         if hub.journal_settings.processes:
             reason = stays_in_process(tracker, spec.inline)
             if reason is None:
-                hub.add_follower(spec.name, spec.rank_policy, state_key(tracker))
+                hub.add_follower(spec.name, spec.rank_policy, state_key(tracker),
+                                 identifies=type(tracker).run_identity is not Tracker.run_identity)
                 continue
             logger.info("tracklink: TRACKLINK_DELIVERY=process: tracker %r stays in the training process (%s)",
                         spec.name, reason)
@@ -421,25 +422,31 @@ class Run:
         return folder
 
     def _save_when_identified(self) -> None:
+        if self.dir is None or not self.process.is_world_main:
+            self._identities_saved = True  # this process writes no run file
+            return
         if not all(t.setup_finished for t in self.trackers.values() if isinstance(t, Tracker)):
             return
+        followers = None
         if self.hub.followed:  # their identities are in the journal: looked at once a second, not at every log
             now = time.monotonic()
             if now < self._identity_look_at:
                 return
             self._identity_look_at = now + IDENTITY_LOOK_S
-            if self.hub.follower_states() == self._saved_follower_states:
+            followers = self.hub.follower_states()
+            if followers == self._saved_follower_states:
                 return
-        self._save()
+        self._save(followers)
 
-    def _save(self) -> None:
-        """Write the run file: the trackers' identities and the last step (world main process only)."""
+    def _save(self, followers: dict[str, Any] | None = None) -> None:
+        """Write the run file: the trackers' identities and the last step (world main process only).
+        ``followers``: the followed trackers' states just read (else read here)."""
         if self.dir is None or not self.process.is_world_main:
             return
-        followers = self._saved_follower_states = self.hub.follower_states()
+        followers = self._saved_follower_states = self.hub.follower_states() if followers is None else followers
         trackers = {**followers, **{state_key(t): t.state() for t in self.trackers.values() if isinstance(t, Tracker)}}
         self._identities_saved = all(t.setup_finished for t in self.trackers.values() if isinstance(t, Tracker)) \
-            and all(entry["attributes"]["run"] is not None for entry in followers.values())
+            and self.hub.followers_identified(followers)
         data = {"format": 1, "name": self.name, "project": getattr(self.args, "project", None),
                 "report_to": list(self.resolution.names), "step": self._step, "logged": self._logged,
                 "finished": self._finished, "trackers": trackers}

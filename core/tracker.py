@@ -480,7 +480,8 @@ class Tracker(TrainerCallback):
                         or entry["attributes"].get("run") == identity:
                     return
                 entry["attributes"]["run"] = identity
-                atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+                # a checkpoint that rotation deleted meanwhile is not brought back as a folder with this file only
+                atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", make_parents=False)
         except (OSError, ValueError, AttributeError) as exc:
             logger.debug("tracklink: could not add %s's run identity to %s: %r", self.name, path, exc)
 

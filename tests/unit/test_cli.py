@@ -257,6 +257,18 @@ def test_doctor_names_a_tracker_that_cannot_be_built_in_process_mode(fake_specs:
     assert "delivery: unknown: the tracker cannot be built (ValueError: FAKEBROKEN_URL='ftp://x'" in out
     assert code == 1 and "  - fakebroken: the tracker cannot be built (ValueError" in out, "training would fail"
 
+    class OnlyInItsTask(Tracker):  # like Flyte's: built only inside the task that trains
+        name = "fakeintask"
+
+        def __init__(self) -> None:
+            raise RuntimeError("FakeInTask must be created inside its task")
+
+    fake_specs["fakeintask"] = TrackerSpec(name="fakeintask", value="fake:OnlyInItsTask", obj=OnlyInItsTask,
+                                           _loaded=True, distribution="tracklink", distribution_version="0.1.0")
+    code, out = run_main(capsys, "doctor", "--report-to", "fakeintask")
+    assert "delivery: unknown: the tracker can only be built where it runs (RuntimeError" in out
+    assert code == 0, "not a problem of these settings"
+
 
 class FakeComet(Tracker):
     name = "comet_ml"

@@ -21,8 +21,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_journal import SECRET, comparable, disk_full_after, log_run, masked, only_journal, records
@@ -233,6 +235,90 @@ def test_the_run_file_gets_a_followers_identity_while_the_run_goes_on(recorder: 
         assert run.identities == {"testrecorder": {"run_id": "testrecorder-run"}}
 
 
+def test_an_identity_once_known_stays_in_the_run_file_when_the_journal_fails_later(
+        recorder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from tracklink.journal import Journal
+
+    full = threading.Event()
+    write = Journal._write
+
+    def failing_write(self: Journal, *args: Any, **kwargs: Any) -> None:
+        if full.is_set():  # what SQLite raises on a full disk, in the writer thread's commit
+            self._db.execute("BEGIN")
+            self._db.execute("ROLLBACK")
+            self._fail(sqlite3.OperationalError("database or disk is full"))
+            return
+        write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Journal, "_write", failing_write)
+    monkeypatch.setenv("TRACKLINK_DELIVERY", "process")
+    run_file = tmp_path / "run" / RUN_FILE
+    deadline = time.monotonic() + 60
+
+    def saved_identity() -> Any:
+        return json.loads(run_file.read_text())["trackers"]["TestRecorderTracker"]["attributes"]["run"]
+
+    with tracklink.init(report_to=["testrecorder"], dir=tmp_path / "run") as run:
+        step = 0
+        while not saved_identity():
+            assert time.monotonic() < deadline
+            run.log({"loss": 1.0}, step=step)
+            step += 1
+            time.sleep(0.05)
+        full.set()
+        while not run.hub.journal.failed:
+            assert time.monotonic() < deadline
+            run.log({"loss": 1.0}, step=step)
+            step += 1
+            time.sleep(0.05)
+    assert saved_identity() == {"run_id": "testrecorder-run"}, "finish() did not write it back as null"
+    assert run.identities == {"testrecorder": {"run_id": "testrecorder-run"}}
+
+
+def test_a_follower_without_run_identity_is_not_waited_for() -> None:
+    hub = tracklink.CallbackHandler(require_flow=False)
+    hub.add_follower("codecarbon", "main", "CodeCarbonCallback", identifies=False)
+    hub.add_follower("mlflow", "main", "MLflowCallback")
+    states = hub.follower_states()
+    assert states == {"CodeCarbonCallback": {"args": {}, "attributes": {"run": None}},
+                      "MLflowCallback": {"args": {}, "attributes": {"run": None}}}
+    assert not hub.followers_identified(states)
+    states["MLflowCallback"]["attributes"]["run"] = {"run_id": "r1"}
+    assert hub.followers_identified(states), "codecarbon's runs have no identity to wait for"
+
+
+def test_an_identity_is_not_added_to_a_checkpoint_that_rotation_deleted(tmp_path: Path) -> None:
+    from tracklink import Tracker
+
+    class Identified(Tracker):
+        name = "identified"
+
+    tracker = Identified()
+    tracker._tl.identity = {"run_id": "r1"}
+    gone = tmp_path / "checkpoint-10"
+    tracker._record_identity(str(gone), tracklink.TrainerState())
+    assert not gone.exists(), "not brought back as a folder with trainer_state.json only"
+
+
+def test_the_directory_lock_runs_unlocked_where_the_file_system_has_no_flock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    from tracklink.atomic import directory_lock
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")  # NFS: an exclusive lock on a read-only descriptor
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    ran = []
+    with directory_lock(tmp_path):
+        ran.append(True)
+    assert ran == [True]
+
+
 LOCKED_WRITER = textwrap.dedent('''
     import json, sys
     from pathlib import Path
@@ -246,6 +332,7 @@ LOCKED_WRITER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX: Windows runs the block unlocked")
 def test_processes_adding_to_one_checkpoint_file_under_the_directory_lock_lose_no_change(tmp_path: Path) -> None:
     """Followers (and worker threads) add their identities to a checkpoint's trainer_state.json by
     read-modify-write; three processes doing it 200 times each keep every change, and leave no lock file."""
