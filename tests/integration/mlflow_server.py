@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tracklink.tracker import close_open_trackers
+
 __all__ = ["DAGSHUB_OWNER", "DAGSHUB_REPO", "MlflowServer", "dagshub_mlflow_server", "mlflow_server"]
 
 DAGSHUB_OWNER = "tlowner"
@@ -131,6 +133,9 @@ def _serve(root: Path, prefix: str = "") -> Iterator[MlflowServer]:
     try:
         yield server
     finally:
+        # runs that tests leave open on purpose (a log after train() re-opens its run until exit) are closed
+        # while the server still answers: at interpreter exit MLflow would retry a stopped server for minutes
+        close_open_trackers()
         server.stop()
 
 
