@@ -115,7 +115,7 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
         journal = None
     for row in rows:
         spec = specs[row["name"]]
-        row["delivery"] = _delivery(spec, journal) if row["selected"] and row["installed"] else None
+        row["delivery"], refused = _delivery(spec, journal) if row["selected"] and row["installed"] else (None, None)
         variables = []
         for var in spec.env_vars:
             value = env.get(var.name)
@@ -140,8 +140,8 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
         # settings of a tracker that is not selected cannot break this training: warnings only
         row["problems"] = found if row["selected"] else []
         row["warnings"] = [] if row["selected"] else found
-        if row["delivery"] and row["delivery"].startswith(f"{UNBUILDABLE} ("):  # training would fail the same way
-            row["problems"].append(row["delivery"][len("unknown: "):])
+        if refused:  # training would fail the same way
+            row["problems"].append(refused)
         problems.extend(f"{row['name']}: {p}" for p in row["problems"])
     return {
         "report_to": env.get(ENV_REPORT_TO) if report_to is NOT_GIVEN else report_to,
@@ -154,30 +154,29 @@ def doctor_report(report_to: Any = NOT_GIVEN, env: Mapping[str, str] | None = No
     }
 
 
-UNBUILDABLE = "unknown: the tracker cannot be built"
-
-
-def _delivery(spec: TrackerSpec, journal: JournalSettings | None) -> str:
-    """How a selected tracker would receive its events in a training started with these settings, and why.
-    Only ``TRACKLINK_DELIVERY=process`` builds the tracker (its settings tell whether it uploads checkpoints,
-    which keeps it in the training process); building one reads its environment and imports no SDK."""
+def _delivery(spec: TrackerSpec, journal: JournalSettings | None) -> tuple[str, str | None]:
+    """How a selected tracker would receive its events in a training started with these settings, and why;
+    with the problem, when its settings are refused. Only ``TRACKLINK_DELIVERY=process`` builds the tracker (its
+    settings tell whether it uploads checkpoints, which keeps it in the training process); building one reads
+    its environment and imports no SDK."""
     if journal is None:
-        return "unknown: the journal settings are invalid"
+        return "unknown: the journal settings are invalid", None
     if journal.offline:
-        return "none during training: recorded in the run journal for `tracklink sync` (TRACKLINK_OFFLINE=1)"
+        return "none during training: recorded in the run journal for `tracklink sync` (TRACKLINK_OFFLINE=1)", None
     if spec.inline:
-        return "inline, on the training thread"
+        return "inline, on the training thread", None
     if not journal.processes:
-        return "a worker thread of the training process"
+        return "a worker thread of the training process", None
     try:
         reason = stays_in_process(spec.create(), spec.inline)
     except (ValueError, TypeError) as exc:  # its settings: training would fail the same way
-        return f"{UNBUILDABLE} ({type(exc).__name__}: {exc})"
+        refused = f"the tracker cannot be built ({type(exc).__name__}: {exc})"
+        return f"unknown: {refused}", refused
     except Exception as exc:  # e.g. a tracker built only inside a Flyte task: not a problem of these settings
-        return f"unknown: the tracker can only be built where it runs ({type(exc).__name__}: {exc})"
+        return f"unknown: the tracker can only be built where it runs ({type(exc).__name__}: {exc})", None
     if reason is None:
-        return "a process of its own, following the run journal (TRACKLINK_DELIVERY=process)"
-    return f"a worker thread of the training process, although TRACKLINK_DELIVERY=process: {reason}"
+        return "a process of its own, following the run journal (TRACKLINK_DELIVERY=process)", None
+    return f"a worker thread of the training process, although TRACKLINK_DELIVERY=process: {reason}", None
 
 
 def _print_table(rows: list[dict[str, Any]], out: Any) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from .flow import DefaultFlowCallback
 from .followers import followers_of, start_followers, stop_followers, wait_followers
 from .journal import JOURNALED, Journal, JournalSettings, journal_event_data, latest_journal, register_journal
 from .process import RANK_POLICIES, ProcessInfo
-from .state import HUB_STATE_KEY, TrainerControl, saved_attributes
+from .state import HUB_STATE_KEY, TrainerControl, saved_attributes, state_key
 from .tracker import Tracker
 
 logger = logging.getLogger("tracklink")
@@ -657,31 +657,48 @@ class CallbackHandler:
             self.identifying.add(name)
         return True
 
-    def follower_states(self) -> dict[str, dict[str, Any]]:
-        """The checkpoint entries of the followed trackers, as their own ``state()`` would export them: the run
-        identity each follower stored in the journal, or None while its setup is still going on (the follower
-        then adds it to the checkpoint when it handles the checkpoint's ``on_save``). Called on the training
-        thread at each save; reads the journal file. An identity once known is kept (a journal that failed
-        later, or a new session's journal before its first commit, does not take it back)."""
+    def follower_identities(self) -> dict[str, dict[str, Any] | None]:
+        """The run identity of each followed tracker as its follower stored it in the journal, or None while its
+        setup is still going on. Reads the journal file (on the training thread: at saves, not per step). An
+        identity once known is kept (a journal that failed later, or a new session's journal before its first
+        commit, does not take it back)."""
         if not self.followed:
             return {}
         if self.journal is not None:
             self._follower_identities.update(self.journal.identities())
-        known = self._follower_identities
-        return {self.follower_keys.get(name, name): {"args": {}, "attributes": {"run": known.get(name)}}
-                for name in self.followed}
+        return {name: self._follower_identities.get(name) for name in self.followed}
 
-    def followers_identified(self, states: dict[str, dict[str, Any]]) -> bool:
-        """Whether ``states`` (from :meth:`follower_states`) hold the identity of every followed tracker that has
-        one."""
-        return all(states.get(self.follower_keys.get(name, name), {}).get("attributes", {}).get("run") is not None
-                   for name in self.identifying)
+    def followers_identified(self) -> bool:
+        """Whether every followed tracker whose runs have an identity has made it known."""
+        return all(name in self._follower_identities for name in self.identifying)
+
+    def tracker_states(self) -> dict[str, dict[str, Any]]:
+        """The entries a checkpoint or run file keeps of this hub's trackers, by ``state_key``: each built
+        tracker's ``state()``, and for a tracker in a process of its own the same entry made from the identity
+        its follower stored (when the follower's setup is still going on, it adds the identity to the checkpoint
+        itself when it handles the checkpoint's ``on_save``)."""
+        states: dict[str, dict[str, Any]] = {
+            self.follower_keys.get(name, name): {"args": {}, "attributes": {"run": identity}}
+            for name, identity in self.follower_identities().items()}
+        states.update({state_key(t): t.state() for t in self.trackers.values() if isinstance(t, Tracker)})
+        return states
+
+    def restore_tracker_states(self, stored: Any) -> None:
+        """The reverse of :meth:`tracker_states` at a resume (``stored``: a run file's or the transformers
+        bridge's entries by key): each built tracker re-attaches to its run (``load_state``), and the followed
+        trackers' identities go into the next session's journal, see :meth:`resume_followers`."""
+        if not isinstance(stored, Mapping):
+            return
+        for tracker in self.trackers.values():
+            if isinstance(tracker, Tracker) and isinstance(stored.get(state_key(tracker)), Mapping):
+                tracker.load_state(stored[state_key(tracker)])
+        self.resume_followers(stored)
 
     def resume_followers(self, entries: Any) -> None:
         """Re-attach the followed trackers to the runs named in ``entries`` (saved states by key, as
-        :meth:`follower_states` and each tracker's ``state()`` export them: a checkpoint's
-        ``stateful_callbacks``, a run file) when the next training session begins: their identities go into
-        its journal, where the followers read them, so they re-attach whichever delivery made the runs."""
+        :meth:`tracker_states` exports them: a checkpoint's ``stateful_callbacks``, a run file) when the next
+        training session begins: their identities go into its journal, where the followers read them, so they
+        re-attach whichever delivery made the runs."""
         holder = types.SimpleNamespace(stateful_callbacks=entries if isinstance(entries, (dict, list)) else {})
         self._follower_resume = {}
         for name in self.followed:

@@ -133,7 +133,7 @@ class Run:
         self._finished = False
         self._identities_saved = False
         self._identity_look_at = 0.0
-        self._saved_follower_states: dict[str, Any] = {}
+        self._saved_follower_identities: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._guard = SigtermGuard()
 
@@ -149,9 +149,7 @@ class Run:
         """Each tracker's run identity (``None`` until its setup finished on its worker thread, or, for a tracker
         in a process of its own, until that process stored it in the run journal)."""
         identities = {name: plugin.identity for name, plugin in self.trackers.items() if isinstance(plugin, Tracker)}
-        if self.hub.followed:
-            stored = self.hub.journal.identities() if self.hub.journal is not None else {}
-            identities.update({name: stored.get(name) for name in self.hub.followed})
+        identities.update(self.hub.follower_identities())
         return identities
 
     def log_banner(self) -> None:
@@ -281,11 +279,7 @@ class Run:
             run._step = int(saved.get("step") or 0) if step is None else int(step)
             run._logged = bool(saved.get("logged")) and step is None
             run.state.global_step = run._step
-            stored = saved.get("trackers") or {}
-            for tracker in run.trackers.values():
-                if isinstance(tracker, Tracker) and isinstance(stored.get(state_key(tracker)), Mapping):
-                    tracker.load_state(stored[state_key(tracker)])
-            run.hub.resume_followers(stored)
+            run.hub.restore_tracker_states(saved.get("trackers") or {})
         if run.process.is_world_main:
             directory.mkdir(parents=True, exist_ok=True)
         on_exit("runs", _finish_open_runs)
@@ -427,26 +421,23 @@ class Run:
             return
         if not all(t.setup_finished for t in self.trackers.values() if isinstance(t, Tracker)):
             return
-        followers = None
         if self.hub.followed:  # their identities are in the journal: looked at once a second, not at every log
             now = time.monotonic()
             if now < self._identity_look_at:
                 return
             self._identity_look_at = now + IDENTITY_LOOK_S
-            followers = self.hub.follower_states()
-            if followers == self._saved_follower_states:
+            if self.hub.follower_identities() == self._saved_follower_identities:
                 return
-        self._save(followers)
+        self._save()
 
-    def _save(self, followers: dict[str, Any] | None = None) -> None:
-        """Write the run file: the trackers' identities and the last step (world main process only).
-        ``followers``: the followed trackers' states just read (else read here)."""
+    def _save(self) -> None:
+        """Write the run file: the trackers' identities and the last step (world main process only)."""
         if self.dir is None or not self.process.is_world_main:
             return
-        followers = self._saved_follower_states = self.hub.follower_states() if followers is None else followers
-        trackers = {**followers, **{state_key(t): t.state() for t in self.trackers.values() if isinstance(t, Tracker)}}
+        trackers = self.hub.tracker_states()
+        self._saved_follower_identities = self.hub.follower_identities()
         self._identities_saved = all(t.setup_finished for t in self.trackers.values() if isinstance(t, Tracker)) \
-            and self.hub.followers_identified(followers)
+            and self.hub.followers_identified()
         data = {"format": 1, "name": self.name, "project": getattr(self.args, "project", None),
                 "report_to": list(self.resolution.names), "step": self._step, "logged": self._logged,
                 "finished": self._finished, "trackers": trackers}

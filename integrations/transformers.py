@@ -42,8 +42,7 @@ from tracklink.resolve import NOT_GIVEN, resolve_report_to
 from tracklink.run import Run
 from tracklink.shutdown import on_exit, uncaught_exception
 from tracklink.signals import SigtermGuard
-from tracklink.state import saved_attributes, state_key
-from tracklink.tracker import Tracker
+from tracklink.state import saved_attributes
 
 __all__ = ["TracklinkBridge"]
 
@@ -78,16 +77,11 @@ class TracklinkBridge(TrainerCallback, ExportableState):
     # -- transformers' ExportableState -----------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        trackers = {**self.hub.follower_states(),
-                    **{state_key(t): t.state() for t in self.hub.trackers.values() if isinstance(t, Tracker)}}
-        return {"args": {"report_to": list(self.resolution.names)}, "attributes": {"tracker_states": trackers}}
+        return {"args": {"report_to": list(self.resolution.names)},
+                "attributes": {"tracker_states": self.hub.tracker_states()}}
 
     def _restore(self, state: Any) -> None:
-        stored = saved_attributes(state, type(self).__name__).get("tracker_states") or {}
-        for tracker in self.hub.trackers.values():
-            if isinstance(tracker, Tracker) and state_key(tracker) in stored:
-                tracker.load_state(stored[state_key(tracker)])
-        self.hub.resume_followers(stored)
+        self.hub.restore_tracker_states(saved_attributes(state, type(self).__name__).get("tracker_states") or {})
 
     # -- events ----------------------------------------------------------------------------------
 

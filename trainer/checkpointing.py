@@ -147,7 +147,7 @@ def save_checkpoint(trainer: Any) -> Path:
         if best_dir.is_dir():
             trainer.state.best_model_checkpoint = str(best_dir)
     states = collect_states(stateful_objects(trainer))
-    for key, entry in trainer.callback_handler.follower_states().items():  # trackers in processes of their own
+    for key, entry in trainer.callback_handler.tracker_states().items():  # trackers in processes of their own too
         states.setdefault(key, entry)
     failures = trainer.callback_handler.tracker_failures()
     if failures:
