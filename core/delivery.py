@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import TrackerError, TrackerSetupError
-from .journal import JournalFile, deliver_events
+from .journal import Event, JournalFile
 from .redact import current_secrets, redacted_copy
 from .shutdown import on_exit
 from .state import TrainerControl, TrainerState
@@ -170,10 +170,13 @@ def hf_kwargs(namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Snapshot(dict[str, Any]):
-    """An event's namespace as trackers see it; shared by every tracker the event goes to."""
+    """An event's namespace as trackers see it; shared by every tracker the event goes to. ``when`` is the time
+    the event was fired (seconds since the epoch): the run journal keeps the same time, so a tracker that stamps
+    points with it sends identical points live and when ``tracklink sync`` replays them."""
 
-    __slots__ = ("_hf_kwargs",)
+    __slots__ = ("_hf_kwargs", "when")
     _hf_kwargs: dict[str, Any]
+    when: float
 
     def hf_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of a transformers-style call (built once; a callee's ``**kwargs`` is
@@ -195,6 +198,7 @@ def snapshot(namespace: dict[str, Any]) -> Snapshot:
     other objects are passed by reference.
     """
     snap = Snapshot(namespace)
+    snap.when = time.time()
     if namespace.get("args") is not None:
         snap["args"] = _tracker_args(namespace["args"])
     state = namespace.get("state")
@@ -228,6 +232,51 @@ def invoke(call: Call, namespace: dict[str, Any]) -> Any:
         kwargs = namespace.hf_kwargs() if type(namespace) is Snapshot else hf_kwargs(namespace)
         return function(namespace["args"], namespace["state"], namespace["control"], **kwargs)
     return function(*[namespace[name] for name in argnames])
+
+
+def deliver_events(tracker: Any, events: list[Event], args: Any, state: Any, control: Any) -> bool:
+    """Hand journal ``events`` to ``tracker`` (a :class:`tracklink.Tracker`) as the hub would (consecutive logs as
+    one batch; ``state`` is updated to each event's step): ``tracklink sync`` and a live tracker catching up.
+    An exception propagates (the cursor stays before these events). Returns whether an end event was among them."""
+    ended = False
+    logs: list[Snapshot] = []
+
+    def flush_logs() -> None:
+        if not logs:
+            return
+        if not tracker._tracklink_batch("on_log", logs):
+            for namespace in logs:
+                tracker.on_log(namespace["args"], namespace["state"], control, logs=namespace["logs"])
+        logs.clear()
+
+    for event in events:
+        state.global_step, state.epoch = event.step, event.epoch or 0.0
+        if event.kind == "log":
+            namespace = Snapshot(args=args, state=TrainerState(global_step=event.step, epoch=event.epoch or 0.0),
+                                 control=control, logs=event.logs(), model=None)
+            namespace.when = event.when if event.when is not None else time.time()
+            logs.append(namespace)
+            continue
+        flush_logs()
+        if event.kind == "predict":
+            tracker.on_predict(args, state, control, metrics=event.data.get("metrics") or {})
+        elif event.kind == "save":
+            folder = event.data.get("checkpoint_dir")
+            if folder and os.path.isdir(folder):
+                tracker.on_save(args, state, control, checkpoint_dir=folder)
+        elif event.kind == "end":
+            ended = True
+            status = event.data.get("status") or "success"
+            if status == "success":
+                tracker.on_train_end(args, state, control)
+            else:
+                error: BaseException = KeyboardInterrupt() if status == "killed" else \
+                    RuntimeError(event.data.get("error") or "training failed")
+                tracker.on_exception(args, state, control, exception=error)
+        elif event.kind == "begin" and not tracker.is_active:
+            tracker.on_train_begin(args, state, control)
+    flush_logs()
+    return ended
 
 
 _STOP = object()
@@ -543,14 +592,15 @@ class TrackerChannel:
         run = items
         if seq is not None and journal is not None:
             journal.wait_committed(seq)  # a tracker never gets an event the journal could still lose
+            self._identify(journal)
             if self._delivered and min(item[4] or seq for item in items) <= self._delivered:
                 run = [item for item in items if item[4] is None or item[4] > self._delivered]  # read from the journal
         errors, undelivered = self.errors, self.undelivered
         try:
             if self._behind:
                 run = [item for item in run if item[4] is None]  # they wait in the journal
-            if len(run) > 1:
-                self._run_batch(run[0][0], [item[1] for item in run])
+            if len(run) > 1 or (self._batch is not None and run and run[0][0] == "on_log"):
+                self._run_batch(run[0][0], [item[1] for item in run])  # (a tracker's batch path has the times)
             elif run:
                 self._run(run[0][0], run[0][1])
         finally:
@@ -689,13 +739,23 @@ class TrackerChannel:
         try:
             if callable(unsent) and unsent():
                 return  # the tracker keeps points its backend has not taken yet: the cursor waits for them
+        except Exception:
+            return
+        self._identify(journal)
+        journal.advance(self.name, seq, closed=event in _RUN_ENDS)
+
+    def _identify(self, journal: Any) -> None:
+        """Store the tracker's run identity in the journal when it changed, and wait for the commit (once per
+        run): a process killed once the backend holds points must leave ``tracklink sync`` the run to
+        re-attach to, or those points would be sent again, to a second run."""
+        try:
             identity = getattr(self.plugin, "identity", None)
         except Exception:
             return
         if identity is not None and identity != self._identity:
             self._identity = identity
             journal.identify(self.name, identity)
-        journal.advance(self.name, seq, closed=event in _RUN_ENDS)
+            journal.commit()
 
     def _done(self, item: Any) -> None:
         if type(item) is tuple:

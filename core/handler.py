@@ -773,9 +773,9 @@ class CallbackHandler:
             return None
         if event == "on_log" or event == "on_predict":  # the values are filtered on the journal's thread
             key = "logs" if event == "on_log" else "metrics"
-            return journal.record_values(event, step, epoch, key, snap.get(key))
+            return journal.record_values(event, step, epoch, key, snap.get(key), when=getattr(snap, "when", None))
         data = journal_event_data(event, snap)
-        seq = journal.record(event, step, epoch, data)
+        seq = journal.record(event, step, epoch, data, when=getattr(snap, "when", None))
         if event == "on_train_begin":
             self._begin = (step, epoch, data)
         if event == "on_save":  # a checkpoint is a durability point

@@ -38,7 +38,7 @@ from .media import Media
 from .redact import current_secrets, redact, redact_text
 from .shaping import hyperparameters
 from .shutdown import on_exit
-from .state import SEARCH_STATE_KEY, TrainerState, saved_attributes
+from .state import SEARCH_STATE_KEY, saved_attributes
 from .values import as_number
 
 logger = logging.getLogger("tracklink")
@@ -228,23 +228,25 @@ class Journal:
 
     # -- the training thread -----------------------------------------------------------------------
 
-    def record(self, event: str, step: int, epoch: Any, data: Mapping[str, Any]) -> int:
-        """Hand one event to the writer; returns its id (its place in the journal). Cheap: no I/O here."""
+    def record(self, event: str, step: int, epoch: Any, data: Mapping[str, Any], when: float | None = None) -> int:
+        """Hand one event to the writer; returns its id (its place in the journal). Cheap: no I/O here. ``when``
+        (seconds since the epoch, now by default) is the time trackers were given with the event."""
         if self._closed:
             return 0
         seq = next(self._ids)
         self.last = seq
-        self._hand(("event", seq, KINDS[event], step, epoch, data, time.time()))
+        self._hand(("event", seq, KINDS[event], step, epoch, data, time.time() if when is None else when))
         return seq
 
-    def record_values(self, event: str, step: int, epoch: Any, key: str, values: Any) -> int:
+    def record_values(self, event: str, step: int, epoch: Any, key: str, values: Any,
+                      when: float | None = None) -> int:
         """:meth:`record` for ``on_log``/``on_predict``: ``values`` (the event's snapshot copy, never changed
         afterwards) is filtered and redacted on the writer thread, not on the training thread."""
         if self._closed:
             return 0
         seq = next(self._ids)
         self.last = seq
-        self._hand(("values", seq, KINDS[event], step, epoch, key, values, time.time()))
+        self._hand(("values", seq, KINDS[event], step, epoch, key, values, time.time() if when is None else when))
         return seq
 
     def _hand(self, item: tuple[Any, ...]) -> None:
@@ -506,13 +508,14 @@ class Cursor:
 
 
 class Event:
-    """One journal event: ``id``, ``kind`` (begin, log, predict, save, end), ``step``, ``epoch``, ``data``."""
+    """One journal event: ``id``, ``kind`` (begin, log, predict, save, end), ``step``, ``epoch``, ``data``, and
+    ``when`` it was logged (seconds since the epoch)."""
 
-    __slots__ = ("data", "epoch", "id", "kind", "source", "step")
+    __slots__ = ("data", "epoch", "id", "kind", "source", "step", "when")
 
     def __init__(self, id: int, kind: str, step: int, epoch: float | None, data: dict[str, Any],
-                 source: Path | None = None) -> None:
-        self.id, self.kind, self.step, self.epoch, self.data = id, kind, step, epoch, data
+                 source: Path | None = None, when: float | None = None) -> None:
+        self.id, self.kind, self.step, self.epoch, self.data, self.when = id, kind, step, epoch, data, when
         self.source = source  # the journal file it was read from (its media files are beside it)
 
     def logs(self) -> dict[str, Any]:
@@ -592,16 +595,16 @@ class JournalFile:
         """The events after id ``after``, in order (read in batches)."""
         position = after
         while True:
-            rows = self._db.execute("SELECT id, kind, step, epoch, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                                    (position, batch)).fetchall()
+            rows = self._db.execute("SELECT id, kind, step, epoch, time, data FROM events WHERE id > ? ORDER BY id "
+                                    "LIMIT ?", (position, batch)).fetchall()
             if not rows:
                 return
-            for id_, kind, step, epoch, data in rows:
+            for id_, kind, step, epoch, when, data in rows:
                 try:
                     payload = json.loads(data)
                 except ValueError as exc:
                     raise JournalError(f"{self.path}: event {id_} cannot be read ({exc}); the journal is corrupt") from None
-                yield Event(int(id_), str(kind), int(step), epoch, payload, self.path)
+                yield Event(int(id_), str(kind), int(step), epoch, payload, self.path, when)
             position = int(rows[-1][0])
 
     def event(self, id_: int) -> Event | None:
@@ -775,51 +778,3 @@ def _close_all() -> None:
             journal.close()
         except Exception as exc:  # pragma: no cover - best effort at shutdown
             logger.debug("tracklink: closing the journal %s failed: %r", journal.path, exc)
-
-
-# -- replaying events into a tracker ---------------------------------------------------------------------
-
-
-def deliver_events(tracker: Any, events: list[Event], args: Any, state: Any, control: Any) -> bool:
-    """Hand journal ``events`` to ``tracker`` (a :class:`tracklink.Tracker`) as the hub would (consecutive logs as
-    one batch; ``state`` is updated to each event's step): ``tracklink sync`` and a live tracker catching up.
-    An exception propagates (the cursor stays before these events). Returns whether an end event was among them."""
-    ended = False
-    logs: list[dict[str, Any]] = []
-
-    def flush_logs() -> None:
-        if not logs:
-            return
-        if len(logs) > 1 and tracker._tracklink_batch("on_log", logs):
-            pass
-        else:
-            for namespace in logs:
-                tracker.on_log(namespace["args"], namespace["state"], control, logs=namespace["logs"])
-        logs.clear()
-
-    for event in events:
-        state.global_step, state.epoch = event.step, event.epoch or 0.0
-        if event.kind == "log":
-            snap = TrainerState(global_step=event.step, epoch=event.epoch or 0.0)
-            logs.append({"args": args, "state": snap, "control": control, "logs": event.logs(), "model": None})
-            continue
-        flush_logs()
-        if event.kind == "predict":
-            tracker.on_predict(args, state, control, metrics=event.data.get("metrics") or {})
-        elif event.kind == "save":
-            folder = event.data.get("checkpoint_dir")
-            if folder and os.path.isdir(folder):
-                tracker.on_save(args, state, control, checkpoint_dir=folder)
-        elif event.kind == "end":
-            ended = True
-            status = event.data.get("status") or "success"
-            if status == "success":
-                tracker.on_train_end(args, state, control)
-            else:
-                error: BaseException = KeyboardInterrupt() if status == "killed" else \
-                    RuntimeError(event.data.get("error") or "training failed")
-                tracker.on_exception(args, state, control, exception=error)
-        elif event.kind == "begin" and not tracker.is_active:
-            tracker.on_train_begin(args, state, control)
-    flush_logs()
-    return ended

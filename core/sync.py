@@ -26,7 +26,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .journal import Cursor, EmptyJournal, Event, JournalError, JournalFile, deliver_events, journal_files
+from .delivery import deliver_events
+from .journal import Cursor, EmptyJournal, Event, JournalError, JournalFile, journal_files
 from .registry import discover
 from .resolve import resolve_report_to
 from .run import RunArgs

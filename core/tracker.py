@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -241,6 +242,8 @@ class _Runtime:
         self.owners: dict[str, str] = {}  # backend metric name -> the logged key that has it
         self.setup_done = threading.Event()
         self.setup_pending = False
+        self.times: list[float] | None = None  # when the points being sent were logged (see Tracker.logged_at)
+        self.offset = 0
 
 
 _open_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
@@ -364,8 +367,24 @@ class Tracker(TrainerCallback):
         """Send several ``(metrics, step, epoch)`` points at once, in order (the tracker fell behind and the
         hub hands it everything queued). Override it where the SDK has a faster way than one call per
         point (one request, one file write, one flush); the default calls :meth:`log_metrics` for each."""
-        for metrics, step, epoch in points:
-            self.log_metrics(metrics, step, epoch)
+        try:
+            for index, (metrics, step, epoch) in enumerate(points):
+                self._tl.offset = index  # logged_at() in log_metrics answers for this point
+                self.log_metrics(metrics, step, epoch)
+        finally:
+            self._tl.offset = 0
+
+    def logged_at(self, index: int = 0) -> float:
+        """When point ``index`` of the current :meth:`log_metrics_batch` call (or the point of the current
+        :meth:`log_metrics` call) was logged, in seconds since the epoch: the time of the ``run.log`` or
+        ``on_log`` call, which the run journal keeps, so ``tracklink sync`` replays a point with the time it had
+        live. A tracker whose backend keeps a point once per (key, step, time, value), like MLflow, stamps its
+        points with it, and a point sent again after a crash is not stored twice. The hub hands the times to
+        trackers with a batch path of their own (:meth:`log_metrics_batch` overridden, ``on_log`` not); for
+        other points (a summary, a direct ``on_log`` call, a tracker without a batch path) it is now."""
+        times = self._tl.times
+        index += self._tl.offset
+        return times[index] if times is not None and 0 <= index < len(times) else time.time()
 
     def log_text(self, texts: dict[str, str], step: int) -> None:
         """Send string values; the default skips them with one warning per key."""
@@ -648,16 +667,16 @@ class Tracker(TrainerCallback):
         return name
 
     def _send(self, logs: Mapping[str, Any], state: Any) -> None:
-        self._send_many([(logs, state)])
+        self._send_many([(logs, state, None)])
 
     def _tracklink_batch(self, event: str, namespaces: list[Any]) -> bool:
-        """Called by the hub with several queued ``on_log`` events at once (a tracker that fell behind): their
-        metrics reach :meth:`log_metrics_batch` in one call, in order. Returns ``False`` (the hub then hands
-        the events over one by one, each isolated) when this tracker has no batch path of its own or handles
-        ``on_log`` itself."""
+        """Called by the hub with the queued ``on_log`` events (one, or several when the tracker fell behind),
+        each with the time it was logged: their metrics reach :meth:`log_metrics` or :meth:`log_metrics_batch`
+        in one call, in order. Returns ``False`` (the hub then hands the events over one by one, each isolated)
+        when this tracker has no batch path of its own or handles ``on_log`` itself."""
         if not self._tracklink_takes_batches():
             return False
-        ready = [(ns["logs"], ns["state"]) for ns in namespaces
+        ready = [(ns["logs"], ns["state"], getattr(ns, "when", None)) for ns in namespaces
                  if ns.get("logs") and self._ensure_started(ns["args"], ns["state"], ns.get("model"))]
         if ready:
             self._send_many(ready)
@@ -668,13 +687,16 @@ class Tracker(TrainerCallback):
         cls = type(self)
         return cls.on_log is Tracker.on_log and cls.log_metrics_batch is not Tracker.log_metrics_batch
 
-    def _send_many(self, logs_and_states: list[tuple[Mapping[str, Any], Any]]) -> None:
+    def _send_many(self, logged: list[tuple[Mapping[str, Any], Any, float | None]]) -> None:
+        """Send ``(logs, state, when)`` events: their metrics in one call, then the rest in order."""
         points: list[tuple[dict[str, float], int, float | None]] = []
+        times: list[float] = []
         later: list[tuple[str, dict[str, Any], int]] = []  # summaries, texts, media, in order, after the metrics
-        for logs, state in logs_and_states:
+        for logs, state, when in logged:
             step, metrics, summary, texts, media = self._shape(logs, state)
             if metrics:
                 points.append((metrics, step, getattr(state, "epoch", None)))
+                times.append(time.time() if when is None else when)
             if summary:
                 later.append(("summary", summary, step))
             if texts:
@@ -682,10 +704,14 @@ class Tracker(TrainerCallback):
             if media:
                 later.append(("media", media, step))
             self._tl.last_step = max(self._tl.last_step, step)
-        if len(points) == 1:
-            self.log_metrics(*points[0])
-        elif points:
-            self.log_metrics_batch(points)
+        self._tl.times = times
+        try:
+            if len(points) == 1:
+                self.log_metrics(*points[0])
+            elif points:
+                self.log_metrics_batch(points)
+        finally:
+            self._tl.times = None
         for kind, values, step in later:
             if kind == "summary":
                 self.log_summary(values, step)

@@ -201,6 +201,7 @@ class MLflowCallback(Tracker):
         self._spool: list[Any] = []
         self._retry_at = 0.0
         self._floors: dict[str, int] = {}
+        self._stamps: dict[str, tuple[int, int]] = {}  # key -> (step, millisecond) of its last point
         self._start_step = 0
         self._project: str | None = None
         self._init_tags: dict[str, str] = {}
@@ -425,6 +426,7 @@ class MLflowCallback(Tracker):
         self._init_tags = {str(k): param_text(v, json_scalars=False) for k, v in dict(run.extra.get("tags") or {}).items()}
         self._client = MlflowClient(tracking_uri=self.tracking_uri(mlflow))
         self._spool, self._floors, self._start_step, self._retry_at = [], {}, run.start_step, 0.0
+        self._stamps = {}
         env_run_id = (os.environ.get("MLFLOW_RUN_ID") or "").strip()
         resume_id = (run.resume or {}).get("run_id")
         user_run = self._user_run(mlflow)
@@ -539,16 +541,23 @@ class MLflowCallback(Tracker):
     def _spool_points(self, points: list[tuple[dict[str, float], int, float | None]]) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        repeats: dict[tuple[str, int], int] = {}
-        for metrics, step, _epoch in points:
+        stamps = self._stamps
+        for index, (metrics, step, _epoch) in enumerate(points):
+            # stamped with the time the point was logged (the journal keeps it): a point sent again after a
+            # crash, by tracklink sync, is then the same point, and MLflow stores a point once per (key, step,
+            # timestamp, value) however late the first request landed
+            logged = int(self.logged_at(index) * 1000)
             for key, value in metrics.items():
                 if self._start_step < step <= self._floors.get(key, -1):
                     continue  # the resumed run already holds this point
-                # MLflow stores a point once per (key, step, timestamp, value): a key logged twice at one step
-                # (epoch in the train and the eval log) gets its own millisecond, as separate calls would
-                seen = repeats[(key, step)] = repeats.get((key, step), -1) + 1
-                self._spool.append(Metric(key, float(value), now + seen, int(step)))
+                # a key logged twice at one step within a millisecond (epoch in the train and the eval log)
+                # gets the next millisecond, as separate calls would; the same on a replay, which starts at a step
+                stamp = logged
+                last = stamps.get(key)
+                if last is not None and last[0] == step and stamp <= last[1]:
+                    stamp = last[1] + 1
+                stamps[key] = (step, stamp)
+                self._spool.append(Metric(key, float(value), stamp, int(step)))
         if len(self._spool) > _MAX_SPOOL:
             dropped = len(self._spool) - _MAX_SPOOL
             del self._spool[:dropped]

@@ -81,6 +81,17 @@ def journal_points(directory: Path, key: str) -> list[tuple[int, float]]:
     return points
 
 
+def journal_events(directory: Path) -> int:
+    count = 0
+    for path in journal_files(directory):
+        journal = JournalFile(path, check=True)
+        try:
+            count += sum(1 for _ in journal.events())
+        finally:
+            journal.close()
+    return count
+
+
 def identities(directory: Path) -> dict[str, Any]:
     (path,) = journal_files(directory)
     journal = JournalFile(path)
@@ -128,6 +139,9 @@ def test_hard_kill_at_random_points_then_sync_holds_every_durable_event_once(
             continue
         time.sleep(1.1)  # TensorBoard orders event files by name (<time>.<host>.<pid>...): sync's in a later second
         assert cli.main(["sync", "--quiet", str(directory)]) == 0
+        if not journal_events(directory):  # killed before the journal's first commit: nothing was sent, nor is
+            assert mlflow_server.client().get_experiment_by_name(name) is None, f"kill {attempt}"
+            continue
         durable = [(s, round(v, 6)) for s, v in journal_points(directory, "loss")]
         assert [s for s, _ in durable] == list(range(len(durable))), "the journal is a prefix of the run"
         runs = mlflow_points(mlflow_server, name, "loss")
@@ -141,6 +155,44 @@ def test_hard_kill_at_random_points_then_sync_holds_every_durable_event_once(
         assert cli.main(["sync", "--quiet", str(directory)]) == 0
         assert sorted(s for series in mlflow_points(mlflow_server, name, "loss").values() for s in series) == \
             sorted(s for series in runs.values() for s in series)
+
+
+def test_points_a_late_request_already_stored_are_kept_once_when_sync_sends_them_again(
+        mlflow_server: MlflowServer, experiment: str, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The race the hard kill can hit, made certain: the process dies while its request with the live points is
+    still in the server's hands, and ``tracklink sync`` reads what the run holds before that request is stored.
+    It then sends those points again; they carry the times the journal kept, so MLflow (one point per key, step,
+    timestamp and value) keeps each once. The journal's cursor is moved back to the begin event, and sync's read
+    of the run's latest metrics is emptied, to stand for the request not stored yet."""
+    from tracklink.integrations.mlflow import MLflowCallback
+
+    directory = workdir / "run"
+    with tracklink.init(name="again", report_to=["mlflow"], dir=directory) as run:
+        for step in range(300):
+            run.log({"loss": 1.0 / (step + 1), "acc": step / 300}, step=step)
+            if step == 150:
+                run.log({"acc": 0.5}, step=step)  # one key twice at a step: its own millisecond, live and replayed
+    (path,) = journal_files(directory)
+    journal = JournalFile(path)
+    begin = journal.first("begin")
+    assert begin is not None
+    with journal._db:
+        journal._db.execute("UPDATE cursors SET position = ?, closed = 0 WHERE tracker = 'mlflow'", (begin.id,))
+    journal.close()
+    live = {key: mlflow_points(mlflow_server, experiment, key) for key in ("loss", "acc")}
+    (run_id,) = live["loss"]
+    assert len(live["acc"][run_id]) == 301
+
+    attach = MLflowCallback._attach
+
+    def attach_before_the_late_request(self: MLflowCallback, *args: Any, **kwargs: Any) -> None:
+        attach(self, *args, **kwargs)
+        self._floors.clear()
+
+    monkeypatch.setattr(MLflowCallback, "_attach", attach_before_the_late_request)
+    assert cli.main(["sync", "--quiet", str(directory)]) == 0
+    for key in ("loss", "acc"):
+        assert mlflow_points(mlflow_server, experiment, key) == live[key], f"{key}: each point once, in one run"
 
 
 # -- outage --------------------------------------------------------------------------------------------

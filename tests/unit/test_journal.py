@@ -2,7 +2,8 @@
 ``testrecorder`` tracker (an entry-point plugin, as a third-party tracker would be) records every contract call
 to a JSON-lines file, so what a live run, an offline run and a sync delivered can be compared exactly.
 
-Covered: what the journal holds (events, cursors, identities; no secret), the cursor of a tracker that fails,
+Covered: what the journal holds (events, cursors, identities; no secret; an identity committed before the
+backend gets its first point), the cursor of a tracker that fails,
 offline recording and its sync (equal to a live run's), ``--to``, ``--status``, an interrupted sync rerun, a
 second sync that sends nothing, corrupt / truncated / foreign-format journals (a clear error, nothing
 replayed), a full disk (a warning, delivery from memory), ``TRACKLINK_JOURNAL=0``, the commit interval
@@ -26,6 +27,7 @@ import tracklink
 from tracker_doubles import FailingTracker, RecordingTracker, read_records
 from tracklink import cli
 from tracklink import sync as sync_module
+from tracklink.delivery import deliver_events
 from tracklink.handler import CallbackHandler
 from tracklink.journal import JOURNAL_DIR, Journal, JournalFile, JournalSettings, journal_files
 from tracklink.process import ProcessInfo
@@ -323,6 +325,86 @@ def test_events_after_the_end_of_training_go_to_a_continuation_journal(tmp_path:
             journal.close()
     assert [r["metrics"] for r in read_records(recorder.path) if r["kind"] == "metrics"] == [
         {"train/loss": 1.0}, {"eval/loss": 0.5}]
+
+
+class SlowToSetUp(RecordingTracker):
+    """Sets its run up slowly (the journal commits the first events meanwhile), then looks at what the journal
+    file holds, from a connection of its own, when its backend accepts its first point: what a SIGKILL at that
+    moment would leave for ``tracklink sync``."""
+
+    name = "slowsetup"
+
+    def __init__(self, path: Path, run_dir: Path) -> None:
+        super().__init__(path)
+        self.run_dir = run_dir
+        self.seen: list[Any] = []
+
+    def setup(self, run: tracklink.RunInfo) -> None:
+        time.sleep(0.6)
+        super().setup(run)
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        if not self.seen:
+            (path,) = journal_files(self.run_dir)
+            journal = JournalFile(path)
+            try:
+                self.seen.append({c.tracker: c.identity for c in journal.cursors()})
+            finally:
+                journal.close()
+        super().log_metrics(metrics, step, epoch)
+
+
+def test_a_run_identity_is_durable_before_its_backend_gets_a_point(tmp_path: Path) -> None:
+    """A process killed right after a tracker's backend took its first points must leave that run's identity in
+    the journal: without it ``tracklink sync`` starts a second run and the backend holds those points twice."""
+    slow = SlowToSetUp(tmp_path / "slow.jsonl", tmp_path / "run")
+    with tracklink.init(report_to="none", dir=tmp_path / "run", callbacks=[slow]) as run:
+        for step in range(20):
+            run.log({"loss": float(step)}, step=step)
+    assert slow.seen == [{"slowsetup": {"run_id": slow.run_id}}]
+
+
+class Stamping(RecordingTracker):
+    """A tracker with a batch path of its own that keeps, per point, the time ``logged_at`` gives it."""
+
+    name = "stamping"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.stamps: list[tuple[int, float]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        self.stamps.append((step, self.logged_at()))
+
+    def log_metrics_batch(self, points: list[tuple[dict[str, float], int, float | None]]) -> None:
+        self.stamps += [(step, self.logged_at(index)) for index, (_, step, _) in enumerate(points)]
+
+
+def test_points_carry_the_time_they_were_logged_live_and_in_a_replay(tmp_path: Path) -> None:
+    """A backend that keeps a point once per (key, step, time, value) stores a point sent again after a crash
+    once only if the replay stamps it as the live delivery did: both use the time of the log call."""
+    live = Stamping(tmp_path / "live.jsonl")
+    logged: list[tuple[float, float]] = []
+    with tracklink.init(report_to="none", dir=tmp_path / "run", callbacks=[live]) as run:
+        for step in range(40):
+            before = time.time()
+            run.log({"loss": float(step)}, step=step)
+            logged.append((before, time.time()))
+            time.sleep(0.002 if step % 10 else 0.3)  # single events and batches (the worker lingers for more)
+    assert [s for s, _ in live.stamps] == list(range(40))
+    assert all(lo <= when <= hi for (_, when), (lo, hi) in zip(live.stamps, logged, strict=True)), \
+        "stamped with the time of the log call, not of the delivery"
+    journal = only_journal(tmp_path / "run")
+    events = [e for e in journal.events() if e.kind == "log"]
+    assert [e.when for e in events] == [when for _, when in live.stamps], "the journal keeps the same times"
+    replayed = Stamping(tmp_path / "replayed.jsonl")
+    begin = journal.first("begin")
+    assert begin is not None
+    args = RunArgs(output_dir=str(tmp_path / "run"), run_name=None, project=None, config={}, init_kwargs={},
+                   report_to=[])
+    deliver_events(replayed, [begin, *events], args, TrainerState(), TrainerControl())
+    journal.close()
+    assert replayed.stamps == live.stamps
 
 
 class Flaky(RecordingTracker):
