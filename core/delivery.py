@@ -611,7 +611,10 @@ class TrackerChannel:
             return
         self._last_args = run[-1][1].get("args") if isinstance(run[-1][1], Mapping) else self._last_args
         if self._down is not None:
-            self._catch_up()
+            if self.disabled:  # switched off meanwhile (its run closed): nothing is retried, nor re-opened
+                self._down = None
+            else:
+                self._catch_up()
             return
         left = self.undelivered - undelivered
         if left:  # a drain timeout left out the last ``left`` of them: they stay in the journal
@@ -779,6 +782,8 @@ class TrackerChannel:
         if not batched:
             for namespace in namespaces:
                 self._run(event, namespace)
+                if self._down is not None:  # its backend is down: the rest waits in the journal (see _catch_up)
+                    return
 
     def _run(self, event: str, namespace: dict[str, Any]) -> None:
         if self.disabled:

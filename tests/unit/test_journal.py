@@ -450,6 +450,40 @@ def test_a_tracker_whose_backend_is_down_waits_in_the_journal_and_catches_up_in_
     assert cursor.pending == 0 and cursor.closed
 
 
+class SlowThenDown(RecordingTracker):
+    """Sets its run up slowly (the events behind the begin event reach its worker together), then its backend
+    never answers."""
+
+    name = "slowthendown"
+
+    def setup(self, run: tracklink.RunInfo) -> None:
+        time.sleep(0.5)
+        super().setup(run)
+
+    def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
+        raise ConnectionError("connection refused (planted)")
+
+
+def test_a_backend_down_within_a_batch_neither_counts_the_batch_as_errors_nor_reopens_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The first event of a batch finds the backend down: the rest of the batch waits in the journal. Before,
+    each of them counted as an error, the tracker was switched off and its run closed, and then the retry from
+    the journal set a second run up (with Comet: a second experiment left running in the process)."""
+    monkeypatch.setenv("TRACKLINK_RETRY_BUDGET", "1")
+    down = SlowThenDown(tmp_path / "down.jsonl")
+    with caplog.at_level(logging.WARNING, logger="tracklink"), tracklink.init(
+            report_to="none", dir=tmp_path / "run", callbacks=[down]) as run:
+        for step in range(10):
+            run.log({"loss": float(step)}, step=step)
+        time.sleep(2.0)  # the run goes on past the retry budget
+    assert [r["kind"] for r in read_records(down.path)] == ["setup", "finish"], "one run, set up once, closed once"
+    assert "cannot reach its backend" in caplog.text and "errors, the limit is" not in caplog.text
+    journal = only_journal(tmp_path / "run")
+    (cursor,) = journal.cursors()
+    journal.close()
+    assert cursor.pending == cursor.last - cursor.position >= 10, "every log waits in the journal"
+
+
 def test_a_backend_down_past_the_retry_budget_leaves_its_events_in_the_journal(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("TRACKLINK_RETRY_BUDGET", "1")
