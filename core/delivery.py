@@ -282,6 +282,8 @@ def deliver_events(tracker: Any, events: list[Event], args: Any, state: Any, con
 _STOP = object()
 #: Events that end a run: still handled after a drain timeout, so the run is closed.
 _RUN_ENDS = frozenset({"on_train_end", "on_exception"})
+#: Seconds a tracker's worker waits for its run identity's commit before it hands the backend more events.
+IDENTITY_COMMIT_S = 5.0
 #: Seconds a tracker that takes batches waits for more events after the first (fewer, larger SDK calls).
 BATCH_LINGER = 0.25
 #: Seconds the worker of a tracker that fell behind gets to close its run after a drain timeout.
@@ -592,7 +594,8 @@ class TrackerChannel:
         run = items
         if seq is not None and journal is not None:
             journal.wait_committed(seq)  # a tracker never gets an event the journal could still lose
-            self._identify(journal)
+            if items[0][0] != "on_train_begin":  # (before a new session's setup, the identity is the last run's)
+                self._identify(journal)
             if self._delivered and min(item[4] or seq for item in items) <= self._delivered:
                 run = [item for item in items if item[4] is None or item[4] > self._delivered]  # read from the journal
         errors, undelivered = self.errors, self.undelivered
@@ -749,16 +752,20 @@ class TrackerChannel:
 
     def _identify(self, journal: Any) -> None:
         """Store the tracker's run identity in the journal when it changed, and wait for the commit (once per
-        run): a process killed once the backend holds points must leave ``tracklink sync`` the run to
-        re-attach to, or those points would be sent again, to a second run."""
+        identity and journal; not on the training thread of an inline tracker): a process killed once the
+        backend holds points must leave ``tracklink sync`` the run to re-attach to, or those points would be
+        sent again, to a second run."""
         try:
+            if not getattr(self.plugin, "is_active", True):
+                return  # no run open (its setup failed, or it ended): the identity it knows is an earlier run's
             identity = getattr(self.plugin, "identity", None)
         except Exception:
             return
         if identity is not None and identity != self._identity:
             self._identity = identity
             journal.identify(self.name, identity)
-            journal.commit()
+            if not self.inline:
+                journal.commit(timeout=IDENTITY_COMMIT_S)
 
     def _done(self, item: Any) -> None:
         if type(item) is tuple:

@@ -256,7 +256,8 @@ class Journal:
             self._ops.put(("wake", None))
 
     def commit(self, timeout: float | None = 10.0) -> bool:
-        """Commit everything recorded so far now and wait for it (at a checkpoint, at the end)."""
+        """Commit everything recorded so far now and wait for it (at a checkpoint, at the end, and on a tracker's
+        worker when its run identity must be durable before its backend gets points)."""
         if self.failed or self._closed:
             return False
         done = threading.Event()

@@ -380,8 +380,9 @@ class Tracker(TrainerCallback):
         ``on_log`` call, which the run journal keeps, so ``tracklink sync`` replays a point with the time it had
         live. A tracker whose backend keeps a point once per (key, step, time, value), like MLflow, stamps its
         points with it, and a point sent again after a crash is not stored twice. The hub hands the times to
-        trackers with a batch path of their own (:meth:`log_metrics_batch` overridden, ``on_log`` not); for
-        other points (a summary, a direct ``on_log`` call, a tracker without a batch path) it is now."""
+        trackers with a batch path of their own (:meth:`log_metrics_batch` overridden, ``on_log`` not), for
+        the metrics and the summary of a log; for other points (``on_predict``, a direct ``on_log`` call, a
+        tracker without a batch path) it is now."""
         times = self._tl.times
         index += self._tl.offset
         return times[index] if times is not None and 0 <= index < len(times) else time.time()
@@ -691,18 +692,19 @@ class Tracker(TrainerCallback):
         """Send ``(logs, state, when)`` events: their metrics in one call, then the rest in order."""
         points: list[tuple[dict[str, float], int, float | None]] = []
         times: list[float] = []
-        later: list[tuple[str, dict[str, Any], int]] = []  # summaries, texts, media, in order, after the metrics
+        # summaries, texts, media, in order, after the metrics
+        later: list[tuple[str, dict[str, Any], int, float | None]] = []
         for logs, state, when in logged:
             step, metrics, summary, texts, media = self._shape(logs, state)
             if metrics:
                 points.append((metrics, step, getattr(state, "epoch", None)))
                 times.append(time.time() if when is None else when)
             if summary:
-                later.append(("summary", summary, step))
+                later.append(("summary", summary, step, when))
             if texts:
-                later.append(("text", texts, step))
+                later.append(("text", texts, step, when))
             if media:
-                later.append(("media", media, step))
+                later.append(("media", media, step, when))
             self._tl.last_step = max(self._tl.last_step, step)
         self._tl.times = times
         try:
@@ -710,15 +712,16 @@ class Tracker(TrainerCallback):
                 self.log_metrics(*points[0])
             elif points:
                 self.log_metrics_batch(points)
+            for kind, values, step, when in later:
+                self._tl.times = None if when is None else [when]  # a summary sent as metrics: its log's time
+                if kind == "summary":
+                    self.log_summary(values, step)
+                elif kind == "text":
+                    self.log_text(values, step)
+                else:
+                    self._send_media(values, step)
         finally:
             self._tl.times = None
-        for kind, values, step in later:
-            if kind == "summary":
-                self.log_summary(values, step)
-            elif kind == "text":
-                self.log_text(values, step)
-            else:
-                self._send_media(values, step)
 
     # -- media ----------------------------------------------------------------------------------
 

@@ -364,6 +364,31 @@ def test_a_run_identity_is_durable_before_its_backend_gets_a_point(tmp_path: Pat
     assert slow.seen == [{"slowsetup": {"run_id": slow.run_id}}]
 
 
+class SecondSetupFails(RecordingTracker):
+    name = "secondfails"
+
+    def setup(self, run: tracklink.RunInfo) -> None:
+        if self.run_id is not None:
+            raise RuntimeError("the second run cannot be set up (planted)")
+        super().setup(run)
+
+
+def test_a_new_session_never_stores_the_last_runs_identity_in_its_journal(tmp_path: Path) -> None:
+    """The same tracker in a second run whose setup fails: its new journal must not name the first run, or
+    ``tracklink sync`` would put the second run's events into the first."""
+    tracker = SecondSetupFails(tmp_path / "rec.jsonl")
+    for name in ("first", "second"):
+        with tracklink.init(report_to="none", dir=tmp_path / name, callbacks=[tracker]) as run:
+            run.log({"loss": 1.0}, step=1)
+    identities = {}
+    for name in ("first", "second"):
+        journal = only_journal(tmp_path / name)
+        (cursor,) = journal.cursors()
+        journal.close()
+        identities[name] = cursor.identity
+    assert identities == {"first": {"run_id": tracker.run_id}, "second": None}
+
+
 class Stamping(RecordingTracker):
     """A tracker with a batch path of its own that keeps, per point, the time ``logged_at`` gives it."""
 
@@ -375,6 +400,9 @@ class Stamping(RecordingTracker):
 
     def log_metrics(self, metrics: dict[str, float], step: int, epoch: float | None) -> None:
         self.stamps.append((step, self.logged_at()))
+
+    def log_summary(self, metrics: dict[str, float], step: int) -> None:
+        self.log_metrics(metrics, step, None)  # as the base class does
 
     def log_metrics_batch(self, points: list[tuple[dict[str, float], int, float | None]]) -> None:
         self.stamps += [(step, self.logged_at(index)) for index, (_, step, _) in enumerate(points)]
@@ -391,7 +419,10 @@ def test_points_carry_the_time_they_were_logged_live_and_in_a_replay(tmp_path: P
             run.log({"loss": float(step)}, step=step)
             logged.append((before, time.time()))
             time.sleep(0.002 if step % 10 else 0.3)  # single events and batches (the worker lingers for more)
-    assert [s for s, _ in live.stamps] == list(range(40))
+        before = time.time()
+        run.log({"train_runtime": 1.5, "train_loss": 0.25}, step=40)  # the summary: log_summary -> log_metrics
+        logged.append((before, time.time()))
+    assert [s for s, _ in live.stamps] == list(range(41))
     assert all(lo <= when <= hi for (_, when), (lo, hi) in zip(live.stamps, logged, strict=True)), \
         "stamped with the time of the log call, not of the delivery"
     journal = only_journal(tmp_path / "run")
